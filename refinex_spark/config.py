@@ -85,6 +85,37 @@ class SparkConfig(_Section):
     conf: dict[str, str] = Field(default_factory=dict)
 
 
+class ModelConfig(_Section):
+    # A local directory or hub id of a trained refine model.
+    path: str = "./models/refine"
+    backend: Literal["hf", "vllm", "openai"] = "hf"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(16, ge=1)
+    prompt_version: str = "refine-v1"
+    # openai backend: a served model over HTTP; the key is read from this environment variable.
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    served_model: str | None = None
+    request_timeout_s: float = Field(120.0, gt=0)
+
+
+class TrainConfig(_Section):
+    # A local directory or hub id of the causal LM to fine-tune.
+    base: str = "Qwen/Qwen3-0.6B-Base"
+    output_dir: str = "./models/refine"
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(1e-5, gt=0)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation: int = Field(4, ge=1)
+    max_seq_len: int = Field(2048, ge=64)
+    eval_fraction: float = Field(0.02, ge=0, lt=1)
+    max_eval_samples: int = Field(200, ge=0)
+    save_steps: int = Field(500, ge=1)
+    seed: int = 0
+
+
 class Config(_Section):
     program: ProgramConfig = ProgramConfig()
     chunking: ChunkingConfig = ChunkingConfig()
@@ -92,6 +123,8 @@ class Config(_Section):
     lake: LakeConfig = LakeConfig()
     ingest: IngestConfig = IngestConfig()
     spark: SparkConfig = SparkConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
 
     def fingerprint(self, *sections: str) -> str:
         """Short hash of the named sections: the settings that change a stage's results."""
