@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# refinex_spark: setup | test | demo | package. Every subcommand creates .venv first when needed.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=.venv
+PY="$VENV/bin/python"
+
+setup() {
+  if [ -f "$VENV/.installed" ] && [ "$VENV/.installed" -nt setup.cfg ]; then return; fi
+  command -v java >/dev/null || { echo "Java 17 is required by Spark (apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
+  [ -x "$PY" ] || python3 -m venv "$VENV"
+  "$PY" -m pip install -q --upgrade pip
+  # torch first, pinned: the local CPU wheel. Anything else would pull GBs of CUDA packages.
+  "$PY" -m pip install -q "torch==2.13.0"
+  "$PY" -m pip install -q -e ".[dev]"
+  touch "$VENV/.installed"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  test)
+    setup
+    shift
+    export PYSPARK_PYTHON="$PWD/$PY" PYSPARK_DRIVER_PYTHON="$PWD/$PY" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+    "$PY" -m pytest -q "$@"
+    ;;
+  demo)
+    setup
+    shift
+    export PYSPARK_PYTHON="$PWD/$PY" PYSPARK_DRIVER_PYTHON="$PWD/$PY" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+    "$VENV/bin/refinex-spark" demo "$@"
+    ;;
+  package)
+    setup
+    rm -rf dist && mkdir -p dist
+    "$PY" -m build --wheel --outdir dist .
+    # A relocatable environment for spark-submit --archives dist/refinex-env.tar.gz#env (YARN).
+    rm -rf build/pack-venv && python3 -m venv build/pack-venv
+    build/pack-venv/bin/pip install -q --upgrade pip
+    build/pack-venv/bin/pip install -q "torch==2.13.0" dist/*.whl venv-pack
+    build/pack-venv/bin/venv-pack -p build/pack-venv -o dist/refinex-env.tar.gz --force
+    ls -la dist
+    ;;
+  *)
+    echo "usage: ./build.sh setup|test|demo|package" >&2
+    exit 2
+    ;;
+esac
