@@ -1,0 +1,143 @@
+"""`refinex-spark` command line: one subcommand per pipeline stage, plus sql, history and demo.
+
+spark-submit runs a file, not a console script: `spark-submit <site-packages>/refinex_spark/cli.py
+ingest data/` (or `python -m refinex_spark.cli`) is the same as `refinex-spark ingest data/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from .config import ENVIRONMENTS, Config, ConfigError, load_config
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", choices=ENVIRONMENTS, default=None,
+                   help="layer conf/<env>.yaml over conf/refinex.yaml")
+    p.add_argument("--config", action="append", default=[], metavar="FILE", help="extra YAML config layer")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one setting, e.g. --set lake.path=/data/lake (repeatable)")
+
+
+def _ingest(ctx, a):
+    from .jobs import ingest
+    return ingest.run(ctx, a.paths)
+
+
+def _expert_import(ctx, a):
+    from .jobs import expert_import
+    return expert_import.run(ctx, a.path, default_model=a.model)
+
+
+def _distill(ctx, a):
+    from .jobs import distill
+    return distill.run(ctx)
+
+
+def _export_sft(ctx, a):
+    from .jobs import export_sft
+    return export_sft.run(ctx, a.output, fmt=a.format)
+
+
+def _train(ctx, a):
+    from .jobs import train
+    return train.run(ctx, init_tiny=a.init_tiny, distributed=a.distributed)
+
+
+def _refine(ctx, a):
+    from .jobs import refine
+    return refine.run(ctx)
+
+
+def _sql(ctx, a):
+    from .jobs import sql
+    return sql.run(ctx, a.query, limit=a.limit, as_of=a.as_of_version)
+
+
+def _history(ctx, a):
+    from .jobs import sql
+    return sql.history(ctx, a.table)
+
+
+def _demo(ctx, a):
+    from .jobs import demo
+    return demo.run(ctx, n_docs=a.docs, workdir=a.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refinex-spark", description=__doc__.splitlines()[0])
+    _common(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable, help_: str, parent=sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_, description=help_)
+        _common(p)
+        p.set_defaults(fn=fn, stage=name)
+        return p
+
+    p = add("ingest", _ingest, "jsonl/parquet/text files or directories -> raw_docs (+ rejects)")
+    p.add_argument("paths", nargs="+")
+
+    expert = sub.add_parser("expert", help="expert outputs -> expert_outputs")
+    expert_sub = expert.add_subparsers(dest="expert_command", required=True, metavar="ACTION")
+    p = add("import", _expert_import, "import precomputed expert outputs (doc_id, text, model)", expert_sub)
+    p.set_defaults(stage="expert")
+    p.add_argument("path")
+    p.add_argument("--model", default=None, help="expert model name when the file has no 'model' field")
+
+    add("distill", _distill, "raw_docs x expert_outputs -> distill_samples")
+    p = add("export-sft", _export_sft, "kept distill_samples -> chat-format SFT file")
+    p.add_argument("output")
+    p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
+    p = add("train", _train, "fine-tune the refine model on distill_samples")
+    p.add_argument("--init-tiny", action="store_true", help="build a tiny local Qwen3 model as the base (CI, demo)")
+    p.add_argument("--distributed", action="store_true", help="train through TorchDistributor")
+    add("refine", _refine, "raw_docs -> refined_docs with the refine model")
+    p = add("sql", _sql, "run SQL over the lake tables (each registered as a view)")
+    p.add_argument("query")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--as-of-version", action="append", default=[], metavar="TABLE=N",
+                   help="read TABLE at Delta version N (repeatable)")
+    p = add("history", _history, "commit history of a lake table")
+    p.add_argument("table")
+    p = add("demo", _demo, "synthetic corpus through the whole pipeline into ./lake")
+    p.add_argument("--docs", type=int, default=300)
+    p.add_argument("--workdir", default="./demo-data")
+    return parser
+
+
+def parse_config(argv: Sequence[str]) -> tuple[Config, list[str]]:
+    """Take --env/--config/--set from anywhere on the line (before or after the subcommand)."""
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common)
+    found, rest = common.parse_known_args(argv)
+    return load_config(env=found.env, overrides=found.overrides, files=found.config), rest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        config, rest = parse_config(argv)
+    except ConfigError as e:
+        parser.parse_args(argv)  # usage errors first, then the config error
+
+        parser.exit(2, f"refinex-spark: config error: {e}\n")
+    args = parser.parse_args(rest)
+    from .runtime import open_run
+
+    ctx = open_run(config, args.stage)
+    try:
+        result = args.fn(ctx, args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"refinex-spark {args.stage}: error: {e}", file=sys.stderr)
+        return 1
+    if isinstance(result, dict):
+        ctx.stats.report()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""ingest: jsonl / parquet / text files -> `raw_docs`, bad records -> `rejects`.
+
+One Spark task per input file reads it with `readers.read_file`. Within the batch the first
+record of a doc_id wins; a doc_id already in `raw_docs` with the same text is skipped (so
+ingesting the same files again adds nothing), with different text it is a `duplicate_id`
+reject. Rejects already recorded for the same file, line and reason are not written again.
+read = accepted + rejected + already_present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pandas as pd
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+from .. import readers
+from ..runtime import RunContext
+from .rejects import write_rejects
+
+STAGE = "ingest"
+
+_RECORD = StructType([
+    StructField("kind", StringType()), StructField("doc_id", StringType()), StructField("text", StringType()),
+    StructField("source", StringType()), StructField("metadata", StringType()),
+    StructField("text_hash", StringType()), StructField("n_chars", LongType()),
+    StructField("source_file", StringType()), StructField("line_no", LongType()),
+    StructField("reason", StringType()), StructField("record", StringType()), StructField("detail", StringType()),
+])
+
+
+def _read_files(cfg):
+    names = _RECORD.fieldNames()
+
+    def read(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            for path in batch["path"]:
+                rows = list(readers.read_file(path, cfg))
+                yield pd.DataFrame.from_records(rows, columns=names) if rows else pd.DataFrame(columns=names)
+
+    return read
+
+
+def run(ctx: RunContext, paths: list[str]) -> dict:
+    spark, cfg, stats = ctx.spark, ctx.config.ingest, ctx.stats
+    files = readers.list_input_files(paths)
+    for f in files:
+        readers.detect_format(f, cfg.format)  # fail fast, before any Spark work, on an unknown extension
+    stats.counts["files"] = len(files)
+    fingerprint = ctx.config.fingerprint("ingest")
+
+    with stats.timer("read"):
+        paths_df = spark.createDataFrame([(f,) for f in files], "path string").repartition(max(1, len(files)))
+        records = paths_df.mapInPandas(_read_files(cfg), _RECORD).persist()
+        docs = records.where("kind = 'doc'")
+        first = Window.partitionBy("doc_id").orderBy("source_file", "line_no")
+        docs = docs.withColumn("_rank", F.row_number().over(first))
+        existing = ctx.read("raw_docs").select("doc_id", F.col("text_hash").alias("_existing_hash"))
+        docs = docs.join(existing, "doc_id", "left").persist()
+        is_dup_in_batch = F.col("_rank") > 1
+        conflicts = F.col("_existing_hash").isNotNull() & (F.col("_existing_hash") != F.col("text_hash"))
+        present = F.col("_existing_hash").isNotNull() & (F.col("_existing_hash") == F.col("text_hash"))
+        accepted = docs.where(~is_dup_in_batch & F.col("_existing_hash").isNull())
+        duplicates = docs.where(is_dup_in_batch | conflicts).select(
+            F.lit("duplicate_id").alias("reason"), "source_file", "line_no",
+            F.substring("text", 1, readers.MAX_RECORD_CHARS).alias("record"),
+            F.concat(F.lit("doc_id "), F.col("doc_id"),
+                     F.when(is_dup_in_batch, F.lit(" repeats an earlier record in this batch"))
+                     .otherwise(F.lit(" already in raw_docs with different text"))).alias("detail"))
+        rejects = records.where("kind = 'reject'").select("reason", "source_file", "line_no", "record", "detail")
+        rejects = rejects.unionByName(duplicates)
+        counts = {r["k"]: r["n"] for r in docs.select(
+            F.when(is_dup_in_batch | conflicts, "rejected").when(present, "already_present")
+            .otherwise("accepted").alias("k")).groupBy("k").agg(F.count("*").alias("n")).collect()}
+        by_reason = {r["reason"]: r["n"] for r in rejects.groupBy("reason").agg(F.count("*").alias("n")).collect()}
+
+    stats.counts["read"] = records.count()
+    stats.counts["accepted"] = counts.get("accepted", 0)
+    stats.counts["already_present"] = counts.get("already_present", 0)
+    stats.counts["rejected"] = sum(by_reason.values())
+    for reason, n in by_reason.items():
+        stats.counts[f"rejected.{reason}"] = n
+
+    raw_rows = accepted.select("doc_id", "text", "source", "metadata", "text_hash", "n_chars",
+                               F.lit(ctx.run_id).alias("run_id"), F.current_timestamp().alias("created_at"))
+    with stats.timer("write"):
+        ctx.append("raw_docs", raw_rows, fingerprint=fingerprint)
+        write_rejects(ctx, rejects, fingerprint)
+    records.unpersist()
+    docs.unpersist()
+    c = stats.counts
+    if c["read"] != c["accepted"] + c["rejected"] + c["already_present"]:
+        raise RuntimeError(f"ingest counts do not reconcile: {dict(c)}")
+    return stats.as_dict()
+

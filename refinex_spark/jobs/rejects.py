@@ -1,0 +1,21 @@
+"""The `rejects` table: bad input rows of any stage, with a reason, written at most once each."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from ..runtime import RunContext
+
+KEY = ["stage", "source_file", "line_no", "reason"]
+
+
+def write_rejects(ctx: RunContext, rows: DataFrame, fingerprint: str):
+    """rows: (reason, source_file, line_no, record, detail). Rejects already recorded are skipped."""
+    rows = rows.select(F.lit(ctx.stage).alias("stage"), "reason", "source_file",
+                       F.col("line_no").cast("long").alias("line_no"), "record", "detail",
+                       F.lit(ctx.run_id).alias("run_id"), F.current_timestamp().alias("created_at"))
+    seen = ctx.read("rejects").select(*KEY)
+    # eqNullSafe: line_no is null for file-level rejects, and null must match null here.
+    cond = [rows[k].eqNullSafe(seen[k]) for k in KEY]
+    return ctx.append("rejects", rows.join(seen, cond, "left_anti"), fingerprint=fingerprint)

@@ -1,0 +1,177 @@
+"""Input files -> document records or rejects, one file at a time (pure Python, no Spark).
+
+A file is read with pyarrow's filesystem layer, so local paths, `file://`, `s3://`, `hdfs://`
+and `gs://` work the same, and `.gz`/`.bz2`/`.zst` are decompressed by extension. Reading
+bytes ourselves (instead of Spark's text source, which silently replaces bad bytes) is what
+lets invalid UTF-8 become a reject with a reason instead of corrupted text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .config import IngestConfig
+
+MAX_RECORD_CHARS = 65_536  # the offending record is kept in `rejects` up to this size
+
+REJECT_REASONS = (
+    "malformed_json",
+    "not_an_object",
+    "missing_text",
+    "text_not_string",
+    "empty_text",
+    "invalid_utf8",
+    "too_large",
+    "duplicate_id",
+    "unreadable_file",
+)
+
+_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".txt": "text", ".text": "text"}
+_COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
+
+
+def detect_format(path: str, configured: str = "auto") -> str:
+    if configured != "auto":
+        return configured
+    name = path.lower()
+    for ext in _COMPRESSIONS:
+        name = name.removesuffix(ext)
+    for ext, fmt in _FORMATS.items():
+        if name.endswith(ext):
+            return fmt
+    raise ValueError(f"cannot tell the format of {path!r} from its extension; set ingest.format")
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def list_input_files(paths: list[str]) -> list[str]:
+    """Files under the given files/directories, sorted, hidden files and `_SUCCESS`-style markers skipped."""
+    out: list[str] = []
+    for p in paths:
+        fs, root = resolve(p)
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"input path does not exist: {p}")
+        if info.type == pafs.FileType.Directory:
+            selector = pafs.FileSelector(root, recursive=True)
+            infos = [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+            names = [i.path for i in infos if not os.path.basename(i.path).startswith((".", "_"))]
+        else:
+            names = [root]
+        prefix = p.split("://")[0] + "://" if "://" in p else ""
+        out += [prefix + n if prefix and not n.startswith(prefix) else n for n in names]
+    return sorted(set(out))
+
+
+def _reject(source_file: str, line_no: int | None, reason: str, record: Any, detail: str = "") -> dict:
+    if isinstance(record, bytes):
+        record = record.decode("utf-8", errors="backslashreplace")
+    elif not isinstance(record, str):
+        record = json.dumps(record, ensure_ascii=False, default=str)
+    record = record.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return {"kind": "reject", "reason": reason, "source_file": source_file, "line_no": line_no,
+            "record": record[:MAX_RECORD_CHARS], "detail": detail}
+
+
+def _is_utf8_safe(value: Any) -> bool:
+    """JSON may carry lone surrogates ("\\ud800") that Arrow cannot encode: treat them as bad UTF-8."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _document(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestConfig) -> dict:
+    if not isinstance(obj, dict):
+        return _reject(source_file, line_no, "not_an_object", raw)
+    if cfg.text_field not in obj or obj[cfg.text_field] is None:
+        return _reject(source_file, line_no, "missing_text", raw, f"no field {cfg.text_field!r}")
+    text = obj[cfg.text_field]
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return _reject(source_file, line_no, "invalid_utf8", raw, str(e))
+    if not isinstance(text, str):
+        return _reject(source_file, line_no, "text_not_string", raw, type(text).__name__)
+    if not _is_utf8_safe(obj):
+        return _reject(source_file, line_no, "invalid_utf8", raw, "lone surrogate")
+    if not text.strip():
+        return _reject(source_file, line_no, "empty_text", raw)
+    if len(text) > cfg.max_doc_chars:
+        return _reject(source_file, line_no, "too_large", raw[:1000] if isinstance(raw, (str, bytes)) else "",
+                       f"{len(text)} chars > ingest.max_doc_chars={cfg.max_doc_chars}")
+    digest = text_hash(text)
+    given_id = obj.get(cfg.id_field) if cfg.id_field else None
+    doc_id = str(given_id) if given_id not in (None, "") else digest
+    source = obj.get(cfg.source_field) if cfg.source_field else None
+    reserved = {cfg.text_field, cfg.id_field, cfg.source_field}
+    metadata = {k: v for k, v in obj.items() if k not in reserved}
+    return {"kind": "doc", "doc_id": doc_id, "text": text,
+            "source": str(source) if source is not None else os.path.basename(source_file),
+            "metadata": json.dumps(metadata, ensure_ascii=False, sort_keys=True, default=str),
+            "text_hash": digest, "n_chars": len(text), "source_file": source_file, "line_no": line_no}
+
+
+def _jsonl(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig) -> Iterator[dict]:
+    with fs.open_input_stream(path, compression="detect") as stream:
+        for line_no, raw in enumerate(io.BufferedReader(stream)):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                yield _reject(source_file, line_no, "invalid_utf8", raw, str(e))
+                continue
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as e:
+                yield _reject(source_file, line_no, "malformed_json", line, str(e))
+                continue
+            yield _document(obj, source_file, line_no, line, cfg)
+
+
+def _parquet(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig) -> Iterator[dict]:
+    with fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        row = 0
+        for batch in parquet.iter_batches(batch_size=1024):
+            for obj in batch.to_pylist():
+                yield _document(obj, source_file, row, obj, cfg)
+                row += 1
+
+
+def _text(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig) -> Iterator[dict]:
+    with fs.open_input_stream(path, compression="detect") as stream:
+        data = stream.read()
+    yield _document({cfg.text_field: data}, source_file, 0, data[:1000], cfg)
+
+
+_READERS = {"jsonl": _jsonl, "parquet": _parquet, "text": _text}
+
+
+def read_file(source_file: str, cfg: IngestConfig) -> Iterator[dict]:
+    """Every record of one file as a `doc` or a `reject` dict; an unreadable file is one reject."""
+    try:
+        fmt = detect_format(source_file, cfg.format)
+        fs, path = resolve(source_file)
+        yield from _READERS[fmt](fs, path, source_file, cfg)
+    except Exception as e:  # noqa: BLE001 - a broken file must not fail the job; it is recorded
+        yield _reject(source_file, None, "unreadable_file", "", f"{type(e).__name__}: {e}")

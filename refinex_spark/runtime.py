@@ -1,0 +1,94 @@
+"""What every stage run carries: config, Spark, lake, run id, and one place for stats and timing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+from .config import Config
+
+
+def new_run_id(stage: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stage}-{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class StageStats:
+    """Counters and phase timings of one stage run, printed once at the end as JSON."""
+
+    stage: str
+    run_id: str
+    counts: Counter = field(default_factory=Counter)
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def timer(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = round(self.timings.get(phase, 0.0) + time.perf_counter() - start, 3)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "run_id": self.run_id, "counts": dict(sorted(self.counts.items())),
+                "seconds": self.timings, **self.info}
+
+    def report(self, stream=sys.stdout) -> None:
+        print(json.dumps(self.as_dict(), indent=2, default=str), file=stream, flush=True)
+
+
+@dataclass
+class RunContext:
+    config: Config
+    spark: Any  # pyspark.sql.SparkSession; untyped so the pure core never imports Spark through here
+    lake: Any   # refinex_spark.lake.Lake
+    stats: StageStats
+    # Table versions this run read: its inputs are pinned to one snapshot, and its commits use them.
+    read_versions: dict[str, int | None] = field(default_factory=dict)
+
+    def read(self, table: str):
+        """The table at the version this run first saw (an empty frame if it does not exist yet)."""
+        if table not in self.read_versions:
+            self.read_versions[table] = self.lake.version(table)
+        version = self.read_versions[table]
+        return self.lake.read(table, version=version)
+
+    @property
+    def run_id(self) -> str:
+        return self.stats.run_id
+
+    @property
+    def stage(self) -> str:
+        return self.stats.stage
+
+    def append(self, table: str, df, *, fingerprint: str, txn_app_id: str | None = None):
+        """Commit df to a lake table as one transaction.
+
+        The app transaction version is the table version this run read plus one, so of two runs
+        that computed their rows from the same snapshot only the first commits.
+        """
+        app = txn_app_id or f"refinex-{self.stage}-{table}"
+        current = self.read_versions[table] if table in self.read_versions else self.lake.version(table)
+        info = self.lake.append(table, df, stage=self.stage, run_id=self.run_id, fingerprint=fingerprint,
+                                txn_app_id=app, txn_version=0 if current is None else current + 1)
+        self.stats.counts[f"rows_written.{table}"] += info.rows if not info.skipped else 0
+        self.stats.timings[f"commit.{table}"] = round(info.seconds, 3)
+        return info
+
+
+def open_run(config: Config, stage: str) -> RunContext:
+    from .lake import Lake
+    from .spark_session import get_spark
+
+    spark = get_spark(config)
+    return RunContext(config=config, spark=spark, lake=Lake(spark, config.lake),
+                      stats=StageStats(stage=stage, run_id=new_run_id(stage)))
