@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pandas as pd
-from pyspark.sql import Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
@@ -43,17 +43,22 @@ def _read_files(cfg):
     return read
 
 
+def read_records(spark, files: list[str], cfg) -> DataFrame:
+    """One task per file; each yields its `doc` and `reject` records (see readers.read_file)."""
+    for f in files:
+        readers.detect_format(f, cfg.format)  # fail fast, before any Spark work, on an unknown extension
+    paths_df = spark.createDataFrame([(f,) for f in files], "path string").repartition(max(1, len(files)))
+    return paths_df.mapInPandas(_read_files(cfg), _RECORD)
+
+
 def run(ctx: RunContext, paths: list[str]) -> dict:
     spark, cfg, stats = ctx.spark, ctx.config.ingest, ctx.stats
     files = readers.list_input_files(paths)
-    for f in files:
-        readers.detect_format(f, cfg.format)  # fail fast, before any Spark work, on an unknown extension
     stats.counts["files"] = len(files)
     fingerprint = ctx.config.fingerprint("ingest")
 
     with stats.timer("read"):
-        paths_df = spark.createDataFrame([(f,) for f in files], "path string").repartition(max(1, len(files)))
-        records = paths_df.mapInPandas(_read_files(cfg), _RECORD).persist()
+        records = read_records(spark, files, cfg).persist()
         docs = records.where("kind = 'doc'")
         first = Window.partitionBy("doc_id").orderBy("source_file", "line_no")
         docs = docs.withColumn("_rank", F.row_number().over(first))

@@ -1,0 +1,69 @@
+"""expert import: a file of precomputed expert outputs (doc_id, text, model) -> `expert_outputs`.
+
+Records are read by the same `readers` as ingest (so bad JSON, bad UTF-8 and missing text
+become rejects). A doc_id that is not in `raw_docs` is rejected; an output already imported
+for the same doc, model and prompt version is skipped, so importing a file twice adds nothing.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
+from .. import readers
+from ..config import IngestConfig
+from ..runtime import RunContext
+from .ingest import read_records
+from .rejects import write_rejects
+
+STAGE = "expert"
+IMPORTED_PROMPT_VERSION = "imported"
+KEY = ["doc_id", "expert_model", "prompt_version"]
+
+
+def run(ctx: RunContext, path: str, default_model: str | None = None) -> dict:
+    stats = ctx.stats
+    reader_cfg = IngestConfig(format=ctx.config.ingest.format, id_field="doc_id", text_field="text",
+                              source_field=None, max_doc_chars=ctx.config.ingest.max_doc_chars)
+    files = readers.list_input_files([path])
+    fingerprint = ctx.config.fingerprint("ingest")
+    with stats.timer("read"):
+        records = read_records(ctx.spark, files, reader_cfg).persist()
+        meta = lambda key: F.get_json_object("metadata", f"$.{key}")  # noqa: E731 - a column shorthand
+        outputs = records.where("kind = 'doc'").select(
+            "doc_id", "text", "source_file", "line_no",
+            F.coalesce(meta("model"), F.lit(default_model)).alias("expert_model"),
+            F.coalesce(meta("prompt_version"), F.lit(IMPORTED_PROMPT_VERSION)).alias("prompt_version"))
+        raw = ctx.read("raw_docs").select("doc_id", F.col("text_hash").alias("raw_text_hash"))
+        first = Window.partitionBy(*KEY).orderBy("source_file", "line_no")
+        outputs = (outputs.withColumn("_rank", F.row_number().over(first))
+                   .join(raw, "doc_id", "left").persist())
+        reason = (F.when(F.col("expert_model").isNull(), "missing_model")
+                  .when(F.col("raw_text_hash").isNull(), "unknown_doc_id")
+                  .when(F.col("_rank") > 1, "duplicate_id"))
+        outputs = outputs.withColumn("_reason", reason)
+        bad = outputs.where(F.col("_reason").isNotNull()).select(
+            F.col("_reason").alias("reason"), "source_file", "line_no",
+            F.substring("text", 1, readers.MAX_RECORD_CHARS).alias("record"),
+            F.concat(F.lit("doc_id "), F.col("doc_id")).alias("detail"))
+        rejects = records.where("kind = 'reject'").select("reason", "source_file", "line_no", "record", "detail")
+        rejects = rejects.unionByName(bad)
+        done = ctx.read("expert_outputs").where("status = 'ok'").select(*KEY)
+        good = outputs.where(F.col("_reason").isNull())
+        new = good.join(done, KEY, "left_anti")
+
+    stats.counts["read"] = records.count()
+    stats.counts["already_present"] = good.count() - new.count()
+    by_reason = {r["reason"]: r["n"] for r in rejects.groupBy("reason").count().withColumnRenamed("count", "n").collect()}
+    stats.counts["rejected"] = sum(by_reason.values())
+    stats.counts.update({f"rejected.{k}": v for k, v in by_reason.items()})
+    rows = new.select(*KEY, "text", F.lit("ok").alias("status"), F.lit(None).cast("string").alias("error"),
+                      F.lit(None).cast("double").alias("latency_s"), F.lit(None).cast("long").alias("tokens"),
+                      "raw_text_hash", F.lit(ctx.run_id).alias("run_id"), F.current_timestamp().alias("created_at"))
+    with stats.timer("write"):
+        info = ctx.append("expert_outputs", rows, fingerprint=fingerprint)
+        write_rejects(ctx, rejects, fingerprint)
+    stats.counts["accepted"] = info.rows if not info.skipped else 0
+    records.unpersist()
+    outputs.unpersist()
+    return stats.as_dict()
