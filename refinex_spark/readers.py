@@ -92,7 +92,7 @@ def _reject(source_file: str, line_no: int | None, reason: str, record: Any, det
 def _is_utf8_safe(value: Any) -> bool:
     """JSON may carry lone surrogates ("\\ud800") that Arrow cannot encode: treat them as bad UTF-8."""
     try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
         return True
     except UnicodeEncodeError:
         return False
@@ -109,6 +109,7 @@ def _document(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestCon
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             return _reject(source_file, line_no, "invalid_utf8", raw, str(e))
+        obj = {**obj, cfg.text_field: text}
     if not isinstance(text, str):
         return _reject(source_file, line_no, "text_not_string", raw, type(text).__name__)
     if not _is_utf8_safe(obj):

@@ -70,6 +70,10 @@ class RunContext:
     def stage(self) -> str:
         return self.stats.stage
 
+    def for_stage(self, stage: str) -> "RunContext":
+        """A context for another stage on the same Spark session and lake (the demo chains stages)."""
+        return RunContext(self.config, self.spark, self.lake, StageStats(stage=stage, run_id=new_run_id(stage)))
+
     def append(self, table: str, df, *, fingerprint: str, txn_app_id: str | None = None):
         """Commit df to a lake table as one transaction.
 

@@ -1,0 +1,40 @@
+"""export-sft: kept `distill_samples` -> a chat-format SFT file (jsonl or parquet).
+
+Each row is `{"messages": [{"role": "user", ...}, {"role": "assistant", ...}], "doc_id": ...,
+"chunk_index": ...}`, the layout TRL's SFTTrainer, axolotl and LLaMA-Factory read. The user
+turn is built by `model.prompt.user_message`, the same function training and inference use.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import functions as F
+
+from ..model.prompt import load_template, user_message
+from ..runtime import RunContext
+
+
+def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
+    if not output or "\x00" in output or "\n" in output:
+        raise ValueError(f"bad output path {output!r}")
+    if os.path.exists(output):
+        raise ValueError(f"output {output} already exists; choose a new path (exports are never overwritten)")
+    config, stats = ctx.config, ctx.stats
+    template = load_template(config.model.prompt_version)
+    fingerprint = config.fingerprint("program", "chunking", "distill")
+    as_user = F.udf(lambda chunk: user_message(template, chunk), "string")
+    samples = ctx.read("distill_samples").where(F.col("kept") & (F.col("fingerprint") == fingerprint))
+    rows = samples.select(
+        F.array(
+            F.struct(F.lit("user").alias("role"), as_user("prompt").alias("content")),
+            F.struct(F.lit("assistant").alias("role"), F.col("program").alias("content")),
+        ).alias("messages"),
+        "doc_id", "chunk_index", F.lit(config.model.prompt_version).alias("prompt_version"),
+    ).orderBy("doc_id", "chunk_index")
+    with stats.timer("write"):
+        writer = rows.coalesce(1).write.mode("errorifexists")
+        (writer.json if fmt == "jsonl" else writer.parquet)(output)
+    stats.counts["samples"] = ctx.spark.read.format("json" if fmt == "jsonl" else "parquet").load(output).count()
+    stats.info.update(output=os.path.abspath(output), format=fmt, fingerprint=fingerprint)
+    return stats.as_dict()

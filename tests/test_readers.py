@@ -1,0 +1,82 @@
+"""File readers: every bad record kind becomes a reject with a reason; good ones become documents."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from refinex_spark.config import IngestConfig
+from refinex_spark.readers import detect_format, list_input_files, read_file, text_hash
+
+BAD_LINES = [
+    (b'{"id": "m", "text": "unterminated', "malformed_json"),
+    (b'["a", "list"]', "not_an_object"),
+    (b'{"id": "x"}', "missing_text"),
+    (b'{"id": "n", "text": null}', "missing_text"),
+    (b'{"id": "y", "text": 7}', "text_not_string"),
+    (b'{"id": "z", "text": "  \\n "}', "empty_text"),
+    (b'{"id": "u", "text": "caf\xe9"}', "invalid_utf8"),
+    (b'{"id": "s", "text": "lone \\ud800 surrogate"}', "invalid_utf8"),
+    (b'{"id": "big", "text": "' + b"a" * 200 + b'"}', "too_large"),
+]
+
+
+def _bad_corpus(tmp_path):
+    lines = [b'{"id": "good-1", "text": "Hello\\nworld", "lang": "en"}']
+    lines += [line for line, _ in BAD_LINES]
+    lines += [b"", b'{"text": "no id here"}']
+    path = tmp_path / "mixed.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    return path
+
+
+def test_every_bad_kind_is_a_reject_with_its_reason(tmp_path):
+    cfg = IngestConfig(max_doc_chars=100)
+    out = list(read_file(str(_bad_corpus(tmp_path)), cfg))
+    docs = [r for r in out if r["kind"] == "doc"]
+    rejects = [r for r in out if r["kind"] == "reject"]
+    assert [r["reason"] for r in rejects] == [reason for _, reason in BAD_LINES]
+    assert [r["line_no"] for r in rejects] == list(range(1, 1 + len(BAD_LINES)))
+    assert len(out) == 2 + len(BAD_LINES)  # the blank line is not a record
+    good, hashed = docs
+    assert good["doc_id"] == "good-1" and good["text"] == "Hello\nworld"
+    assert json.loads(good["metadata"]) == {"lang": "en"}
+    assert good["text_hash"] == text_hash("Hello\nworld") and good["n_chars"] == 11
+    assert hashed["doc_id"] == text_hash("no id here")  # no id field: the content hash is the id
+    assert good["source"] == "mixed.jsonl.gz"
+    for r in rejects:
+        r["record"].encode("utf-8")  # every reject is storable
+
+
+def test_parquet_and_text(tmp_path):
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["one", None], "src": ["web", "web"]}), tmp_path / "p.parquet")
+    (tmp_path / "t.txt").write_text("plain\r\ntext file")
+    cfg = IngestConfig(source_field="src")
+    p = list(read_file(str(tmp_path / "p.parquet"), cfg))
+    assert [r["kind"] for r in p] == ["doc", "reject"] and p[0]["source"] == "web" and p[1]["reason"] == "missing_text"
+    (t,) = read_file(str(tmp_path / "t.txt"), cfg)
+    assert t["text"] == "plain\r\ntext file" and t["doc_id"] == text_hash(t["text"])
+
+
+def test_unreadable_file_is_one_reject(tmp_path):
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(b"not gzip at all")
+    (r,) = read_file(str(broken), IngestConfig())
+    assert r["reason"] == "unreadable_file" and r["line_no"] is None
+
+
+def test_listing_and_format_detection(tmp_path):
+    (tmp_path / "d").mkdir()
+    for name in ["a.jsonl", "b.jsonl.gz", "_SUCCESS", ".hidden", "d/c.parquet"]:
+        (tmp_path / name).write_bytes(b"")
+    files = list_input_files([str(tmp_path)])
+    assert [f.rsplit("/", 1)[1] for f in files] == ["a.jsonl", "b.jsonl.gz", "c.parquet"]
+    assert [detect_format(f) for f in files] == ["jsonl", "jsonl", "parquet"]
+    with pytest.raises(ValueError, match="set ingest.format"):
+        detect_format("data.csv")
+    with pytest.raises(FileNotFoundError):
+        list_input_files([str(tmp_path / "missing")])
