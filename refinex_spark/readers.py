@@ -133,7 +133,7 @@ def _document(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestCon
 
 def _jsonl(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig) -> Iterator[dict]:
     with fs.open_input_stream(path, compression="detect") as stream:
-        for line_no, raw in enumerate(io.BufferedReader(stream)):
+        for line_no, raw in enumerate(io.BufferedReader(stream), start=1):
             if not raw.strip():
                 continue
             try:
@@ -152,7 +152,7 @@ def _jsonl(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig) 
 def _parquet(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig) -> Iterator[dict]:
     with fs.open_input_file(path) as f:
         parquet = pq.ParquetFile(f)
-        row = 0
+        row = 1
         for batch in parquet.iter_batches(batch_size=1024):
             for obj in batch.to_pylist():
                 yield _document(obj, source_file, row, obj, cfg)
@@ -162,7 +162,7 @@ def _parquet(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig
 def _text(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig) -> Iterator[dict]:
     with fs.open_input_stream(path, compression="detect") as stream:
         data = stream.read()
-    yield _document({cfg.text_field: data}, source_file, 0, data[:1000], cfg)
+    yield _document({cfg.text_field: data}, source_file, 1, data[:1000], cfg)
 
 
 _READERS = {"jsonl": _jsonl, "parquet": _parquet, "text": _text}

@@ -40,7 +40,7 @@ def test_every_bad_kind_is_a_reject_with_its_reason(tmp_path):
     docs = [r for r in out if r["kind"] == "doc"]
     rejects = [r for r in out if r["kind"] == "reject"]
     assert [r["reason"] for r in rejects] == [reason for _, reason in BAD_LINES]
-    assert [r["line_no"] for r in rejects] == list(range(1, 1 + len(BAD_LINES)))
+    assert [r["line_no"] for r in rejects] == list(range(2, 2 + len(BAD_LINES)))
     assert len(out) == 2 + len(BAD_LINES)  # the blank line is not a record
     good, hashed = docs
     assert good["doc_id"] == "good-1" and good["text"] == "Hello\nworld"
