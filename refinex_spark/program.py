@@ -1,0 +1,433 @@
+"""The deletion-program language: parse, validate, execute and render (DESIGN.md, "The program language").
+
+A program is model output, so it is data: each line is read with `ast.parse` and checked against a
+whitelist of call names and literal arguments; nothing is ever evaluated. Checking happens in two
+passes. `parse_program` is syntactic (names, arguments, literal types, bounds from `ProgramConfig`)
+and never raises, whatever it is given. `execute` validates the parsed ops against the document
+(line ranges, the chunk the model saw, the current content of a line), applies the valid ones in
+program order, and keeps a chunk unchanged when too many of its ops were rejected (ProX's rule).
+
+Two dialects share one signature table, used both to parse and to render:
+
+    refinex: keep_all()  remove_lines(start=, end=)  remove_str(line=, text=)
+    prox:    remove_lines(line_start=, line_end=)  normalize(source_str=, target_str=)
+             keep_doc()  drop_doc()  skip_chunk()
+
+A RefineX program can only delete, so its output is a subsequence of the newline-normalised input.
+`normalize` (ProX only) is the one op that inserts text.
+"""
+
+from __future__ import annotations
+
+import ast
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import compress
+from typing import Literal
+
+from refinex_spark.chunking import normalize_newlines
+from refinex_spark.config import ProgramConfig
+
+REJECT_REASONS = (
+    "malformed",
+    "unknown_function",
+    "not_in_dialect",
+    "bad_argument",
+    "out_of_range",
+    "outside_chunk",
+    "text_not_in_line",
+    "empty_text",
+    "truncated_line",
+    "too_long",
+    "too_many_ops",
+)
+CHUNK_FALLBACK = "chunk_fallback"
+DIALECTS = ("refinex", "prox")
+_SOURCE_CHARS = 200  # Rejection.source is cut to this length
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    kind: str  # keep_all | remove_lines | remove_str | normalize | keep_doc | drop_doc | skip_chunk
+    start: int | None = None  # remove_lines first line, inclusive (ProX: line_start)
+    end: int | None = None  # remove_lines last line, inclusive (ProX: line_end)
+    line: int | None = None  # remove_str line
+    text: str | None = None  # remove_str text; normalize source_str
+    target: str | None = None  # normalize target_str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    source: str  # the offending program line as written (stripped, cut to 200 chars)
+    reason: str  # one of REJECT_REASONS
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    ops: tuple[Op, ...]
+    rejected: tuple[Rejection, ...]
+    dialect: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkProgram:
+    """One chunk's program and the global lines [start, end] it may touch."""
+
+    start: int
+    end: int
+    program: str
+    truncated: frozenset[int] = frozenset()  # lines shown cut: removable only whole
+
+
+@dataclass(frozen=True, slots=True)
+class OpOutcome:
+    op: str  # rendered op, or the rejected source line
+    applied: bool
+    reason: str = ""  # rejection reason, or CHUNK_FALLBACK for a valid op of a chunk that fell back
+
+
+@dataclass(frozen=True, slots=True)
+class Refinement:
+    text: str
+    status: str  # ok (text changed) | kept | fallback (a chunk fell back, text unchanged) | dropped
+    outcomes: tuple[OpOutcome, ...]  # every op and rejection in program order, chunk by chunk
+    n_applied: int
+    n_rejected: int
+    fallback_chunks: tuple[int, ...]  # positions of the chunks that fell back
+    deleted_chars: int  # len(normalised raw) - len(text)
+
+
+@dataclass(frozen=True, slots=True)
+class _Param:
+    name: str  # keyword as written in the dialect
+    field: str  # Op field it fills
+    kind: Literal["line", "text"]
+    may_be_empty: bool = False
+
+
+_SIGNATURES: dict[str, dict[str, tuple[_Param, ...]]] = {
+    "refinex": {
+        "keep_all": (),
+        "remove_lines": (_Param("start", "start", "line"), _Param("end", "end", "line")),
+        "remove_str": (_Param("line", "line", "line"), _Param("text", "text", "text")),
+    },
+    "prox": {
+        "remove_lines": (_Param("line_start", "start", "line"), _Param("line_end", "end", "line")),
+        "normalize": (
+            _Param("source_str", "text", "text"),
+            _Param("target_str", "target", "text", may_be_empty=True),
+        ),
+        "keep_doc": (),
+        "drop_doc": (),
+        "skip_chunk": (),
+    },
+}
+_KNOWN_NAMES = frozenset(name for sigs in _SIGNATURES.values() for name in sigs)
+# What an empty program renders as: the dialect's explicit no-op.
+_NOOP = {"refinex": "keep_all()", "prox": "skip_chunk()"}
+
+
+def _signatures(dialect: str) -> dict[str, tuple[_Param, ...]]:
+    try:
+        return _SIGNATURES[dialect]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown program dialect {dialect!r} (allowed: {', '.join(DIALECTS)})") from None
+
+
+def _max_line_chars(cfg: ProgramConfig) -> int:
+    """Longest program line worth handing to `ast.parse`: the canonical rendering of any valid op.
+
+    A canonical string is repr()-escaped, at most 10 chars per char ("\\U0010ffff"); an op has at
+    most two strings, and its name, keywords and integers fit in the 100 spare chars.
+    """
+    return 2 * (10 * cfg.max_text_chars + 2) + 100
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
+
+
+def _line_number(node: ast.expr, param: _Param, cfg: ProgramConfig) -> int:
+    value = node.value if isinstance(node, ast.Constant) else None
+    if type(value) is not int:  # bool is an int subclass and is refused here
+        raise _Reject("bad_argument", f"{param.name} must be a non-negative integer literal")
+    if value > cfg.max_line_number:
+        raise _Reject("out_of_range", f"{param.name} exceeds max_line_number={cfg.max_line_number}")
+    return value  # negative numbers are UnaryOp nodes, refused above
+
+
+def _text(node: ast.expr, param: _Param, cfg: ProgramConfig) -> str:
+    value = node.value if isinstance(node, ast.Constant) else None
+    if type(value) is not str:
+        raise _Reject("bad_argument", f"{param.name} must be a plain string literal")
+    if len(value) > cfg.max_text_chars:
+        raise _Reject("too_long", f"{param.name} has {len(value)} chars, limit {cfg.max_text_chars}")
+    if not value and not param.may_be_empty:
+        raise _Reject("empty_text", f"{param.name} is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Reject("bad_argument", f"{param.name} contains a lone surrogate") from None
+    return value
+
+
+def _bind(call: ast.Call, params: tuple[_Param, ...]) -> dict[str, ast.expr]:
+    """Map each parameter to its argument node: positionals in declared order, then keywords."""
+    if len(call.args) > len(params):
+        raise _Reject("bad_argument", f"takes {len(params)} arguments, got {len(call.args)} positional")
+    bound: dict[str, ast.expr] = {}
+    for param, node in zip(params, call.args):
+        if isinstance(node, ast.Starred):
+            raise _Reject("bad_argument", "*args is not allowed")
+        bound[param.name] = node
+    names = {p.name for p in params}
+    for kw in call.keywords:
+        if kw.arg is None:
+            raise _Reject("bad_argument", "**kwargs is not allowed")
+        if kw.arg not in names:
+            expected = ", ".join(p.name for p in params) or "no arguments"
+            raise _Reject("bad_argument", f"unknown argument {kw.arg!r} (expected {expected})")
+        if kw.arg in bound:
+            raise _Reject("bad_argument", f"argument {kw.arg!r} given twice")
+        bound[kw.arg] = kw.value
+    missing = [p.name for p in params if p.name not in bound]
+    if missing:
+        raise _Reject("bad_argument", f"missing argument(s) {', '.join(missing)}")
+    return bound
+
+
+def _parse_line(line: str, signatures: dict[str, tuple[_Param, ...]], cfg: ProgramConfig) -> Op:
+    # Bound the input before ast sees it: its parser's cost and recursion grow with the line.
+    if len(line) > _max_line_chars(cfg):
+        raise _Reject("too_long", f"line has {len(line)} chars, limit {_max_line_chars(cfg)}")
+    try:
+        # Invalid escapes like "C:\d" only warn; silence that (model output would flood the logs),
+        # and pin the filter so a process-wide "-W error" cannot turn it into a rejection.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(line, mode="eval")
+    except Exception as e:  # SyntaxError, ValueError (NUL), RecursionError, MemoryError, UnicodeError
+        raise _Reject("malformed", f"{type(e).__name__}: {e}"[:_SOURCE_CHARS]) from None
+    call = tree.body
+    if not isinstance(call, ast.Call):
+        raise _Reject("malformed", "not a function call")
+    if not isinstance(call.func, ast.Name):
+        raise _Reject("unknown_function", "callee is not a plain name")
+    name = call.func.id
+    params = signatures.get(name)
+    if params is None:
+        if name in _KNOWN_NAMES:
+            raise _Reject("not_in_dialect", f"{name}() belongs to another dialect")
+        raise _Reject("unknown_function", f"{name}() (allowed: {', '.join(signatures)})")
+    bound = _bind(call, params)
+    read = {"line": _line_number, "text": _text}
+    values = {p.field: read[p.kind](bound[p.name], p, cfg) for p in params}
+    op = Op(name, **values)
+    if op.start is not None and op.end is not None and op.start > op.end:
+        raise _Reject("bad_argument", f"start {op.start} > end {op.end}")
+    return op
+
+
+def _parse_entries(text: object, dialect: str, cfg: ProgramConfig) -> list[Op | Rejection]:
+    """Ops and rejections in program order (execute reports outcomes in that order)."""
+    signatures = _signatures(dialect)
+    if not isinstance(text, str):
+        return [Rejection(f"<{type(text).__name__}>", "malformed", "program is not a string")]
+    if len(text) > cfg.max_program_chars:
+        return [Rejection(text[:_SOURCE_CHARS], "too_long", f"program has {len(text)} chars")]
+    entries: list[Op | Rejection] = []
+    n_ops = 0
+    for raw_line in normalize_newlines(text).split("\n"):
+        line = raw_line.strip()
+        if not line or line.startswith("```"):  # blank lines and markdown fences around the program
+            continue
+        if n_ops >= cfg.max_ops:
+            entries.append(Rejection(line[:_SOURCE_CHARS], "too_many_ops", f"more than {cfg.max_ops} ops"))
+            continue
+        try:
+            entries.append(_parse_line(line, signatures, cfg))
+            n_ops += 1
+        except _Reject as r:
+            entries.append(Rejection(line[:_SOURCE_CHARS], r.reason, r.detail))
+    return entries
+
+
+def parse_program(text: object, dialect: str = "refinex", config: ProgramConfig | None = None) -> Program:
+    """Syntactic parse; never raises on any `text` (a non-str is one 'malformed' rejection).
+
+    Only an unknown `dialect` (a caller error, not model output) raises ValueError.
+    """
+    entries = _parse_entries(text, dialect, config or ProgramConfig())
+    return Program(
+        ops=tuple(e for e in entries if isinstance(e, Op)),
+        rejected=tuple(e for e in entries if isinstance(e, Rejection)),
+        dialect=dialect,
+    )
+
+
+def render_op(op: Op, dialect: str = "refinex") -> str:
+    """Canonical text of one op: keywords in declared order, values as repr() literals."""
+    params = _signatures(dialect).get(op.kind)
+    if params is None:
+        raise ValueError(f"{op.kind}() is not an op of the {dialect} dialect")
+    args = ", ".join(f"{p.name}={getattr(op, p.field)!r}" for p in params)
+    return f"{op.kind}({args})"
+
+
+def render_program(program_or_ops: Program | Sequence[Op], dialect: str | None = None) -> str:
+    """Canonical program text, one op per line; the dialect's no-op when there are no ops.
+
+    `dialect` defaults to the Program's own, or to "refinex" for a plain op sequence.
+    """
+    if isinstance(program_or_ops, Program):
+        ops, dialect = program_or_ops.ops, dialect or program_or_ops.dialect
+    else:
+        ops, dialect = tuple(program_or_ops), dialect or "refinex"
+    _signatures(dialect)  # ValueError on an unknown dialect, even with no ops
+    return "\n".join(render_op(op, dialect) for op in ops) if ops else _NOOP[dialect]
+
+
+class _Document:
+    """Lines of the normalised text with the committed edits of the chunks executed so far."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.lines = text.split("\n")
+        self.edited: dict[int, str] = {}  # line -> current content, for lines changed by an op
+        self.removed: list[tuple[int, int]] = []  # remove_lines ranges, inclusive
+        self.dropped = False
+
+    def render(self) -> str:
+        if not self.edited and not self.removed:
+            return self.text
+        lines = self.lines
+        if self.edited:
+            lines = lines.copy()
+            for i, content in self.edited.items():
+                lines[i] = content
+        if not self.removed:
+            return "\n".join(lines)
+        keep = bytearray(b"\x01") * len(lines)
+        for start, end in self.removed:
+            keep[start : end + 1] = bytes(end - start + 1)
+        return "\n".join(compress(lines, keep))
+
+
+class _ChunkRun:
+    """Validates and applies one chunk's ops against an overlay, committed only if the chunk holds."""
+
+    def __init__(self, doc: _Document, chunk: ChunkProgram) -> None:
+        self.doc, self.chunk = doc, chunk
+        self.edits: dict[int, str] = {}
+        self.removed: list[tuple[int, int]] = []
+        self.drop = False
+
+    def current(self, i: int) -> str:
+        if i in self.edits:
+            return self.edits[i]
+        return self.doc.edited.get(i, self.doc.lines[i])
+
+    def _check_lines(self, first: int, last: int) -> str:
+        if last >= len(self.doc.lines):
+            return "out_of_range"
+        if first < self.chunk.start or last > self.chunk.end:
+            return "outside_chunk"
+        return ""
+
+    def apply(self, op: Op) -> str:
+        """Apply `op` if it is valid here; return its rejection reason, or "" when applied."""
+        if op.kind == "remove_lines":
+            assert op.start is not None and op.end is not None
+            reason = self._check_lines(op.start, op.end)
+            if not reason:
+                self.removed.append((op.start, op.end))
+            return reason
+        if op.kind == "remove_str":
+            assert op.line is not None and op.text
+            reason = self._check_lines(op.line, op.line)
+            if reason:
+                return reason
+            if op.line in self.chunk.truncated:
+                return "truncated_line"
+            content = self.current(op.line)
+            if op.text not in content:
+                return "text_not_in_line"
+            self.edits[op.line] = content.replace(op.text, "")
+            return ""
+        if op.kind == "normalize":
+            assert op.text and op.target is not None
+            # Lines shown cut are left alone: the model never saw most of them.
+            lo, hi = max(self.chunk.start, 0), min(self.chunk.end, len(self.doc.lines) - 1)
+            hits = [
+                i for i in range(lo, hi + 1) if i not in self.chunk.truncated and op.text in self.current(i)
+            ]
+            for i in hits:
+                self.edits[i] = self.current(i).replace(op.text, op.target)
+            return "" if hits else "text_not_in_line"
+        if op.kind == "drop_doc":
+            self.drop = True
+        return ""  # keep_all, keep_doc, skip_chunk: valid no-ops
+
+    def commit(self) -> None:
+        self.doc.edited.update(self.edits)
+        self.doc.removed.extend(self.removed)
+        self.doc.dropped |= self.drop
+
+
+def execute(
+    raw_text: str, programs: str | Sequence[ChunkProgram], config: ProgramConfig | None = None
+) -> Refinement:
+    """Run chunk programs over `raw_text` (a str program covers the whole document); never raises.
+
+    Ops refer to global 0-based lines of the newline-normalised text. Each chunk is validated and
+    applied in program order; a chunk with `max_rejected_per_chunk` or more rejections applies none
+    of its ops. The dialect is `config.dialect`.
+    """
+    cfg = config or ProgramConfig()
+    norm = normalize_newlines(raw_text)
+    doc = _Document(norm)
+    if not isinstance(programs, (list, tuple)):  # one program text (parse_program vets its type)
+        programs = [ChunkProgram(0, len(doc.lines) - 1, programs)]
+    outcomes: list[OpOutcome] = []
+    fallback: list[int] = []
+    for position, chunk in enumerate(programs):
+        run = _ChunkRun(doc, chunk)
+        verdicts: list[tuple[str, str]] = []  # (shown op, rejection reason or "")
+        for entry in _parse_entries(chunk.program, cfg.dialect, cfg):
+            if isinstance(entry, Rejection):
+                verdicts.append((entry.source, entry.reason))
+            else:
+                verdicts.append((render_op(entry, cfg.dialect), run.apply(entry)))
+        held = sum(1 for _, reason in verdicts if reason) < cfg.max_rejected_per_chunk
+        if held:
+            run.commit()
+        else:
+            fallback.append(position)
+        for shown, reason in verdicts:
+            outcomes.append(OpOutcome(shown, held and not reason, reason or ("" if held else CHUNK_FALLBACK)))
+
+    text = "" if doc.dropped else doc.render()
+    if doc.dropped:
+        status = "dropped"
+    elif text != norm:
+        status = "ok"
+    else:
+        status = "fallback" if fallback else "kept"
+    return Refinement(
+        text=text,
+        status=status,
+        outcomes=tuple(outcomes),
+        n_applied=sum(o.applied for o in outcomes),
+        n_rejected=sum(1 for o in outcomes if o.reason and o.reason != CHUNK_FALLBACK),
+        fallback_chunks=tuple(fallback),
+        deleted_chars=len(norm) - len(text),
+    )
+
+
+def apply_program(raw_text: str, program_text: str, config: ProgramConfig | None = None) -> str:
+    """Refined text of `raw_text` under one whole-document program (RefineX dialect by default)."""
+    return execute(raw_text, program_text, config).text
