@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
+from pathlib import Path
 
 from ..runtime import RunContext
-from ..synth import generate_corpus
+from ..synth import SynthDoc, generate_corpus
 
 EXPERT_MODEL = "synthetic-expert"
 BAD_RECORDS = [
@@ -29,31 +31,34 @@ EXAMPLE_SQL = [
 ]
 
 
-def write_corpus(workdir: str, n_docs: int, seed: int = 0) -> tuple[str, str]:
-    """Raw documents and expert outputs as jsonl files; written once, reused by reruns."""
-    raw_path = os.path.join(workdir, "raw", "docs.jsonl")
-    expert_path = os.path.join(workdir, "expert", "outputs.jsonl")
-    if os.path.exists(raw_path) and os.path.exists(expert_path):
-        return raw_path, expert_path
-    os.makedirs(os.path.dirname(raw_path), exist_ok=True)
-    os.makedirs(os.path.dirname(expert_path), exist_ok=True)
-    with open(raw_path + ".tmp", "w", encoding="utf-8") as raw, open(expert_path + ".tmp", "w", encoding="utf-8") as ex:
-        for doc in generate_corpus(n_docs, seed=seed):
+def write_docs(directory: str | Path, docs: Iterable[SynthDoc]) -> tuple[Path, Path]:
+    """Raw documents (plus BAD_RECORDS) and expert outputs as jsonl files under `directory`."""
+    raw_path = Path(directory) / "raw" / "docs.jsonl"
+    expert_path = Path(directory) / "expert" / "outputs.jsonl"
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    expert_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_raw, tmp_expert = raw_path.with_suffix(".tmp"), expert_path.with_suffix(".tmp")
+    with open(tmp_raw, "w", encoding="utf-8") as raw, open(tmp_expert, "w", encoding="utf-8") as ex:
+        for doc in docs:
             raw.write(json.dumps({"id": doc.doc_id, "text": doc.raw, "source": doc.source}) + "\n")
             ex.write(json.dumps({"doc_id": doc.doc_id, "text": doc.expert, "model": EXPERT_MODEL}) + "\n")
         raw.write("\n".join(BAD_RECORDS) + "\n")
-    os.replace(raw_path + ".tmp", raw_path)
-    os.replace(expert_path + ".tmp", expert_path)
+    # Renamed into place only when complete: a rerun after a crash never reads a half-written file.
+    os.replace(tmp_raw, raw_path)
+    os.replace(tmp_expert, expert_path)
     return raw_path, expert_path
 
 
 def run(ctx: RunContext, n_docs: int = 300, workdir: str = "./demo-data") -> dict:
     from . import distill, expert_import, ingest, refine, train
 
-    raw_path, expert_path = write_corpus(workdir, n_docs)
+    raw_path = Path(workdir) / "raw" / "docs.jsonl"
+    expert_path = Path(workdir) / "expert" / "outputs.jsonl"
+    if not (raw_path.exists() and expert_path.exists()):  # written once; reruns reuse them
+        raw_path, expert_path = write_docs(workdir, generate_corpus(n_docs, seed=0))
     steps = [
-        ("ingest", lambda c: ingest.run(c, [raw_path])),
-        ("expert", lambda c: expert_import.run(c, expert_path)),
+        ("ingest", lambda c: ingest.run(c, [str(raw_path)])),
+        ("expert", lambda c: expert_import.run(c, str(expert_path))),
         ("distill", distill.run),
         ("train", lambda c: train.run(c, init_tiny=True)),
         ("refine", refine.run),

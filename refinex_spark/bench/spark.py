@@ -1,0 +1,97 @@
+"""`python -m refinex_spark.bench spark`: the Spark stages against the core in one process.
+
+Prints one JSON object:
+- distill: stage docs/s on local[2] over N synthetic docs vs `distill()` in a plain loop over
+  the same docs in this process, and their ratio (target >= 1.6 on 2 cores);
+- ingest: docs/s of the ingest stage (files -> raw_docs);
+- commit: seconds per Delta commit of a small frame vs writing the same frame as plain Parquet.
+Both sides of every ratio run in this one invocation, on the same documents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from ..config import load_config
+from ..distill import distill
+from ..jobs import demo, distill as distill_job, expert_import, ingest
+from ..runtime import open_run
+from ..synth import generate_corpus
+
+TARGET_RATIO = 1.6
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m refinex_spark.bench spark")
+    ap.add_argument("--docs", type=int, default=100_000)
+    ap.add_argument("--min-chars", type=int, default=500)
+    ap.add_argument("--max-chars", type=int, default=4000)
+    ap.add_argument("--commits", type=int, default=5)
+    args = ap.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="refinex-bench-spark-"))
+    config = load_config(env="local", overrides=[f"lake.path={work / 'lake'}",
+                                                 "spark.conf.spark.sql.shuffle.partitions=4",
+                                                 "spark.conf.spark.ui.showConsoleProgress=false"])
+    docs = list(generate_corpus(args.docs, seed=7, target_chars=(args.min_chars, args.max_chars)))
+    raw_path, expert_path = demo.write_docs(work / "input", docs)
+    total_mb = sum(len(d.raw) for d in docs) / 1e6
+
+    t = time.perf_counter()
+    for d in docs:
+        distill(d.raw, d.expert, config.distill, config.chunking)
+    loop_s = time.perf_counter() - t
+
+    ctx = open_run(config, "ingest")
+    t = time.perf_counter()
+    ingest.run(ctx, [str(raw_path)])
+    ingest_s = time.perf_counter() - t
+    expert_import.run(ctx.for_stage("expert"), str(expert_path))
+    t = time.perf_counter()
+    distill_job.run(ctx.for_stage("distill"))
+    stage_s = time.perf_counter() - t
+
+    small = ctx.spark.createDataFrame([(f"d{i}", "x", "s", None, "h", 1) for i in range(100)],
+                                      "doc_id string, text string, source string, metadata string, "
+                                      "text_hash string, n_chars long")
+    small = small.selectExpr("*", "'bench' AS run_id", "current_timestamp() AS created_at").cache()
+    small.count()
+    commit_s, parquet_s = [], []
+    for i in range(args.commits):
+        t = time.perf_counter()
+        ctx.lake.append("raw_docs", small, stage="bench", run_id=f"bench-{i}", fingerprint="bench",
+                        txn_app_id="bench-commit", txn_version=1000 + i)
+        commit_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        small.write.mode("overwrite").parquet(str(work / f"plain-{i}"))
+        parquet_s.append(time.perf_counter() - t)
+    ctx.spark.stop()
+
+    stage_dps, loop_dps = args.docs / stage_s, args.docs / loop_s
+    result = {
+        "benchmark": "spark",
+        "master": config.spark.master,
+        "docs": args.docs,
+        "input_mb": round(total_mb, 2),
+        "distill": {
+            "stage_seconds": round(stage_s, 2), "stage_docs_per_s": round(stage_dps, 1),
+            "loop_seconds": round(loop_s, 2), "loop_docs_per_s": round(loop_dps, 1),
+            "ratio": round(stage_dps / loop_dps, 3), "target_ratio": TARGET_RATIO,
+            "pass": stage_dps / loop_dps >= TARGET_RATIO,
+        },
+        "ingest": {"seconds": round(ingest_s, 2), "docs_per_s": round(args.docs / ingest_s, 1),
+                   "mb_per_s": round(total_mb / ingest_s, 2)},
+        "commit": {
+            "rows": 100,
+            "delta_commit_s_median": round(sorted(commit_s)[len(commit_s) // 2], 3),
+            "plain_parquet_write_s_median": round(sorted(parquet_s)[len(parquet_s) // 2], 3),
+            "overhead_s_per_commit": round(sorted(commit_s)[len(commit_s) // 2]
+                                           - sorted(parquet_s)[len(parquet_s) // 2], 3),
+        },
+    }
+    print(json.dumps(result, indent=2))
+    return result
