@@ -62,6 +62,9 @@ class LakeConfig(_Section):
     engine: Literal["auto", "spark", "delta-rs"] = "auto"
     # Databricks/Unity Catalog: write tables into this catalog schema instead of a path.
     catalog_schema: str | None = None
+    # delta-rs engine: staging dirs of writes that never committed (a crashed run) are removed by
+    # a later run once older than this; younger ones may belong to a concurrent writer.
+    staging_retention_hours: float = Field(24.0, ge=0)
 
     @field_validator("catalog_schema")
     @classmethod

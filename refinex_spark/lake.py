@@ -1,0 +1,453 @@
+"""The lake: the pipeline's Delta tables, written by one of two engines.
+
+`spark` (delta-spark jars on the classpath: Databricks, YARN with --packages): native
+`format("delta")`, with `txnAppId`/`txnVersion` for idempotent appends and `userMetadata` on
+every commit. `delta-rs` (the embedded default, no jars): Spark tasks write snappy Parquet into
+a staging directory of the table, the driver moves the files into the table directory and
+commits them as ONE Delta transaction with the `deltalake` package, carrying the same app
+transaction and userMetadata. Reads take the snapshot's file list from the log, so files that
+were written but never committed (a crash between write and commit) are never read.
+
+Both engines keep the tables readable by the other: declared schemas with UTC timestamps, no
+deletion vectors, no column mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
+from deltalake import Schema as DeltaSchema
+from deltalake.exceptions import CommitFailedError
+from deltalake.transaction import AddAction, CommitProperties, Transaction, create_table_with_add_actions
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from .config import LakeConfig
+from .schemas import TABLES, TableSpec
+from .spark_session import DELTA_PACKAGE, delta_classes_available
+
+Engine = Literal["spark", "delta-rs"]
+# Set on every table either engine creates. Column mapping is off unless asked for, in both.
+TABLE_PROPERTIES = {"delta.enableDeletionVectors": "false"}
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # 2+ chars: "C:" is a drive, not a scheme
+_STAGING_DIR = re.compile(r"^(\d{13})-[0-9a-f]{32}$")  # <start epoch ms>-<uuid>
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class LakeError(RuntimeError):
+    """A lake operation was refused or failed; nothing was committed unless the message says so."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    table: str
+    version: int | None  # the version this append committed; None when it committed nothing
+    rows: int
+    skipped: bool  # True when nothing was committed (see reason)
+    seconds: float
+    reason: str = ""
+
+
+def resolve_root(path: str) -> str:
+    """lake.path as the engines need it: an absolute local path, or a remote URI left as is."""
+    if not path or not path.strip():
+        raise LakeError("lake.path is empty")
+    if any(c in path for c in "\x00\n\r"):
+        raise LakeError(f"lake.path contains a NUL or newline character: {path!r}")
+    if any(c in path for c in "*?[]{}"):
+        raise LakeError(f"lake.path contains a glob character (*?[]{{}}), which Spark would expand: {path!r}")
+    m = _SCHEME.match(path)
+    if m and m.group(1).lower() != "file":
+        return path.rstrip("/")  # s3://, abfss://, dbfs:/, hdfs://: the storage layer resolves these
+    local = path
+    if m:  # file:/p, file:///p, file://localhost/p
+        local = re.sub(r"^file:(//(localhost)?)?", "", path, flags=re.IGNORECASE)
+        if not local.startswith("/"):
+            raise LakeError(f"lake.path {path!r}: only absolute local file URIs (file:///path) are supported")
+    return str(Path(os.path.expanduser(local)).resolve())  # an unknown ~user stays a relative name
+
+
+def _is_local(uri: str) -> bool:
+    return not _SCHEME.match(uri)
+
+
+def _spark_path(uri: str) -> str:
+    # An explicit scheme: on a cluster a bare path would resolve against fs.defaultFS (HDFS).
+    return f"file://{uri}" if _is_local(uri) else uri
+
+
+def resolve_engine(spark: SparkSession, config: LakeConfig) -> Engine:
+    available = delta_classes_available(spark)
+    if config.engine == "spark" and not available:
+        raise LakeError(
+            "lake.engine is 'spark' but the Delta Lake classes (io.delta.sql.DeltaSparkSessionExtension) are not on "
+            f"the Spark classpath: start Spark with --packages {DELTA_PACKAGE}, or set lake.engine to auto or delta-rs")
+    engine: Engine = ("spark" if available else "delta-rs") if config.engine == "auto" else config.engine
+    if engine == "delta-rs" and config.catalog_schema:
+        raise LakeError(f"lake.catalog_schema={config.catalog_schema} needs the spark engine (catalog tables are "
+                        f"written through the catalog), but the Delta Lake classes are not on the Spark classpath")
+    return engine
+
+
+def _user_metadata(run_id: str, stage: str, fingerprint: str) -> str:
+    return json.dumps({"run_id": run_id, "stage": stage, "fingerprint": fingerprint}, sort_keys=True)
+
+
+def _history_entry(version: int, timestamp: datetime, operation: str | None, user_metadata: str | None,
+                   metrics: dict[str, Any] | None) -> dict[str, Any]:
+    parsed: Any = user_metadata
+    if user_metadata:
+        try:
+            parsed = json.loads(user_metadata)
+        except ValueError:
+            pass  # written by someone else: keep the raw string
+    rows = (metrics or {}).get("numOutputRows")
+    return {"version": version, "timestamp": timestamp, "operation": operation, "user_metadata": parsed,
+            "rows_added": int(rows) if rows is not None else None}
+
+
+class _Engine(Protocol):
+    def location(self, spec: TableSpec) -> str: ...
+    def exists(self, spec: TableSpec) -> bool: ...
+    def read(self, spec: TableSpec, version: int | None, session: SparkSession) -> DataFrame | None: ...
+    def version(self, spec: TableSpec) -> int | None: ...
+    def history(self, spec: TableSpec) -> list[dict[str, Any]]: ...
+    def append(self, spec: TableSpec, df: DataFrame, *, run_id: str, user_metadata: str, txn_app_id: str,
+               txn_version: int) -> tuple[int | None, int, str]: ...
+
+
+class Lake:
+    """The declared tables of one lake, through the engine resolved from config.engine."""
+
+    def __init__(self, spark: SparkSession, config: LakeConfig):
+        self.spark = spark
+        self.config = config
+        self.engine: Engine = resolve_engine(spark, config)
+        self._engine: _Engine
+        if self.engine == "spark":
+            root = None if config.catalog_schema else resolve_root(config.path)
+            self._engine = _SparkEngine(spark, root, config.catalog_schema)
+        else:
+            # Spark's default INT96 Parquet timestamps are not a type delta-rs accepts for `timestamp`;
+            # get_spark sets this, a caller-built session may not have.
+            spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+            self._engine = _DeltaRsEngine(resolve_root(config.path), config.staging_retention_hours)
+
+    @staticmethod
+    def spec(table: str) -> TableSpec:
+        if table not in TABLES:
+            raise LakeError(f"unknown table {table!r} (tables: {', '.join(TABLES)})")
+        return TABLES[table]
+
+    def location(self, table: str) -> str:
+        return self._engine.location(self.spec(table))
+
+    def exists(self, table: str) -> bool:
+        return self._engine.exists(self.spec(table))
+
+    def version(self, table: str) -> int | None:
+        return self._engine.version(self.spec(table))
+
+    def read(self, table: str, version: int | None = None, *, session: SparkSession | None = None) -> DataFrame:
+        """The table at `version` (latest if None); an empty frame of the declared schema if it does not exist."""
+        spec = self.spec(table)
+        session = session or self.spark
+        df = self._engine.read(spec, version, session)
+        return df if df is not None else session.createDataFrame([], spec.spark_schema())
+
+    def append(self, table: str, df: DataFrame, *, stage: str, run_id: str, fingerprint: str, txn_app_id: str,
+               txn_version: int) -> CommitInfo:
+        """Append df as one transaction; a no-op if (txn_app_id, txn_version) was already committed or df is empty."""
+        spec = self.spec(table)
+        if not txn_app_id:
+            raise LakeError("txn_app_id must be a non-empty string")
+        if isinstance(txn_version, bool) or not isinstance(txn_version, int) or txn_version < 0:
+            raise LakeError(f"txn_version must be a non-negative int, got {txn_version!r}")
+        start = time.perf_counter()
+        version, rows, reason = self._engine.append(
+            spec, _conform(df, spec), run_id=run_id, user_metadata=_user_metadata(run_id, stage, fingerprint),
+            txn_app_id=txn_app_id, txn_version=txn_version)
+        return CommitInfo(table, version, rows, version is None, time.perf_counter() - start, reason)
+
+    def history(self, table: str) -> list[dict[str, Any]]:
+        """Commits, newest first: version, timestamp (UTC), operation, user_metadata (parsed), rows_added."""
+        return self._engine.history(self.spec(table))
+
+    def register_views(self, spark: SparkSession | None = None) -> list[str]:
+        """Every existing table as a temp view named like the table; returns the names."""
+        session = spark or self.spark
+        names = [t for t in TABLES if self.exists(t)]
+        for name in names:
+            self.read(name, session=session).createOrReplaceTempView(name)
+        return names
+
+
+def _conform(df: DataFrame, spec: TableSpec) -> DataFrame:
+    """Exactly the declared columns, in order, cast to the declared types (extra or missing columns are errors)."""
+    declared = spec.spark_schema()
+    have = {f.name: f.dataType for f in df.schema.fields}
+    missing = [n for n in declared.fieldNames() if n not in have]
+    extra = [n for n in have if n not in declared.fieldNames()]
+    if missing or extra:
+        raise LakeError(f"{spec.name}: columns do not match the declared schema "
+                        f"(missing {missing}, unexpected {extra})")
+    return df.select(*[F.col(f.name) if have[f.name] == f.dataType else F.col(f.name).cast(f.dataType).alias(f.name)
+                       for f in declared.fields])
+
+
+def _same_columns(a: DeltaSchema, b: DeltaSchema) -> bool:
+    def shape(schema: DeltaSchema) -> list[tuple[Any, ...]]:
+        return [(f["name"], json.dumps(f["type"]), f["nullable"]) for f in json.loads(schema.to_json())["fields"]]
+
+    return shape(a) == shape(b)
+
+
+def _already(app_id: str, txn_version: int) -> str:
+    return f"already committed: {app_id} has a transaction >= {txn_version}"
+
+
+def _txn_done(table: DeltaTable, app_id: str, txn_version: int) -> bool:
+    done = table.transaction_version(app_id)
+    return done is not None and done >= txn_version
+
+
+class _DeltaRsEngine:
+    def __init__(self, root: str, staging_retention_hours: float):
+        self.root = root
+        self.retention_ms = int(staging_retention_hours * 3_600_000)
+        self.started_ms = int(time.time() * 1000)
+        self.fs, self.fs_root = (pafs.LocalFileSystem(), root) if _is_local(root) else pafs.FileSystem.from_uri(root)
+
+    def location(self, spec: TableSpec) -> str:
+        return f"{self.root}/{spec.name}"
+
+    def exists(self, spec: TableSpec) -> bool:
+        return DeltaTable.is_deltatable(self.location(spec))
+
+    def version(self, spec: TableSpec) -> int | None:
+        return DeltaTable(self.location(spec)).version() if self.exists(spec) else None
+
+    def read(self, spec: TableSpec, version: int | None, session: SparkSession) -> DataFrame | None:
+        if not self.exists(spec):
+            if version is not None:
+                raise LakeError(f"table {spec.name} does not exist, so it has no version {version}")
+            return None
+        try:
+            files = DeltaTable(self.location(spec), version=version).file_uris()
+        except Exception as e:  # deltalake raises its own errors for versions that were never written
+            raise LakeError(f"cannot load {spec.name} at version {version}: {e}") from e
+        if not files:
+            return None
+        return session.read.schema(spec.spark_schema()).parquet(*[_spark_path(f) for f in files])
+
+    def history(self, spec: TableSpec) -> list[dict[str, Any]]:
+        if not self.exists(spec):
+            return []
+        return [_history_entry(c["version"], datetime.fromtimestamp(c["timestamp"] / 1000, timezone.utc),
+                               c.get("operation"), c.get("userMetadata"), c.get("operationMetrics"))
+                for c in DeltaTable(self.location(spec)).history()]
+
+    def _remove_stale_staging(self, table_dir: str) -> None:
+        """Staging dirs of writes that never committed, from before this run and past the retention."""
+        selector = pafs.FileSelector(f"{table_dir}/_staging", allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            m = _STAGING_DIR.match(info.base_name)
+            if info.type == pafs.FileType.Directory and m and int(m.group(1)) < self.started_ms - self.retention_ms:
+                self.fs.delete_dir(info.path)
+
+    def append(self, spec: TableSpec, df: DataFrame, *, run_id: str, user_metadata: str, txn_app_id: str,
+               txn_version: int) -> tuple[int | None, int, str]:
+        if spec.partition_by:
+            raise LakeError(f"{spec.name} is partitioned; the delta-rs engine writes unpartitioned tables only")
+        uri = self.location(spec)
+        if DeltaTable.is_deltatable(uri) and _txn_done(DeltaTable(uri), txn_app_id, txn_version):
+            # Checked before computing df: a retried stage costs nothing.
+            return None, 0, _already(txn_app_id, txn_version)
+        table_dir = f"{self.fs_root}/{spec.name}"
+        self._remove_stale_staging(table_dir)
+        commit_id = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex}"
+        staging = f"{table_dir}/_staging/{commit_id}"
+        try:
+            df.write.option("compression", "snappy").parquet(_spark_path(f"{uri}/_staging/{commit_id}"))
+            files = self._staged_files(spec, staging)
+            rows = sum(n for _, _, n, _ in files)
+            if rows == 0:
+                return None, 0, "empty input"
+            prefix = f"part-{_UNSAFE_NAME.sub('_', run_id)[:64]}-{commit_id}"
+            adds = []
+            for i, (path, size, n, null_count) in enumerate(files):
+                name = f"{prefix}-{i:05d}.snappy.parquet"
+                self.fs.move(path, f"{table_dir}/{name}")
+                stats = json.dumps({"numRecords": n, "nullCount": null_count}, separators=(",", ":"))
+                adds.append(AddAction(name, size, {}, int(time.time() * 1000), True, stats))
+            txn = Transaction(app_id=txn_app_id, version=txn_version)
+            properties = CommitProperties(
+                custom_metadata={"userMetadata": user_metadata, "refinexCommitId": commit_id,
+                                 "operationMetrics": {"numFiles": str(len(adds)), "numOutputRows": str(rows),
+                                                      "numOutputBytes": str(sum(a.size for a in adds))}},
+                app_transactions=[txn])
+            try:
+                version = self._commit(spec, uri, adds, properties, commit_id, txn)
+            except CommitFailedError:
+                # Delta's conflict check: a concurrent commit of the same app transaction won.
+                if not _txn_done(DeltaTable(uri), txn_app_id, txn_version):
+                    raise
+                version = None
+            if version is None:  # certainly not committed, so the moved files are ours to delete
+                for a in adds:
+                    self.fs.delete_file(f"{table_dir}/{a.path}")
+                return None, 0, _already(txn_app_id, txn_version)
+            return version, rows, ""
+        finally:
+            if self.fs.get_file_info(staging).type != pafs.FileType.NotFound:
+                self.fs.delete_dir(staging)
+
+    def _staged_files(self, spec: TableSpec, staging: str) -> list[tuple[str, int, int, dict[str, int]]]:
+        """(path, size, rows, null counts) of the non-empty Parquet parts; refuses nulls in NOT NULL columns."""
+        out = []
+        for info in self.fs.get_file_info(pafs.FileSelector(staging)):
+            if not (info.is_file and info.base_name.startswith("part-") and info.base_name.endswith(".parquet")):
+                continue  # _SUCCESS, .crc checksums
+            meta = pq.read_metadata(info.path, filesystem=self.fs)
+            if meta.num_rows == 0:
+                continue
+            nulls: dict[str, int] = {}
+            for j in range(meta.num_columns):
+                stats = [meta.row_group(g).column(j).statistics for g in range(meta.num_row_groups)]
+                if all(s is not None and s.has_null_count for s in stats):
+                    nulls[meta.schema.column(j).path] = sum(s.null_count for s in stats)
+            bad = {c: n for c, n in nulls.items() if n and not spec.column(c).nullable}
+            if bad:
+                raise LakeError(f"{spec.name}: NOT NULL columns have nulls {bad}; nothing was committed")
+            out.append((info.path, info.size, meta.num_rows, nulls))
+        return sorted(out)
+
+    def _commit(self, spec: TableSpec, uri: str, adds: list[AddAction], properties: CommitProperties,
+                commit_id: str, txn: Transaction) -> int | None:
+        """Commit adds as one transaction; the version committed, or None if the app transaction was there."""
+        schema = DeltaSchema.from_arrow(spec.arrow_schema())
+        if not DeltaTable.is_deltatable(uri):
+            try:
+                create_table_with_add_actions(uri, schema, adds, mode="error", description=spec.doc,
+                                              configuration=TABLE_PROPERTIES, commit_properties=properties)
+                return 0
+            except Exception:
+                if not DeltaTable.is_deltatable(uri):
+                    raise
+                # another writer created the table first: append to it
+        table = DeltaTable(uri)
+        # Checked on the snapshot the commit is based on; later commits of the same app id conflict.
+        if _txn_done(table, txn.app_id, txn.version):
+            return None
+        if not _same_columns(table.schema(), schema):
+            raise LakeError(f"{spec.name} at {uri} has a schema other than the declared one; nothing was committed")
+        read_version = table.version()
+        table.create_write_transaction(adds, mode="append", schema=schema, commit_properties=properties)
+        # Our version is read_version + 1 unless other writers committed in between: find it by id.
+        latest = DeltaTable(uri)
+        for entry in latest.history(limit=latest.version() - read_version):
+            if entry.get("refinexCommitId") == commit_id:
+                return int(entry["version"])
+        raise LakeError(f"{spec.name}: commit {commit_id} succeeded but is not in the table history")
+
+
+class _SparkEngine:
+    """delta-spark: the cluster path. Not exercised where the Delta jars are absent (CI)."""
+
+    def __init__(self, spark: SparkSession, root: str | None, catalog_schema: str | None):
+        self.spark = spark
+        self.root = root
+        self.catalog_schema = catalog_schema
+
+    def location(self, spec: TableSpec) -> str:
+        return f"{self.catalog_schema}.{spec.name}" if self.catalog_schema else f"{self.root}/{spec.name}"
+
+    def _delta_table(self, spec: TableSpec):
+        from delta.tables import DeltaTable as SparkDeltaTable
+
+        if self.catalog_schema:
+            return SparkDeltaTable.forName(self.spark, self.location(spec))
+        return SparkDeltaTable.forPath(self.spark, _spark_path(self.location(spec)))
+
+    def exists(self, spec: TableSpec) -> bool:
+        if self.catalog_schema:
+            return self.spark.catalog.tableExists(self.location(spec))
+        from delta.tables import DeltaTable as SparkDeltaTable
+
+        return SparkDeltaTable.isDeltaTable(self.spark, _spark_path(self.location(spec)))
+
+    def version(self, spec: TableSpec) -> int | None:
+        if not self.exists(spec):
+            return None
+        return int(self._delta_table(spec).history(1).select("version").head()[0])
+
+    def read(self, spec: TableSpec, version: int | None, session: SparkSession) -> DataFrame | None:
+        if not self.exists(spec):
+            if version is not None:
+                raise LakeError(f"table {spec.name} does not exist, so it has no version {version}")
+            return None
+        if self.catalog_schema:  # identifiers: a validated schema name and a declared table name
+            as_of = f" VERSION AS OF {int(version)}" if version is not None else ""
+            df = session.sql(f"SELECT * FROM {self.location(spec)}{as_of}")
+        else:
+            reader = session.read.format("delta")
+            if version is not None:
+                reader = reader.option("versionAsOf", int(version))
+            df = reader.load(_spark_path(self.location(spec)))
+        return df.select(*spec.column_names)
+
+    def history(self, spec: TableSpec) -> list[dict[str, Any]]:
+        if not self.exists(spec):
+            return []
+        rows = (self._delta_table(spec).history()
+                .select("version", "timestamp", "operation", "userMetadata", "operationMetrics").collect())
+        # Spark hands back naive local datetimes; astimezone() reads them as local time.
+        return [_history_entry(r["version"], r["timestamp"].astimezone(timezone.utc), r["operation"],
+                               r["userMetadata"], r["operationMetrics"]) for r in rows]
+
+    def _create_if_missing(self, spec: TableSpec) -> None:
+        from delta.tables import DeltaTable as SparkDeltaTable
+
+        builder = SparkDeltaTable.createIfNotExists(self.spark)
+        if self.catalog_schema:
+            builder = builder.tableName(self.location(spec))
+        else:
+            builder = builder.location(_spark_path(self.location(spec)))
+        builder = builder.addColumns(spec.spark_schema()).comment(spec.doc)
+        if spec.partition_by:
+            builder = builder.partitionedBy(*spec.partition_by)
+        for key, value in TABLE_PROPERTIES.items():
+            builder = builder.property(key, value)
+        builder.execute()
+
+    def append(self, spec: TableSpec, df: DataFrame, *, run_id: str, user_metadata: str, txn_app_id: str,
+               txn_version: int) -> tuple[int | None, int, str]:
+        if df.isEmpty():
+            return None, 0, "empty input"
+        self._create_if_missing(spec)
+        before = self.version(spec)
+        writer = (df.write.format("delta").mode("append")
+                  .option("txnAppId", txn_app_id).option("txnVersion", str(txn_version))
+                  .option("userMetadata", user_metadata))
+        if self.catalog_schema:
+            writer.saveAsTable(self.location(spec))
+        else:
+            writer.save(_spark_path(self.location(spec)))
+        # Delta skips an already-committed app transaction silently: no new version means skipped.
+        # (A concurrent writer's commit in between would be reported as ours; Delta gives no commit id.)
+        after = self.version(spec)
+        if after == before:
+            return None, 0, _already(txn_app_id, txn_version)
+        metrics = self._delta_table(spec).history(1).select("operationMetrics").head()[0] or {}
+        return after, int(metrics.get("numOutputRows", 0)), ""

@@ -1,0 +1,108 @@
+"""The SparkSession every stage runs on, built from the `spark` config section.
+
+Delta's session extension and catalog are added only when the Delta jars will be on the
+classpath (lake.engine=spark, or auto with the jars configured or installed); adding them
+without the jars would break every catalog lookup. On Databricks Delta is built in and
+preconfigured, so nothing is added there.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from .config import Config, ConfigError
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.1"
+
+# The lake relies on these: UTC instants everywhere, and Parquet timestamps as INT64 micros
+# (Spark's default INT96 is not a type delta-rs accepts for a `timestamp` column).
+FIXED_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+}
+DEFAULT_CONF = {"spark.sql.execution.arrow.pyspark.enabled": "true"}
+
+
+def on_databricks() -> bool:
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def _delta_jars_configured(conf: dict[str, str]) -> bool:
+    """Will the session start with delta-spark on its classpath? (Decided before the JVM exists.)"""
+    if "io.delta:delta-spark" in conf.get("spark.jars.packages", "") or "delta-spark" in conf.get("spark.jars", ""):
+        return True
+    import pyspark
+
+    jar_dirs = [Path(pyspark.__file__).parent / "jars"]
+    if os.environ.get("SPARK_HOME"):
+        jar_dirs.append(Path(os.environ["SPARK_HOME"]) / "jars")
+    return any(glob.glob(str(d / "delta-spark*.jar")) for d in jar_dirs)
+
+
+def session_conf(config: Config) -> dict[str, str]:
+    """The Spark conf get_spark builds with: defaults, the user's conf, Delta when wanted, FIXED_CONF."""
+    user = dict(config.spark.conf)
+    for key, value in FIXED_CONF.items():
+        if key in user and user[key] != value:
+            raise ConfigError(f"spark.conf.{key} must be {value!r} (the lake stores UTC timestamps), got {user[key]!r}")
+    conf = {**DEFAULT_CONF, **user, **FIXED_CONF}
+    engine = config.lake.engine
+    if not on_databricks() and (engine == "spark" or (engine == "auto" and _delta_jars_configured(conf))):
+        extensions = [e.strip() for e in conf.get("spark.sql.extensions", "").split(",") if e.strip()]
+        if DELTA_EXTENSION not in extensions:
+            extensions.append(DELTA_EXTENSION)
+        conf["spark.sql.extensions"] = ",".join(extensions)
+        conf.setdefault("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
+    return conf
+
+
+def get_spark(config: Config) -> SparkSession:
+    if (config.spark.master or "").startswith("local"):
+        # Local Python workers must run this interpreter (its venv has pyarrow, pandas and the
+        # package), not whatever `python3` is first on PATH; PySpark reads only the env var.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(config.spark.app_name)
+    if config.spark.master:
+        builder = builder.master(config.spark.master)
+    for key, value in session_conf(config).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    # getOrCreate may hand back a running session: make sure its runtime confs are the lake's.
+    for key, value in FIXED_CONF.items():
+        spark.conf.set(key, value)
+    return spark
+
+
+def jvm_has_class(spark: SparkSession, class_name: str) -> bool | None:
+    """Whether the driver JVM can load the class; None when there is no JVM handle (Spark Connect)."""
+    try:
+        jvm = spark._jvm  # classic sessions only; Spark Connect raises here
+    except Exception:  # noqa: BLE001 - any failure means "no JVM handle"
+        return None
+    if jvm is None:
+        return None
+    try:
+        # Spark's own loader: sees --jars/--packages, which the plain py4j loader may not.
+        loader = jvm.org.apache.spark.util.Utils.getContextOrSparkClassLoader()
+        jvm.java.lang.Class.forName(class_name, False, loader)
+        return True
+    except Exception:  # noqa: BLE001 - ClassNotFoundException arrives as a Py4JJavaError
+        return False
+
+
+def delta_classes_available(spark: SparkSession) -> bool:
+    found = jvm_has_class(spark, DELTA_EXTENSION)
+    if found is not None:
+        return found
+    # Spark Connect: the classpath is the server's; trust Databricks or an explicit extension conf.
+    try:
+        return on_databricks() or DELTA_EXTENSION in (spark.conf.get("spark.sql.extensions", "") or "")
+    except Exception:  # noqa: BLE001
+        return False

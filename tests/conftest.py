@@ -1,0 +1,31 @@
+"""Shared fixtures: one local Spark session for the whole test run, and a fresh lake per test."""
+
+from __future__ import annotations
+
+import pytest
+
+from refinex_spark.config import Config, LakeConfig, SparkConfig
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from refinex_spark.spark_session import get_spark
+
+    config = Config(spark=SparkConfig(master="local[2]", app_name="refinex-spark-tests", conf={
+        "spark.sql.shuffle.partitions": "2",
+        "spark.default.parallelism": "2",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+    }))
+    session = get_spark(config)
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def tmp_lake(spark, tmp_path):
+    """A Lake (delta-rs engine here) rooted in a fresh directory; lake.config.path is that directory."""
+    from refinex_spark.lake import Lake
+
+    return Lake(spark, LakeConfig(path=str(tmp_path / "lake")))
