@@ -8,46 +8,38 @@ distiller fails on leaves one row with drop_reason `error: ...` instead of faili
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pandas as pd
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from ..distill import distill
 from ..runtime import RunContext
 from ..schemas import TABLES
+from .batches import RowsFn, map_rows
 
 STAGE = "distill"
 _COMPUTED = ["doc_id", "chunk_index", "start_line", "end_line", "prompt", "program", "n_ops", "kept",
              "drop_reason", "doc_fidelity", "doc_deleted_fraction", "doc_illegal_fraction", "expert_model"]
 
 
-def _distill_partition(config):
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            rows = []
-            for doc_id, raw, expert, model in zip(batch["doc_id"], batch["text"], batch["expert_text"],
-                                                  batch["expert_model"]):
-                try:
-                    result = distill(raw, expert, config.distill, config.chunking)
-                except Exception as e:  # noqa: BLE001 - one bad document must not fail the stage
-                    rows.append({"doc_id": doc_id, "chunk_index": -1, "start_line": -1, "end_line": -1,
-                                 "prompt": "", "program": "", "n_ops": 0, "kept": False,
-                                 "drop_reason": f"error: {type(e).__name__}: {e}"[:500],
-                                 "doc_fidelity": None, "doc_deleted_fraction": None,
-                                 "doc_illegal_fraction": None, "expert_model": model})
-                    continue
-                st = result.stats
-                for s in result.samples:
-                    rows.append({"doc_id": doc_id, "chunk_index": s.chunk_index, "start_line": s.start_line,
-                                 "end_line": s.end_line, "prompt": s.prompt, "program": s.program,
-                                 "n_ops": s.n_ops, "kept": s.kept, "drop_reason": s.drop_reason,
-                                 "doc_fidelity": st.fidelity, "doc_deleted_fraction": st.deleted_fraction,
-                                 "doc_illegal_fraction": st.illegal_fraction, "expert_model": model})
-            yield pd.DataFrame.from_records(rows, columns=_COMPUTED)
+def _sample_rows(doc: dict, config) -> list[dict]:
+    """Every sample row of one document; a distiller failure is one row with the error as reason."""
+    common = {"doc_id": doc["doc_id"], "expert_model": doc["expert_model"]}
+    try:
+        result = distill(doc["text"], doc["expert_text"], config.distill, config.chunking)
+    except Exception as e:  # noqa: BLE001 - one bad document must not fail the stage
+        return [{**common, "chunk_index": -1, "start_line": -1, "end_line": -1, "prompt": "", "program": "",
+                 "n_ops": 0, "kept": False, "drop_reason": f"error: {type(e).__name__}: {e}"[:500],
+                 "doc_fidelity": None, "doc_deleted_fraction": None, "doc_illegal_fraction": None}]
+    st = result.stats
+    doc_level = {"doc_fidelity": st.fidelity, "doc_deleted_fraction": st.deleted_fraction,
+                 "doc_illegal_fraction": st.illegal_fraction}
+    return [{**common, **doc_level, "chunk_index": s.chunk_index, "start_line": s.start_line,
+             "end_line": s.end_line, "prompt": s.prompt, "program": s.program, "n_ops": s.n_ops,
+             "kept": s.kept, "drop_reason": s.drop_reason} for s in result.samples]
 
-    return run
+
+def _distill_rows(config) -> RowsFn:
+    return lambda docs: [row for doc in docs for row in _sample_rows(doc, config)]
 
 
 def pending(ctx: RunContext, fingerprint: str):
@@ -70,7 +62,7 @@ def run(ctx: RunContext) -> dict:
     out_schema = type(schema)([next(f for f in computed if f.name == n) for n in _COMPUTED])
     with stats.timer("distill"):
         docs = pending(ctx, fingerprint)
-        samples = (docs.mapInPandas(_distill_partition(config), out_schema)
+        samples = (map_rows(docs, _distill_rows(config), out_schema)
                    .withColumn("fingerprint", F.lit(fingerprint))
                    .withColumn("run_id", F.lit(ctx.run_id))
                    .withColumn("created_at", F.current_timestamp())

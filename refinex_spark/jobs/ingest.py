@@ -9,15 +9,13 @@ read = accepted + rejected + already_present.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from .. import readers
 from ..runtime import RunContext
+from .batches import RowsFn, map_rows
 from .rejects import write_rejects
 
 STAGE = "ingest"
@@ -31,14 +29,9 @@ _RECORD = StructType([
 ])
 
 
-def _read_files(cfg):
-    names = _RECORD.fieldNames()
-
-    def read(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            for path in batch["path"]:
-                rows = list(readers.read_file(path, cfg))
-                yield pd.DataFrame.from_records(rows, columns=names) if rows else pd.DataFrame(columns=names)
+def _read_files(cfg) -> RowsFn:
+    def read(rows: list[dict]) -> list[dict]:
+        return [record for row in rows for record in readers.read_file(row["path"], cfg)]
 
     return read
 
@@ -48,7 +41,7 @@ def read_records(spark, files: list[str], cfg) -> DataFrame:
     for f in files:
         readers.detect_format(f, cfg.format)  # fail fast, before any Spark work, on an unknown extension
     paths_df = spark.createDataFrame([(f,) for f in files], "path string").repartition(max(1, len(files)))
-    return paths_df.mapInPandas(_read_files(cfg), _RECORD)
+    return map_rows(paths_df, _read_files(cfg), _RECORD)
 
 
 def run(ctx: RunContext, paths: list[str]) -> dict:

@@ -14,9 +14,6 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
-
-import pandas as pd
 from pyspark import TaskContext
 from pyspark.sql import functions as F
 
@@ -26,6 +23,7 @@ from ..model.prompt import load_template
 from ..refine import BatchStats, refine_batch
 from ..runtime import RunContext
 from ..schemas import TABLES
+from .batches import RowsFn, map_rows
 
 STAGE = "refine"
 _COMPUTED = ["doc_id", "text_hash", "refined_text", "program", "op_outcomes", "status", "error",
@@ -59,20 +57,17 @@ def _bind_gpu() -> None:
         torch.cuda.set_device(int(gpus.addresses[0]))
 
 
-def _refine_partition(config: Config, template: str):
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+def _refine_rows(config: Config, template: str) -> RowsFn:
+    def run(docs: list[dict]) -> list[dict]:
         _bind_gpu()
-        backend = cache.get_backend(config.model)
+        backend = cache.get_backend(config.model)  # loaded once per Python worker
         stats = BatchStats()
-        for batch in batches:
-            docs = list(zip(batch["doc_id"], batch["text"], batch["text_hash"]))
-            rows = refine_batch(docs, backend, template, config, stats)
-            yield pd.DataFrame.from_records(rows, columns=_COMPUTED)
+        rows = refine_batch([(d["doc_id"], d["text"], d["text_hash"]) for d in docs], backend, template, config, stats)
         ctx = TaskContext.get()
-        part = ctx.partitionId() if ctx is not None else -1
         rate = stats.input_chars / stats.seconds / 1e6 if stats.seconds else 0.0
-        print(f"[refine] partition {part}: {stats.docs} docs, {stats.chunks} chunks in {stats.seconds:.1f}s "
-              f"({rate:.3f} MB/s), statuses {stats.statuses}", file=sys.stderr, flush=True)
+        print(f"[refine] partition {ctx.partitionId() if ctx else -1}: {stats.docs} docs, {stats.chunks} chunks "
+              f"in {stats.seconds:.1f}s ({rate:.3f} MB/s), statuses {stats.statuses}", file=sys.stderr, flush=True)
+        return rows
 
     return run
 
@@ -106,7 +101,7 @@ def run(ctx: RunContext) -> dict:
     out_schema = type(schema)([schema[n] for n in _COMPUTED])
     with stats.timer("refine"):
         docs = pending(ctx, model, fp)
-        rows = docs.mapInPandas(_refine_partition(shipped, template), out_schema, profile=_gpu_profile(ctx.spark))
+        rows = map_rows(docs, _refine_rows(shipped, template), out_schema, profile=_gpu_profile(ctx.spark))
         rows = (rows.withColumn("model_id", F.lit(model))
                 .withColumn("prompt_version", F.lit(config.model.prompt_version))
                 .withColumn("fingerprint", F.lit(fp))

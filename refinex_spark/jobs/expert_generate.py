@@ -1,0 +1,316 @@
+"""expert generate: a seeded sample of `raw_docs` cleaned end to end by an LLM -> `expert_outputs`.
+
+Driver: sample the documents (`refinex_spark.expert.sampling`: bottom-k on a seeded hash,
+optionally a proportional quota per source), drop those that already have an `ok` output for the
+same model, prompt version and raw text, spread the rest over tasks of about
+`expert.docs_per_task` documents, and run `_generate_partition` over them with mapInPandas. The
+driver reads the prompt file and ships its text, the API key and the settings in the task.
+
+Task: a thread pool of `expert.concurrency` sends each document (split into line-aligned pieces
+when it would not fit `expert.context_tokens`) to the chat-completions endpoint, or, with
+`backend: hf`, generates with a local transformers model through the worker's backend cache (one
+document at a time: the hf expert is for small local runs; serve a large expert with vLLM).
+
+Request budget: `expert.max_requests` bounds the requests of the run, retries included. Tasks
+cannot share a counter, so each task gets ceil(max_requests / tasks); the run may therefore send
+up to tasks - 1 fewer requests than the cap allows when tasks are uneven, never more. A document
+whose task ran out of budget gets an error row (`budget_exhausted`) and is retried by the next run.
+
+Every pending document leaves exactly one row in this run: `ok` with the cleaned text, or `error`
+with the reason ("<kind>: detail", see `refinex_spark.expert.client`). Errors are tried again by
+the next run; `distill` uses the newest `ok` row of a document.
+
+Progress: tasks add their counts to an accumulator when they finish (PySpark accumulators travel
+with task results), and a driver thread prints them every `expert.progress_interval_s` seconds to
+stderr, in the format of `format_progress`. The end-of-run summary in `ctx.stats` is computed from
+the written rows, so it is exact even when Spark re-ran a task.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import pandas as pd
+from pyspark.accumulators import Accumulator, AccumulatorParam
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from ..chunking import approx_tokens
+from ..config import ExpertConfig, ModelConfig
+from ..expert import load_instruction
+from ..expert.client import ChatClient, Completion, RequestBudget, RetryPolicy, clean_pieces
+from ..expert.sampling import KEY_HEX_DIGITS, allocate, piece_budget, sample_size, split_document
+from ..model.prompt import user_message
+from ..runtime import RunContext
+
+STAGE = "expert"
+KEY_RANGE = 16**KEY_HEX_DIGITS
+_OUT = T.StructType([
+    T.StructField("doc_id", T.StringType(), False),
+    T.StructField("raw_text_hash", T.StringType(), False),
+    T.StructField("text", T.StringType(), True),
+    T.StructField("status", T.StringType(), False),
+    T.StructField("error", T.StringType(), True),
+    T.StructField("latency_s", T.DoubleType(), True),
+    T.StructField("tokens", T.LongType(), True),
+    # Per-document request counts, summed into the run summary; not written to the table.
+    T.StructField("_requests", T.LongType(), False),
+    T.StructField("_retries", T.LongType(), False),
+    T.StructField("_failures", T.LongType(), False),
+])
+
+
+def key_column(seed: int, doc_id: str = "doc_id"):
+    """`sampling.sample_key(seed, doc_id)` as a Spark column (sha2 is over the UTF-8 bytes, as in Python)."""
+    digest = F.sha2(F.concat(F.lit(f"{seed}:"), F.col(doc_id)), 256)
+    return F.conv(F.substring(digest, 1, KEY_HEX_DIGITS), 16, 10).cast("long")
+
+
+def _key_bound(quota: int, size: int) -> int:
+    """A key below which a stratum's `quota` smallest keys lie but for a ~1e-23 chance.
+
+    Keys are uniform, so the number of keys below bound b is Binomial(size, b / KEY_RANGE); taking
+    its mean as quota + 10 sqrt(quota) + 10 puts the quota over 10 standard deviations below it.
+    Only these few candidates are ranked, instead of sorting every document of the stratum.
+    """
+    share = (quota + 10 * math.sqrt(quota) + 10) / size
+    return KEY_RANGE if share >= 1 else math.ceil(share * KEY_RANGE)
+
+
+def sample_ids(raw: DataFrame, expert: ExpertConfig) -> tuple[DataFrame, dict[str, int]]:
+    """(doc_id of the sampled documents, quota per stratum); see `refinex_spark.expert.sampling`."""
+    stratum = F.col("source") if expert.stratify_by_source else F.lit("")
+    keyed = raw.select("doc_id", stratum.alias("_stratum"), key_column(expert.seed).alias("_key"))
+    sizes = {r["_stratum"]: r["count"] for r in keyed.groupBy("_stratum").count().collect()}
+    total = sample_size(sum(sizes.values()), expert.sample_fraction, expert.sample_count)
+    quotas = {s: q for s, q in allocate(sizes, total).items() if q}
+    spark = raw.sparkSession
+
+    def ranked(bound: Callable[[str], int]) -> DataFrame:
+        limits = spark.createDataFrame([(s, q, bound(s)) for s, q in quotas.items()],
+                                       "_stratum string, _quota long, _bound long")
+        order = Window.partitionBy("_stratum").orderBy("_key", "doc_id")
+        return (keyed.join(F.broadcast(limits), "_stratum").where(F.col("_key") < F.col("_bound"))
+                .withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") <= F.col("_quota")))
+
+    sample = ranked(lambda s: _key_bound(quotas[s], sizes[s]))
+    got = {r["_stratum"]: r["count"] for r in sample.groupBy("_stratum").count().collect()} if quotas else {}
+    if got != quotas:  # the bound was too tight (never expected); rank every document instead
+        sample = ranked(lambda s: KEY_RANGE)
+    return sample.select("doc_id"), quotas
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What every Spark task needs; built on the driver and shipped in the task closure."""
+
+    expert: ExpertConfig
+    instruction: str
+    piece_tokens: int  # most tokens per piece, and the answer's max_tokens
+    requests_per_task: int | None
+    api_key: str | None
+    hf_model: ModelConfig | None  # set for the hf backend
+
+
+def _piece_completer(task: _Task, budget: RequestBudget) -> Callable[[str], Completion]:
+    """piece -> Completion, by the configured backend; counts each piece against the budget."""
+    cfg = task.expert
+    if task.hf_model is None:
+        client = ChatClient(cfg.base_url or "", cfg.model, api_key=task.api_key, timeout_s=cfg.request_timeout_s,
+                            retry=RetryPolicy(cfg.max_retries, cfg.backoff_base_s, cfg.backoff_max_s),
+                            temperature=cfg.temperature, budget=budget)
+        return lambda piece: client.complete(user_message(task.instruction, piece), task.piece_tokens)
+
+    from ..model.cache import get_backend  # torch only where the hf expert runs
+
+    def generate(piece: str) -> Completion:
+        if not budget.take():
+            return Completion.failed(f"budget_exhausted: request budget of {budget.limit} for this task used up")
+        backend = get_backend(task.hf_model)
+        before, started = backend.stats.output_tokens, time.perf_counter()
+        [text] = backend.generate([backend.format_prompt(task.instruction, piece)])
+        return Completion(text, latency_s=time.perf_counter() - started,
+                          tokens=backend.stats.output_tokens - before, requests=1)
+
+    return generate
+
+
+def _generate_partition(task: _Task, progress: Accumulator | None):
+    cfg = task.expert
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        complete = _piece_completer(task, RequestBudget(task.requests_per_task))
+
+        def clean(text: str) -> Completion:
+            try:
+                return clean_pieces(split_document(text, task.piece_tokens, cfg.chars_per_token), complete)
+            except Exception as e:  # noqa: BLE001 - one document's failure is its error row, not the task's
+                return Completion.failed(f"internal: {type(e).__name__}: {e}")
+
+        workers = cfg.concurrency if task.hf_model is None else 1  # one local model: no parallel generate
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for batch in batches:
+                results = list(pool.map(clean, batch["text"]))
+                if progress is not None:
+                    progress.add(_progress_counts(results))
+                yield pd.DataFrame({
+                    "doc_id": batch["doc_id"],
+                    "raw_text_hash": batch["text_hash"],
+                    "text": [r.text for r in results],
+                    "status": ["ok" if r.ok else "error" for r in results],
+                    "error": [r.error for r in results],
+                    "latency_s": pd.Series([r.latency_s for r in results], dtype="Float64"),
+                    "tokens": pd.Series([r.tokens for r in results], dtype="Int64"),
+                    "_requests": [r.requests for r in results],
+                    "_retries": [r.retries for r in results],
+                    "_failures": [r.failures for r in results],
+                })
+
+    return run
+
+
+def _progress_counts(results: list[Completion]) -> Counter:
+    ok = sum(r.ok for r in results)
+    return Counter(docs=len(results), ok=ok, error=len(results) - ok, requests=sum(r.requests for r in results),
+                   retries=sum(r.retries for r in results), failures=sum(r.failures for r in results),
+                   tokens=sum(r.tokens or 0 for r in results))
+
+
+class _CounterParam(AccumulatorParam):
+    def zero(self, value: Counter) -> Counter:
+        return Counter()
+
+    def addInPlace(self, value1: Counter, value2: Counter) -> Counter:
+        value1.update(value2)
+        return value1
+
+
+def format_progress(counts: dict[str, int], total_docs: int, elapsed_s: float) -> str:
+    """One progress line, e.g.
+    `expert: 42s docs 128/500 (ok 120, error 8) requests 150 (failed 30, retried 22) 812.4 tokens/s`."""
+    c = Counter(counts)
+    rate = c["tokens"] / elapsed_s if elapsed_s > 0 else 0.0
+    return (f"expert: {elapsed_s:.0f}s docs {c['docs']}/{total_docs} (ok {c['ok']}, error {c['error']}) "
+            f"requests {c['requests']} (failed {c['failures']}, retried {c['retries']}) {rate:.1f} tokens/s")
+
+
+class _Progress:
+    """Prints `format_progress` from the accumulator every `interval_s` on a driver thread, and at exit."""
+
+    def __init__(self, accumulator: Accumulator, total_docs: int, interval_s: float, stream: TextIO) -> None:
+        self.accumulator, self.total_docs, self.interval_s, self.stream = accumulator, total_docs, interval_s, stream
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="expert-progress", daemon=True)
+        self._started = time.perf_counter()
+
+    def line(self) -> str:
+        return format_progress(dict(self.accumulator.value), self.total_docs, time.perf_counter() - self._started)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            print(self.line(), file=self.stream, flush=True)
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        print(self.line(), file=self.stream, flush=True)
+
+
+def settings(config: ExpertConfig, *, fraction: float | None = None, count: int | None = None,
+             seed: int | None = None, stratify: bool | None = None, backend: str | None = None) -> ExpertConfig:
+    """The expert section with command-line choices applied; a given sample size replaces the configured one."""
+    update: dict[str, Any] = {k: v for k, v in (("seed", seed), ("stratify_by_source", stratify),
+                                                ("backend", backend)) if v is not None}
+    if fraction is not None or count is not None:
+        update.update(sample_fraction=fraction, sample_count=count)
+    cfg = ExpertConfig.model_validate({**config.model_dump(), **update})
+    if cfg.sample_fraction is None and cfg.sample_count is None:
+        raise ValueError("choose the sample: --fraction or --count (or expert.sample_fraction / expert.sample_count)")
+    if cfg.backend == "openai" and not cfg.base_url:
+        raise ValueError("expert.base_url is not set (the chat-completions server, e.g. http://host:8000/v1)")
+    return cfg
+
+
+def run(ctx: RunContext, *, fraction: float | None = None, count: int | None = None, seed: int | None = None,
+        stratify: bool | None = None, backend: str | None = None, progress_stream: TextIO | None = None) -> dict:
+    stats = ctx.stats
+    cfg = settings(ctx.config.expert, fraction=fraction, count=count, seed=seed, stratify=stratify, backend=backend)
+    instruction = load_instruction(cfg.prompt_version)
+    piece_tokens = piece_budget(cfg.context_tokens, approx_tokens(instruction, cfg.chars_per_token))
+    stats.info.update(model=cfg.model, prompt_version=cfg.prompt_version, backend=cfg.backend, seed=cfg.seed,
+                      sample_fraction=cfg.sample_fraction, sample_count=cfg.sample_count,
+                      stratified=cfg.stratify_by_source, piece_tokens=piece_tokens)
+
+    with stats.timer("sample"):
+        ids, quotas = sample_ids(ctx.read("raw_docs").select("doc_id", "source"), cfg)
+        done = (ctx.read("expert_outputs")
+                .where((F.col("status") == "ok") & (F.col("expert_model") == cfg.model)
+                       & (F.col("prompt_version") == cfg.prompt_version))
+                .select("doc_id", F.col("raw_text_hash").alias("text_hash")).distinct())
+        pending = (ids.join(ctx.read("raw_docs").select("doc_id", "text", "text_hash"), "doc_id")
+                   .join(done, ["doc_id", "text_hash"], "left_anti"))
+        n_pending = pending.count()
+    stats.counts["sampled"] = sum(quotas.values())
+    stats.counts["already_done"] = stats.counts["sampled"] - n_pending
+    stats.counts["pending"] = n_pending
+    if cfg.stratify_by_source:
+        stats.info["quotas"] = dict(sorted(quotas.items()))
+    if n_pending == 0:
+        return stats.as_dict()
+
+    n_tasks = math.ceil(n_pending / cfg.docs_per_task)
+    per_task = math.ceil(cfg.max_requests / n_tasks) if cfg.max_requests is not None else None
+    stats.info.update(tasks=n_tasks, requests_per_task=per_task)
+    hf_model = None
+    if cfg.backend == "hf":
+        hf_model = ModelConfig(path=cfg.model, backend="hf", device=ctx.config.model.device,
+                               dtype=ctx.config.model.dtype, max_new_tokens=piece_tokens, batch_size=1)
+    task = _Task(cfg, instruction, piece_tokens, per_task, os.environ.get(cfg.api_key_env) or None, hf_model)
+
+    sc = ctx.spark.sparkContext
+    accumulator = sc.accumulator(Counter(), _CounterParam())
+    with stats.timer("generate"):
+        results = (pending.repartition(n_tasks, "doc_id")
+                   .mapInPandas(_generate_partition(task, accumulator), _OUT).persist())
+        with _Progress(accumulator, n_pending, cfg.progress_interval_s, progress_stream or sys.stderr):
+            results.count()
+    _summarise(results, stats)
+
+    rows = results.select("doc_id", F.lit(cfg.model).alias("expert_model"),
+                          F.lit(cfg.prompt_version).alias("prompt_version"), "text", "status", "error", "latency_s",
+                          "tokens", "raw_text_hash", F.lit(ctx.run_id).alias("run_id"),
+                          F.current_timestamp().alias("created_at"))
+    with stats.timer("write"):
+        ctx.append("expert_outputs", rows, fingerprint=ctx.config.fingerprint("expert"))
+    results.unpersist()
+    return stats.as_dict()
+
+
+def _summarise(results: DataFrame, stats) -> None:
+    kind = F.when(F.col("status") == "error", F.substring_index("error", ":", 1))
+    groups = results.groupBy("status", kind.alias("kind")).agg(
+        F.count("*").alias("docs"), F.sum("_requests").alias("requests"), F.sum("_retries").alias("retries"),
+        F.sum("_failures").alias("failures"), F.sum("tokens").alias("tokens")).collect()
+    for g in groups:
+        stats.counts[f"docs.{g['status']}"] += g["docs"]
+        if g["kind"] is not None:
+            stats.counts[f"error.{g['kind']}"] += g["docs"]
+        for column, key in (("requests", "requests"), ("failures", "requests.failed"),
+                            ("retries", "requests.retried"), ("tokens", "tokens")):
+            stats.counts[key] += g[column] or 0
+    seconds = stats.timings.get("generate", 0.0)
+    stats.info["tokens_per_s"] = round(stats.counts["tokens"] / seconds, 1) if seconds else None

@@ -1,0 +1,67 @@
+"""report: the lake -> report.html (figures as embedded PNGs, example diffs) and report.json.
+
+Spark SQL over the audit views computes small aggregates on the cluster; only those (and a
+few example documents) reach the driver, where `refinex_spark.report` draws and renders them.
+Every table is read at the version it has when the stage starts; the run-over-run figure
+compares refined_docs at that version with the version before it (Delta time travel).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from ..report import BINS, ReportInput, Snapshot, write_report
+from ..runtime import RunContext
+from ..schemas import TABLES
+from . import sql
+
+STAGE = "report"
+
+
+def snapshot(refined: DataFrame, version: int | None) -> Snapshot:
+    """Deleted-fraction histogram (bins as `report.bin_of`) and status counts of refined_docs rows."""
+    bin_col = F.least(F.floor(F.col("deleted_fraction") * BINS).cast("int"), F.lit(BINS - 1)).alias("bin")
+    histogram = (refined.where(F.col("deleted_fraction").isNotNull()).groupBy(bin_col)
+                 .agg(F.count("*").alias("docs")).toPandas())
+    statuses = refined.groupBy("status").agg(F.count("*").alias("docs")).toPandas()
+    return Snapshot(version, histogram, statuses)
+
+
+def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_example_chars: int = 20_000,
+        seed: int = 0) -> dict:
+    if examples_per_status < 0 or max_example_chars < 1:
+        raise ValueError("examples_per_status must be >= 0 and max_example_chars >= 1")
+    spark, lake, stats = ctx.spark, ctx.lake, ctx.stats
+    versions = {t: lake.version(t) for t in TABLES}
+    with stats.timer("aggregate"):
+        sql.register(ctx, {t: v for t, v in versions.items() if v is not None})
+        refined_version = versions["refined_docs"]
+        current = snapshot(spark.table("refined_docs"), refined_version)
+        previous = (snapshot(lake.read("refined_docs", version=refined_version - 1), refined_version - 1)
+                    if refined_version else None)
+        ops = spark.table("op_stats").toPandas()
+        sources = spark.sql("SELECT coalesce(source, '(unknown)') AS source, status, count(*) AS docs "
+                            "FROM audit GROUP BY 1, 2").toPandas()
+        distill = spark.sql("SELECT reason, sum(samples) AS samples FROM distill_summary GROUP BY reason").toPandas()
+        runs = spark.sql("SELECT * FROM run_summary ORDER BY started_at, stage").toPandas()
+        # A few documents per status, picked by a seeded hash so reruns show the same ones.
+        examples = spark.sql(f"""
+            SELECT doc_id, source, status, deleted_fraction, raw_text, refined_text, op_outcomes, error FROM (
+              SELECT *, row_number() OVER (PARTITION BY status ORDER BY xxhash64(doc_id, {int(seed)})) AS pick
+              FROM audit WHERE coalesce(raw_chars, 0) <= {int(max_example_chars)})
+            WHERE pick <= {int(examples_per_status)}
+            ORDER BY status, deleted_fraction DESC, doc_id""").toPandas()
+    meta = {"lake": lake.location("refined_docs").rsplit("/", 1)[0], "engine": lake.engine,
+            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run_id": ctx.run_id,
+            **{f"version.{t}": v for t, v in versions.items()}}
+    inp = ReportInput(meta=meta, current=current, previous=previous, ops=ops, sources=sources, distill=distill,
+                      runs=runs, examples=examples, program=ctx.config.program)
+    with stats.timer("render"):
+        html_path, json_path = write_report(inp, output_dir)
+    stats.counts["docs"] = int(current.statuses["docs"].sum()) if not current.statuses.empty else 0
+    stats.counts["examples"] = len(examples)
+    stats.info.update(html=str(html_path), json=str(json_path), versions=versions)
+    return stats.as_dict()
