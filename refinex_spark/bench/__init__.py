@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m refinex_spark.bench core|spark|refine`, each printing one JSON object."""
