@@ -31,6 +31,12 @@ def _expert_import(ctx, a):
     return expert_import.run(ctx, a.path, default_model=a.model)
 
 
+def _expert_generate(ctx, a):
+    from .jobs import expert_generate
+    return expert_generate.run(ctx, fraction=a.fraction, count=a.count, seed=a.seed, stratify=a.stratify,
+                               backend=a.backend)
+
+
 def _distill(ctx, a):
     from .jobs import distill
     return distill.run(ctx)
@@ -86,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(stage="expert")
     p.add_argument("path")
     p.add_argument("--model", default=None, help="expert model name when the file has no 'model' field")
+    p = add("generate", _expert_generate, "clean a seeded sample of raw_docs with an LLM (served endpoint or local)",
+            expert_sub)
+    p.set_defaults(stage="expert")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--fraction", type=float, default=None, help="sample this fraction of raw_docs")
+    size.add_argument("--count", type=int, default=None, help="sample this many raw_docs")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: expert.seed)")
+    p.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=None,
+                   help="proportional quota per source (default: expert.stratify_by_source)")
+    p.add_argument("--backend", choices=("openai", "hf"), default=None, help="default: expert.backend")
 
     add("distill", _distill, "raw_docs x expert_outputs -> distill_samples")
     p = add("export-sft", _export_sft, "kept distill_samples -> chat-format SFT file")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 ENVIRONMENTS = ("local", "yarn", "databricks")
@@ -119,6 +119,43 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
+class ExpertConfig(_Section):
+    """`expert generate`: a sample of raw_docs cleaned end to end by a served (or local) LLM."""
+
+    backend: Literal["openai", "hf"] = "openai"
+    # openai: any OpenAI-compatible chat-completions server; the key is read from this env variable.
+    base_url: str | None = None
+    api_key_env: str = "REFINEX_EXPERT_API_KEY"
+    # The served model name (openai) or a local directory / hub id (hf); recorded on every row.
+    model: str = "Qwen/Qwen2.5-72B-Instruct"
+    prompt_version: str = Field("expert-v1", pattern=r"^expert-v[0-9]+$")
+    # The sample: exactly one of a fraction or a count of raw_docs (neither: the run refuses).
+    sample_fraction: float | None = Field(None, gt=0, le=1)
+    sample_count: int | None = Field(None, ge=1)
+    stratify_by_source: bool = False
+    seed: int = 0
+    # Documents longer than the context are split into line-aligned pieces (token estimate below).
+    context_tokens: int = Field(32_768, ge=256)
+    chars_per_token: float = Field(3.0, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    # Requests in flight per Spark task, and pending documents per task.
+    concurrency: int = Field(8, ge=1)
+    docs_per_task: int = Field(64, ge=1)
+    request_timeout_s: float = Field(600.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    backoff_base_s: float = Field(2.0, ge=0)
+    backoff_max_s: float = Field(120.0, ge=0)
+    # Run-wide cap on requests (retries included), split evenly over the tasks; null: no cap.
+    max_requests: int | None = Field(None, ge=1)
+    progress_interval_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_sample_size(self) -> "ExpertConfig":
+        if self.sample_fraction is not None and self.sample_count is not None:
+            raise ValueError("set sample_fraction or sample_count, not both")
+        return self
+
+
 class Config(_Section):
     program: ProgramConfig = ProgramConfig()
     chunking: ChunkingConfig = ChunkingConfig()
@@ -128,6 +165,7 @@ class Config(_Section):
     spark: SparkConfig = SparkConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    expert: ExpertConfig = ExpertConfig()
 
     def fingerprint(self, *sections: str) -> str:
         """Short hash of the named sections: the settings that change a stage's results."""

@@ -3,7 +3,7 @@
 Driver: sample the documents (`refinex_spark.expert.sampling`: bottom-k on a seeded hash,
 optionally a proportional quota per source), drop those that already have an `ok` output for the
 same model, prompt version and raw text, spread the rest over tasks of about
-`expert.docs_per_task` documents, and run `_generate_partition` over them with mapInPandas. The
+`expert.docs_per_task` documents, and run `_generate_partition` over them with mapInArrow. The
 driver reads the prompt file and ships its text, the API key and the settings in the task.
 
 Task: a thread pool of `expert.concurrency` sends each document (split into line-aligned pieces
@@ -36,14 +36,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import pandas as pd
+import pyarrow as pa
 from pyspark.accumulators import Accumulator, AccumulatorParam
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from ..chunking import approx_tokens
 from ..config import ExpertConfig, ModelConfig
@@ -146,9 +148,11 @@ def _piece_completer(task: _Task, budget: RequestBudget) -> Callable[[str], Comp
 
 
 def _generate_partition(task: _Task, progress: Accumulator | None):
+    """The task body: one request budget and one thread pool per task (not per Arrow batch)."""
     cfg = task.expert
+    schema = to_arrow_schema(_OUT)
 
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         complete = _piece_completer(task, RequestBudget(task.requests_per_task))
 
         def clean(text: str) -> Completion:
@@ -160,21 +164,15 @@ def _generate_partition(task: _Task, progress: Accumulator | None):
         workers = cfg.concurrency if task.hf_model is None else 1  # one local model: no parallel generate
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for batch in batches:
-                results = list(pool.map(clean, batch["text"]))
+                docs = batch.to_pylist()
+                results = list(pool.map(clean, [d["text"] for d in docs]))
                 if progress is not None:
                     progress.add(_progress_counts(results))
-                yield pd.DataFrame({
-                    "doc_id": batch["doc_id"],
-                    "raw_text_hash": batch["text_hash"],
-                    "text": [r.text for r in results],
-                    "status": ["ok" if r.ok else "error" for r in results],
-                    "error": [r.error for r in results],
-                    "latency_s": pd.Series([r.latency_s for r in results], dtype="Float64"),
-                    "tokens": pd.Series([r.tokens for r in results], dtype="Int64"),
-                    "_requests": [r.requests for r in results],
-                    "_retries": [r.retries for r in results],
-                    "_failures": [r.failures for r in results],
-                })
+                yield pa.RecordBatch.from_pylist([
+                    {"doc_id": d["doc_id"], "raw_text_hash": d["text_hash"], "text": r.text,
+                     "status": "ok" if r.ok else "error", "error": r.error, "latency_s": r.latency_s,
+                     "tokens": r.tokens, "_requests": r.requests, "_retries": r.retries, "_failures": r.failures}
+                    for d, r in zip(docs, results)], schema=schema)
 
     return run
 
@@ -281,12 +279,15 @@ def run(ctx: RunContext, *, fraction: float | None = None, count: int | None = N
                                dtype=ctx.config.model.dtype, max_new_tokens=piece_tokens, batch_size=1)
     task = _Task(cfg, instruction, piece_tokens, per_task, os.environ.get(cfg.api_key_env) or None, hf_model)
 
-    sc = ctx.spark.sparkContext
-    accumulator = sc.accumulator(Counter(), _CounterParam())
+    try:
+        accumulator = ctx.spark.sparkContext.accumulator(Counter(), _CounterParam())
+    except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext: no live progress, same summary
+        accumulator = None
     with stats.timer("generate"):
         results = (pending.repartition(n_tasks, "doc_id")
-                   .mapInPandas(_generate_partition(task, accumulator), _OUT).persist())
-        with _Progress(accumulator, n_pending, cfg.progress_interval_s, progress_stream or sys.stderr):
+                   .mapInArrow(_generate_partition(task, accumulator), _OUT).persist())
+        with (_Progress(accumulator, n_pending, cfg.progress_interval_s, progress_stream or sys.stderr)
+              if accumulator is not None else nullcontext()):
             results.count()
     _summarise(results, stats)
 

@@ -1,0 +1,266 @@
+"""Chat-completions client for the expert: one user turn in, the model's answer out. Pure Python.
+
+Attempts that a retry can fix are retried with exponential backoff and jitter: HTTP 408, 429 and
+5xx, timeouts, connection errors, and replies that are not a usable completion (malformed JSON,
+no choices, no message content), which overloaded servers and proxies do send. A `Retry-After`
+header sets the least wait before the next attempt; one longer than `backoff_max_s` ends the
+document's attempts instead (a task slot must not sleep for an hour; the next run retries it).
+Other HTTP errors (400 for an over-long prompt, 401, 404) are permanent, and so is an answer cut
+off at `max_tokens` (finish_reason "length"): with greedy decoding it would be cut again.
+
+Every attempt first takes one request from the `RequestBudget`, so a budget bounds what a run
+sends, retries included. Failures never raise: `complete` returns a `Completion` whose `error`
+reads "<kind>: <detail>", kind being one of `ERROR_KINDS` or `http_<status>`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx
+ERROR_KINDS = ("timeout", "connection", "bad_reply", "truncated", "rate_limited", "budget_exhausted", "internal")
+MAX_ERROR_CHARS = 500
+
+
+class ExpertFailure(Exception):
+    """One failed attempt (or, with kind internal/budget_exhausted, a failed document)."""
+
+    def __init__(self, kind: str, detail: str, *, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_retries: int = 4
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 120.0
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        """Wait before retry number `retry` (0-based): "equal jitter", uniform in [d/2, d] with
+        d = min(backoff_max_s, backoff_base_s * 2**retry), so parallel clients that failed
+        together do not come back together, yet each still waits at least half the step."""
+        step = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** min(retry, 60))
+        return step / 2 + rng.random() * step / 2
+
+
+class RequestBudget:
+    """At most `limit` requests (None: unlimited), shared by the threads of one task."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.limit is not None and self.used >= self.limit:
+                return False
+            self.used += 1
+            return True
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The outcome of one text (a piece, or a whole document once its pieces are joined)."""
+
+    text: str | None
+    error: str | None = None
+    latency_s: float | None = None  # seconds of the attempt that decided the outcome
+    tokens: int | None = None  # completion tokens, when the server reports them
+    requests: int = 0  # attempts sent
+    retries: int = 0  # attempts that were retries
+    failures: int = 0  # attempts that failed
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @staticmethod
+    def failed(error: str, **counts: Any) -> Completion:
+        return Completion(None, error[:MAX_ERROR_CHARS], **counts)
+
+
+def join_pieces(parts: Sequence[Completion]) -> Completion:
+    """A document's outcome from its pieces' outcomes, in order: texts joined by "\\n" (the pieces
+    are line-aligned), latencies and tokens summed; the first failure fails the document."""
+    error = next((p.error for p in parts if not p.ok), None)
+    reported = [p.tokens for p in parts if p.tokens is not None]
+    latencies = [p.latency_s for p in parts if p.latency_s is not None]
+    return Completion(
+        text=None if error else "\n".join(p.text or "" for p in parts),
+        error=error,
+        latency_s=sum(latencies) if latencies else None,
+        tokens=sum(reported) if reported else None,
+        requests=sum(p.requests for p in parts),
+        retries=sum(p.retries for p in parts),
+        failures=sum(p.failures for p in parts),
+    )
+
+
+def clean_pieces(pieces: Sequence[str], complete: Callable[[str], Completion]) -> Completion:
+    """A document's outcome from its line-aligned pieces, cleaned in order by `complete`.
+
+    Blank pieces are kept as they are without a request. The first failed piece fails the
+    document and the rest are not sent: the whole document is retried by the next run anyway.
+    """
+    parts: list[Completion] = []
+    for piece in pieces:
+        part = complete(piece) if piece.strip() else Completion(piece)
+        parts.append(part)
+        if not part.ok:
+            break
+    return join_pieces(parts)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date; None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is GMT by definition
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, seconds)
+    return seconds if seconds >= 0 and seconds == seconds and seconds != float("inf") else None
+
+
+def parse_reply(body: bytes) -> tuple[str, int | None]:
+    """(answer text, completion tokens) from a chat-completions response body.
+
+    Raises a retryable ExpertFailure(bad_reply) for anything that is not a usable completion and a
+    permanent ExpertFailure(truncated) for an answer that hit max_tokens.
+    """
+    try:
+        reply = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ExpertFailure("bad_reply", f"malformed JSON ({e})", retryable=True) from None
+    if not isinstance(reply, dict):
+        raise ExpertFailure("bad_reply", f"expected a JSON object, got {type(reply).__name__}", retryable=True)
+    choices = reply.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise ExpertFailure("bad_reply", "no choices", retryable=True)
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        raise ExpertFailure("bad_reply", "no message content", retryable=True)
+    if choice.get("finish_reason") == "length":
+        raise ExpertFailure("truncated", "the answer hit max_tokens (finish_reason=length)", retryable=False)
+    usage = reply.get("usage")
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return content, tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
+
+
+def _snippet(error: urllib.error.HTTPError) -> str:
+    try:
+        return error.read(300).decode("utf-8", "replace").strip()
+    except (OSError, http.client.HTTPException):
+        return ""
+
+
+class ChatClient:
+    """POSTs to `<base_url>/chat/completions`; thread-safe (one urllib request per attempt).
+
+    `rng` (jitter) and `sleep` are parameters so that tests can pin the jitter and observe waits.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        retry: RetryPolicy = RetryPolicy(),
+        temperature: float = 0.0,
+        budget: RequestBudget | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self.temperature = temperature
+        self.budget = budget or RequestBudget(None)
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+        self._sleep = sleep
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+
+    def complete(self, content: str, max_tokens: int) -> Completion:
+        """Send `content` as the user turn; retry what can be retried; never raises."""
+        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": content}],
+                           "temperature": self.temperature, "max_tokens": max_tokens, "stream": False}).encode()
+        requests = retries = failures = 0
+        latency: float | None = None
+        for attempt in range(self.retry.max_retries + 1):
+            if not self.budget.take():
+                failure = ExpertFailure("budget_exhausted", f"request budget of {self.budget.limit} for this "
+                                        "task used up (expert.max_requests)", retryable=False)
+                break
+            requests += 1
+            started = time.perf_counter()
+            try:
+                text, tokens = self._attempt(body)
+                return Completion(text, None, time.perf_counter() - started, tokens, requests, retries, failures)
+            except ExpertFailure as e:
+                failure = e
+            latency = time.perf_counter() - started
+            failures += 1
+            if not failure.retryable or attempt == self.retry.max_retries:
+                break
+            with self._rng_lock:
+                wait = self.retry.backoff(attempt, self._rng)
+            if failure.retry_after is not None:
+                if failure.retry_after > self.retry.backoff_max_s:
+                    failure = ExpertFailure("rate_limited", f"Retry-After {failure.retry_after:g}s is over "
+                                            f"expert.backoff_max_s ({failure})", retryable=False)
+                    break
+                wait = max(wait, failure.retry_after)
+            self._sleep(wait)
+            retries += 1
+        return Completion.failed(f"{failure} (after {requests} requests)", latency_s=latency,
+                                 requests=requests, retries=retries, failures=failures)
+
+    def _attempt(self, body: bytes) -> tuple[str, int | None]:
+        request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as e:
+            retryable = e.code in RETRYABLE_STATUS or e.code >= 500
+            raise ExpertFailure(f"http_{e.code}", _snippet(e) or str(e.reason), retryable=retryable,
+                                retry_after=parse_retry_after(e.headers.get("Retry-After"))) from None
+        except TimeoutError:
+            raise ExpertFailure("timeout", f"no answer within {self.timeout_s:g}s", retryable=True) from None
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, TimeoutError):
+                raise ExpertFailure("timeout", f"no connection within {self.timeout_s:g}s", retryable=True) from None
+            raise ExpertFailure("connection", str(e.reason), retryable=True) from None
+        except (OSError, http.client.HTTPException) as e:  # reset, refused, incomplete read
+            raise ExpertFailure("connection", f"{type(e).__name__}: {e}", retryable=True) from None
+        return parse_reply(payload)

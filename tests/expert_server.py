@@ -1,0 +1,175 @@
+"""A fake expert for tests: an OpenAI-compatible chat-completions server on loopback.
+
+It is a real `http.server.ThreadingHTTPServer` in a thread, so the client and the Spark stage are
+exercised over real sockets, timeouts and status codes. It checks every request the way a server
+would (path, JSON body, model, user turn starting with the expert instruction, bearer key) and
+answers 400/401 when one is wrong.
+
+What it answers is deterministic per document piece (the text after the instruction): a marker
+line `[[expert:<mode>]]` in the piece picks a mode from `MODES`; a piece without a marker is
+cleaned correctly. A correct cleanup is `answers[piece]` when given (the synth doc's `expert`
+text), else `default_clean(piece)`: the piece without marker lines and lines holding "NOISE".
+Requests are counted per piece, with their arrival times, so tests can check retry bounds and
+Retry-After waits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MARKER = re.compile(r"\[\[expert:([a-z0-9_]+)\]\]")
+MODES = {
+    "paraphrase": "answers 200 with the lines reworded (an expert that rewrites instead of deleting)",
+    "rate_limit": "429 with Retry-After on the first attempt, then a correct cleanup",
+    "flaky": "500 on the first attempt, then a correct cleanup",
+    "error500": "500 on every attempt",
+    "outage": "503 until recover() is called, then a correct cleanup",
+    "slow": "sleeps slow_s (past the client's timeout) before every answer",
+    "malformed": "200 with a body that is not JSON",
+    "empty_choices": "200 with an empty choices list",
+    "no_content": "200 with a message that has no content",
+    "truncated": "200 with finish_reason 'length'",
+    "bad_request": "400 on every attempt (e.g. a prompt over the context)",
+}
+
+
+def default_clean(piece: str) -> str:
+    return "\n".join(line for line in piece.split("\n") if not MARKER.search(line) and "NOISE" not in line)
+
+
+def paraphrase(piece: str) -> str:
+    return "Here is the cleaned text:\n" + "\n".join(" ".join(reversed(line.split())) for line in piece.split("\n"))
+
+
+class FakeExpert:
+    def __init__(self, instruction: str, *, model: str = "fake-expert", answers: Mapping[str, str] | None = None,
+                 api_key: str | None = None, retry_after_s: int = 1, slow_s: float = 1.0) -> None:
+        self.instruction = instruction
+        self.model = model
+        self.answers = dict(answers or {})
+        self.api_key = api_key
+        self.retry_after_s = retry_after_s
+        self.slow_s = slow_s
+        self.requests: Counter[str] = Counter()  # piece -> requests received
+        self.times: dict[str, list[float]] = defaultdict(list)  # piece -> arrival times (perf_counter)
+        self.max_tokens: list[int] = []
+        self.rejected: list[str] = []  # requests answered 400/401 because they were malformed
+        self.recovered = False
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    @property
+    def total_requests(self) -> int:
+        with self._lock:
+            return sum(self.requests.values())
+
+    def recover(self) -> None:
+        self.recovered = True
+
+    def __enter__(self) -> FakeExpert:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def reply(self, piece: str, attempt: int) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body) for the `attempt`-th request (1-based) of a piece."""
+        found = MARKER.search(piece)
+        mode = found.group(1) if found else "clean"
+        if mode == "slow":
+            time.sleep(self.slow_s)
+        if mode == "rate_limit" and attempt == 1:
+            return 429, {"Retry-After": str(self.retry_after_s)}, b'{"error": "rate limited"}'
+        if (mode == "flaky" and attempt == 1) or mode == "error500":
+            return 500, {}, b'{"error": "internal"}'
+        if mode == "outage" and not self.recovered:
+            return 503, {}, b'{"error": "unavailable"}'
+        if mode == "bad_request":
+            return 400, {}, b'{"error": "prompt too long"}'
+        if mode == "malformed":
+            return 200, {}, b'{"choices": [{"message": {"content": "cut off'
+        if mode == "empty_choices":
+            return 200, {}, json.dumps({"choices": []}).encode()
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant"}}
+        text = paraphrase(piece) if mode == "paraphrase" else self.answers.get(piece, default_clean(piece))
+        if mode != "no_content":
+            choice["message"]["content"] = text
+        if mode == "truncated":
+            choice["finish_reason"] = "length"
+        body = {"id": f"cmpl-{attempt}", "object": "chat.completion", "model": self.model, "choices": [choice],
+                "usage": {"prompt_tokens": len(piece.split()), "completion_tokens": len(text.split()),
+                          "total_tokens": len(piece.split()) + len(text.split())}}
+        return 200, {}, json.dumps(body).encode()
+
+    def _check(self, path: str, headers: Any, raw: bytes) -> tuple[int, str] | str:
+        """The piece a valid request asks to clean, or (status, reason) for an invalid one."""
+        if path != "/v1/chat/completions":
+            return 404, f"no route {path}"
+        if self.api_key is not None and headers.get("Authorization") != f"Bearer {self.api_key}":
+            return 401, "bad or missing bearer key"
+        try:
+            body = json.loads(raw)
+            content = body["messages"][0]["content"]
+            assert body["model"] == self.model and len(body["messages"]) == 1
+            assert body["messages"][0]["role"] == "user" and isinstance(body["max_tokens"], int)
+        except (ValueError, KeyError, IndexError, TypeError, AssertionError) as e:
+            return 400, f"bad request body: {e!r}"
+        prefix = self.instruction + "\n\n"
+        if not content.startswith(prefix):
+            return 400, "the user turn does not start with the expert instruction"
+        with self._lock:
+            self.max_tokens.append(body["max_tokens"])
+        return content[len(prefix):]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        expert = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                checked = expert._check(self.path, self.headers, raw)
+                if isinstance(checked, tuple):
+                    with expert._lock:
+                        expert.rejected.append(checked[1])
+                    self._send(checked[0], {}, json.dumps({"error": checked[1]}).encode())
+                    return
+                with expert._lock:
+                    expert.requests[checked] += 1
+                    expert.times[checked].append(time.perf_counter())
+                    attempt = expert.requests[checked]
+                self._send(*expert.reply(checked, attempt))
+
+            def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    for name, value in {"Content-Type": "application/json", **headers}.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout) before the answer
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+                pass
+
+        return Handler

@@ -1,0 +1,207 @@
+"""The expert chat-completions client against a real loopback server: answers, retries, backoff,
+Retry-After, budgets and unusable replies; plus its pure helpers (reply parsing, joining pieces)."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import socket
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from expert_server import FakeExpert
+from refinex_spark.expert.client import (
+    ChatClient,
+    Completion,
+    ExpertFailure,
+    RequestBudget,
+    RetryPolicy,
+    clean_pieces,
+    join_pieces,
+    parse_reply,
+    parse_retry_after,
+)
+from refinex_spark.model.prompt import user_message
+
+INSTRUCTION = "Delete the noise of the document below; copy everything else."
+KEY = "test-key-123"
+FAST = RetryPolicy(max_retries=2, backoff_base_s=0.01, backoff_max_s=2.0)
+
+
+@pytest.fixture
+def server():
+    with FakeExpert(INSTRUCTION, api_key=KEY, slow_s=0.8) as s:
+        yield s
+
+
+def client_for(server: FakeExpert, **options) -> ChatClient:
+    options = {"api_key": KEY, "timeout_s": 0.3, "retry": FAST, **options}
+    return ChatClient(server.base_url, server.model, **options)
+
+
+def ask(client: ChatClient, piece: str) -> Completion:
+    return client.complete(user_message(INSTRUCTION, piece), max_tokens=64)
+
+
+def test_clean_answer(server):
+    done = ask(client_for(server), "Title\nNOISE share this\nBody text")
+    assert done.ok and done.error is None
+    assert done.text == "Title\nBody text"
+    assert done.tokens == 3  # the server reports completion_tokens = words of the answer
+    assert (done.requests, done.retries, done.failures) == (1, 0, 0)
+    assert done.latency_s is not None and done.latency_s > 0
+    assert server.max_tokens == [64] and server.rejected == []
+
+
+@pytest.mark.parametrize("mode, kind, requests", [
+    ("error500", "http_500", 3),
+    ("outage", "http_503", 3),
+    ("malformed", "bad_reply", 3),
+    ("empty_choices", "bad_reply", 3),
+    ("no_content", "bad_reply", 3),
+    ("slow", "timeout", 3),
+    ("truncated", "truncated", 1),    # greedy decoding would cut it again
+    ("bad_request", "http_400", 1),   # client errors are not retried
+])
+def test_failures_are_bounded_and_explained(server, mode, kind, requests):
+    piece = f"[[expert:{mode}]]\nsome text"
+    done = ask(client_for(server), piece)
+    assert not done.ok and done.text is None
+    assert done.error.startswith(f"{kind}: ") and done.error.endswith(f"(after {requests} requests)")
+    assert server.requests[piece] == done.requests == done.failures == requests
+    assert done.retries == requests - 1
+
+
+def test_unusable_replies_name_the_reason(server):
+    client = client_for(server, retry=RetryPolicy(max_retries=0))
+    reasons = {mode: ask(client, f"[[expert:{mode}]]").error for mode in ("malformed", "empty_choices", "no_content")}
+    assert "malformed JSON" in reasons["malformed"]
+    assert "no choices" in reasons["empty_choices"]
+    assert "no message content" in reasons["no_content"]
+
+
+def test_transient_failure_is_retried(server):
+    piece = "[[expert:flaky]]\nkeep me"
+    done = ask(client_for(server), piece)
+    assert done.ok and done.text == "keep me"
+    assert (done.requests, done.retries, done.failures) == (2, 1, 1)
+
+
+def test_retry_after_is_honoured(server):
+    piece = "[[expert:rate_limit]]\nkeep me"
+    done = ask(client_for(server), piece)
+    assert done.ok and done.requests == 2
+    first, second = server.times[piece]
+    assert second - first >= server.retry_after_s
+
+
+def test_retry_after_longer_than_the_cap_ends_the_attempts(server):
+    piece = "[[expert:rate_limit]]\nkeep me"
+    done = ask(client_for(server, retry=RetryPolicy(max_retries=3, backoff_base_s=0.01, backoff_max_s=0.5)), piece)
+    assert done.error.startswith("rate_limited: Retry-After 1s")
+    assert server.requests[piece] == 1
+
+
+def test_backoff_waits_grow_with_jitter(server):
+    waits: list[float] = []
+    policy = RetryPolicy(max_retries=3, backoff_base_s=0.01, backoff_max_s=0.03)
+    done = ask(client_for(server, retry=policy, sleep=waits.append, rng=random.Random(7)), "[[expert:error500]]")
+    assert done.requests == 4 and len(waits) == 3
+    for retry, wait in enumerate(waits):
+        step = min(0.03, 0.01 * 2**retry)
+        assert step / 2 <= wait <= step
+
+
+def test_budget_bounds_requests_across_documents(server):
+    client = client_for(server, budget=RequestBudget(4))
+    first = ask(client, "[[expert:error500]]\na")   # 3 requests
+    second = ask(client, "[[expert:error500]]\nb")  # 1 request, then the budget is gone
+    third = ask(client, "plain")
+    assert (first.requests, second.requests, third.requests) == (3, 1, 0)
+    assert second.error.startswith("budget_exhausted") and third.error.startswith("budget_exhausted")
+    assert server.total_requests == 4
+
+
+def test_connection_errors_are_retried():
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = ChatClient(f"http://127.0.0.1:{port}/v1", "m", timeout_s=0.3, retry=FAST)
+    done = client.complete("hello", max_tokens=8)
+    assert done.error.startswith("connection: ") and done.requests == 3
+
+
+def test_missing_key_is_a_permanent_error(server):
+    done = ask(client_for(server, api_key=None), "text")
+    assert done.error.startswith("http_401: ") and done.requests == 1
+    assert server.rejected == ["bad or missing bearer key"]
+
+
+def test_parse_retry_after():
+    now = time.time()
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(" 0.5 ") == 0.5
+    assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30, abs=1)
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+    for bad in (None, "", "-1", "nan", "inf", "soon", "Mon, 99 Foo 2020"):
+        assert parse_retry_after(bad) is None
+
+
+def test_parse_reply_reads_text_and_tokens():
+    body = {"choices": [{"message": {"content": "clean"}, "finish_reason": "stop"}], "usage": {"completion_tokens": 4}}
+    assert parse_reply(json.dumps(body).encode()) == ("clean", 4)
+    body["usage"] = {"completion_tokens": True}
+    assert parse_reply(json.dumps(body).encode()) == ("clean", None)
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                         st.sampled_from(["choices", "message", "content", "usage", "finish_reason", "x"]),
+                         inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(_json.map(lambda v: json.dumps(v).encode()), st.binary(max_size=40)))
+def test_parse_reply_never_fails_otherwise(body):
+    """Any body is a (str, int | None) reply or an ExpertFailure with a reason, never another error."""
+    try:
+        text, tokens = parse_reply(body)
+    except ExpertFailure as e:
+        assert e.kind in ("bad_reply", "truncated")
+    else:
+        assert isinstance(text, str) and (tokens is None or isinstance(tokens, int))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 200), st.floats(0, 10), st.floats(0, 100), st.integers(0, 2**32))
+def test_backoff_is_bounded(retry, base, cap, seed):
+    policy = RetryPolicy(backoff_base_s=base, backoff_max_s=cap)
+    step = min(cap, base * 2.0**min(retry, 60))
+    assert step / 2 <= policy.backoff(retry, random.Random(seed)) <= step
+
+
+def test_clean_pieces_skips_blank_pieces_and_stops_at_the_first_failure():
+    sent: list[str] = []
+
+    def complete(piece: str) -> Completion:
+        sent.append(piece)
+        if piece == "bad":
+            return Completion.failed("http_500: no", requests=3, failures=3, retries=2)
+        return Completion(piece.upper(), latency_s=0.5, tokens=2, requests=1)
+
+    done = clean_pieces(["one", "  ", "two"], complete)
+    assert done.text == "ONE\n  \nTWO" and sent == ["one", "two"]
+    assert (done.tokens, done.latency_s, done.requests) == (4, 1.0, 2)
+    sent.clear()
+    failed = clean_pieces(["one", "bad", "three"], complete)
+    assert sent == ["one", "bad"] and failed.text is None and failed.error == "http_500: no"
+    assert (failed.requests, failed.failures, failed.retries) == (4, 3, 2)
+
+
+def test_join_pieces_without_reported_tokens():
+    joined = join_pieces([Completion("a"), Completion("b", latency_s=0.2)])
+    assert joined.text == "a\nb" and joined.tokens is None and joined.latency_s == 0.2
