@@ -20,6 +20,7 @@ A RefineX program can only delete, so its output is a subsequence of the newline
 from __future__ import annotations
 
 import ast
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -151,8 +152,7 @@ class _Reject(Exception):
         self.reason, self.detail = reason, detail
 
 
-def _line_number(node: ast.expr, param: _Param, cfg: ProgramConfig) -> int:
-    value = node.value if isinstance(node, ast.Constant) else None
+def _line_number(value: object, param: _Param, cfg: ProgramConfig) -> int:
     if type(value) is not int:  # bool is an int subclass and is refused here
         raise _Reject("bad_argument", f"{param.name} must be a non-negative integer literal")
     if value > cfg.max_line_number:
@@ -160,8 +160,7 @@ def _line_number(node: ast.expr, param: _Param, cfg: ProgramConfig) -> int:
     return value  # negative numbers are UnaryOp nodes, refused above
 
 
-def _text(node: ast.expr, param: _Param, cfg: ProgramConfig) -> str:
-    value = node.value if isinstance(node, ast.Constant) else None
+def _text(value: object, param: _Param, cfg: ProgramConfig) -> str:
     if type(value) is not str:
         raise _Reject("bad_argument", f"{param.name} must be a plain string literal")
     if len(value) > cfg.max_text_chars:
@@ -200,10 +199,45 @@ def _bind(call: ast.Call, params: tuple[_Param, ...]) -> dict[str, ast.expr]:
     return bound
 
 
+# Canonical RefineX lines (what render_program writes and trained models emit) skip ast.parse,
+# which dominates execution time. Only forms with one unambiguous Python meaning match: ASCII
+# decimals without leading zeros, and quoted strings with no backslash, no quote of their kind,
+# no control character and no surrogate. Their values then go through the same checks.
+_INT = r"(0|[1-9][0-9]{0,17})"
+_STR = r"""(?:'([^'\\\x00-\x1f\x7f\ud800-\udfff]*)'|"([^"\\\x00-\x1f\x7f\ud800-\udfff]*)")"""
+_FAST_LINE = re.compile(
+    rf"remove_lines\(start={_INT}, end={_INT}\)|remove_str\(line={_INT}, text={_STR}\)|(keep_all)\(\)"
+)
+
+
+def _fast_op(m: re.Match, cfg: ProgramConfig) -> Op:
+    start, end, line_no, single, double, keep = m.groups()
+    if keep:
+        return Op("keep_all")
+    sig = _SIGNATURES["refinex"]
+    if start is not None:
+        values = (int(start), int(end))
+        return _make_op("remove_lines", sig["remove_lines"], values, cfg)
+    values = (int(line_no), single if single is not None else double)
+    return _make_op("remove_str", sig["remove_str"], values, cfg)
+
+
+def _make_op(name: str, params: tuple[_Param, ...], values: Sequence[object], cfg: ProgramConfig) -> Op:
+    """Check literal argument values against the op's parameters and build the Op."""
+    read = {"line": _line_number, "text": _text}
+    op = Op(name, **{p.field: read[p.kind](v, p, cfg) for p, v in zip(params, values)})
+    if op.start is not None and op.end is not None and op.start > op.end:
+        raise _Reject("bad_argument", f"start {op.start} > end {op.end}")
+    return op
+
+
 def _parse_line(line: str, signatures: dict[str, tuple[_Param, ...]], cfg: ProgramConfig) -> Op:
     # Bound the input before ast sees it: its parser's cost and recursion grow with the line.
     if len(line) > _max_line_chars(cfg):
         raise _Reject("too_long", f"line has {len(line)} chars, limit {_max_line_chars(cfg)}")
+    fast = _FAST_LINE.fullmatch(line) if signatures is _SIGNATURES["refinex"] else None
+    if fast is not None:
+        return _fast_op(fast, cfg)
     try:
         # Invalid escapes like "C:\d" only warn; silence that (model output would flood the logs),
         # and pin the filter so a process-wide "-W error" cannot turn it into a rejection.
@@ -212,7 +246,10 @@ def _parse_line(line: str, signatures: dict[str, tuple[_Param, ...]], cfg: Progr
             tree = ast.parse(line, mode="eval")
     except Exception as e:  # SyntaxError, ValueError (NUL), RecursionError, MemoryError, UnicodeError
         raise _Reject("malformed", f"{type(e).__name__}: {e}"[:_SOURCE_CHARS]) from None
-    call = tree.body
+    return _call_to_op(tree.body, signatures, cfg)
+
+
+def _call_to_op(call: ast.expr, signatures: dict[str, tuple[_Param, ...]], cfg: ProgramConfig) -> Op:
     if not isinstance(call, ast.Call):
         raise _Reject("malformed", "not a function call")
     if not isinstance(call.func, ast.Name):
@@ -224,12 +261,8 @@ def _parse_line(line: str, signatures: dict[str, tuple[_Param, ...]], cfg: Progr
             raise _Reject("not_in_dialect", f"{name}() belongs to another dialect")
         raise _Reject("unknown_function", f"{name}() (allowed: {', '.join(signatures)})")
     bound = _bind(call, params)
-    read = {"line": _line_number, "text": _text}
-    values = {p.field: read[p.kind](bound[p.name], p, cfg) for p in params}
-    op = Op(name, **values)
-    if op.start is not None and op.end is not None and op.start > op.end:
-        raise _Reject("bad_argument", f"start {op.start} > end {op.end}")
-    return op
+    literal = lambda node: node.value if isinstance(node, ast.Constant) else None  # noqa: E731
+    return _make_op(name, params, [literal(bound[p.name]) for p in params], cfg)
 
 
 def _parse_entries(text: object, dialect: str, cfg: ProgramConfig) -> list[Op | Rejection]:

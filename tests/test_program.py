@@ -659,3 +659,27 @@ def test_valid_deletions_match_a_line_by_line_reference(raw: str, data: st.DataO
     ]
     assert result.text == "\n".join(expected)
     assert (result.n_applied, result.n_rejected) == (len(ops), 0)
+
+
+# The canonical-line fast path must mean exactly what ast.parse makes of the same line: build
+# each op line twice, once canonically (fast path) and once with no space after the comma (a
+# form the fast path does not match, so it goes through ast), and demand identical results.
+_fast_ints = st.one_of(st.integers(0, 20), st.integers(0, 10**19), st.sampled_from(["01", "007", "0"]).map(str))
+_fast_texts = st.text(st.characters(codec="utf-8", exclude_categories=()), max_size=12) | st.sampled_from(
+    ["a'b", 'a"b', "back\\slash", "\x00nul", "tab\there", "\ud800", ""])
+
+
+@given(kind=st.sampled_from(["lines", "str", "keep"]), a=_fast_ints, b=_fast_ints, text=_fast_texts,
+       quote=st.sampled_from(["'", '"']))
+@settings(max_examples=300, deadline=None)
+def test_fast_path_agrees_with_ast(kind, a, b, text, quote):
+    def fmt(sep: str) -> str:
+        if kind == "keep":
+            return "keep_all()" if sep == ", " else "keep_all( )"
+        if kind == "lines":
+            return f"remove_lines(start={a}{sep}end={b})"
+        return f"remove_str(line={a}{sep}text={quote}{text}{quote})"
+
+    fast, slow = parse_program(fmt(", ")), parse_program(fmt(","))
+    assert fast.ops == slow.ops
+    assert [r.reason for r in fast.rejected] == [r.reason for r in slow.rejected]
