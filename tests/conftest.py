@@ -29,3 +29,19 @@ def tmp_lake(spark, tmp_path):
     from refinex_spark.lake import Lake
 
     return Lake(spark, LakeConfig(path=str(tmp_path / "lake")))
+
+
+@pytest.fixture
+def make_ctx(spark, tmp_path):
+    """make_ctx(stage, *overrides) -> a RunContext on a lake under tmp_path (shared by the test's stages)."""
+    from refinex_spark.config import load_config
+    from refinex_spark.lake import Lake
+    from refinex_spark.runtime import RunContext, StageStats, new_run_id
+
+    def make(stage: str, *overrides: str, files: tuple[str, ...] = ()) -> RunContext:
+        config = load_config(files=files, overrides=[f"lake.path={tmp_path / 'lake'}",
+                                                     f"train.output_dir={tmp_path / 'model'}",
+                                                     f"model.path={tmp_path / 'model'}", *overrides])
+        return RunContext(config, spark, Lake(spark, config.lake), StageStats(stage, new_run_id(stage)))
+
+    return make

@@ -1,0 +1,125 @@
+"""Spark local-mode integration tests of the CPU stages on a real Delta lake (delta-rs engine)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+
+from refinex_spark.config import IngestConfig
+from refinex_spark.jobs import distill, expert_import, export_sft, ingest, sql
+from refinex_spark.jobs.demo import BAD_RECORDS, write_docs
+from refinex_spark.readers import read_file
+from refinex_spark.synth import generate_corpus
+
+pytestmark = pytest.mark.spark
+
+DOCS = list(generate_corpus(24, seed=5, target_chars=(600, 2500)))
+
+
+def _rows(ctx, table):
+    return ctx.lake.read(table).toPandas()
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Good docs + BAD_RECORDS (jsonl), extra bad kinds (gzip jsonl), a parquet and a text file."""
+    raw, expert = write_docs(tmp_path / "in", DOCS)
+    extra = [b'{"id": "u1", "text": "caf\xe9"}', b'{"id": "big", "text": "' + b"x" * 5000 + b'"}',
+             json.dumps({"id": DOCS[0].doc_id, "text": "a different text, same id"}).encode(),
+             json.dumps({"id": "dup-in-batch", "text": "first"}).encode(),
+             json.dumps({"id": "dup-in-batch", "text": "second"}).encode()]
+    (tmp_path / "in" / "raw" / "more.jsonl.gz").write_bytes(gzip.compress(b"\n".join(extra) + b"\n"))
+    pq.write_table(pa.table({"id": ["pq-1", "pq-2"], "text": ["from parquet", None]}),
+                   tmp_path / "in" / "raw" / "part.parquet")
+    (tmp_path / "in" / "raw" / "note.txt").write_text("a plain text document\r\nwith two lines")
+    return raw.parent, expert
+
+
+def test_ingest_counts_reconcile_and_rerun_adds_nothing(make_ctx, corpus):
+    raw_dir, _ = corpus
+    ctx = make_ctx("ingest", "ingest.max_doc_chars=4000")
+    c = ingest.run(ctx, [str(raw_dir)])["counts"]
+    assert c["files"] == 4
+    assert c["read"] == c["accepted"] + c["rejected"] + c["already_present"]
+    assert c["rejected.malformed_json"] == 1 and c["rejected.missing_text"] == 2  # bad-2 and pq-2
+    assert c["rejected.text_not_string"] == 1 and c["rejected.empty_text"] == 1
+    assert c["rejected.not_an_object"] == 1 and c["rejected.invalid_utf8"] == 1 and c["rejected.too_large"] == 1
+    # same id as DOCS[0] with other text, and the second "dup-in-batch": first record of an id wins
+    assert c["rejected.duplicate_id"] == 2
+    assert c["accepted"] == len(DOCS) + 3  # + dup-in-batch (first), pq-1, note.txt
+    raw = _rows(ctx, "raw_docs")
+    assert len(raw) == c["accepted"] and raw["doc_id"].is_unique
+    assert set(raw.loc[raw.doc_id == "dup-in-batch", "text"]) == {"first"}
+    rejects = _rows(ctx, "rejects")
+    assert len(rejects) == c["rejected"] and set(rejects["stage"]) == {"ingest"}
+    # read back through delta-rs too: same rows
+    assert DeltaTable(ctx.lake.location("raw_docs")).to_pyarrow_table().num_rows == len(raw)
+
+    again = make_ctx("ingest", "ingest.max_doc_chars=4000")
+    c2 = ingest.run(again, [str(raw_dir)])["counts"]
+    assert c2["accepted"] == 0 and c2["already_present"] == c["accepted"] and c2["read"] == c["read"]
+    assert len(_rows(again, "raw_docs")) == len(raw) and len(_rows(again, "rejects")) == len(rejects)
+    history = again.lake.history("raw_docs")
+    assert len(history) == 1 and history[0]["user_metadata"]["stage"] == "ingest"  # the rerun committed nothing
+
+
+def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path):
+    raw_dir, expert_path = corpus
+    ingest.run(make_ctx("ingest"), [str(raw_dir)])
+    with open(expert_path, "a") as f:
+        f.write(json.dumps({"doc_id": "not-ingested", "text": "x", "model": "m"}) + "\n")
+    ex = expert_import.run(make_ctx("expert"), str(expert_path))["counts"]
+    assert ex["accepted"] == len(DOCS) and ex["rejected.unknown_doc_id"] == 1
+    assert expert_import.run(make_ctx("expert"), str(expert_path))["counts"]["accepted"] == 0
+
+    d = distill.run(make_ctx("distill"))["counts"]
+    assert d["docs"] == len(DOCS)
+    samples = _rows(make_ctx("distill"), "distill_samples")
+    assert set(samples["doc_id"]) == {doc.doc_id for doc in DOCS}  # every doc leaves rows
+    assert (samples["kept"] | samples["drop_reason"].notna()).all()
+    heavy = {doc.doc_id for doc in DOCS if "heavy_rewrite" in doc.faults}
+    assert all(not k for k in samples.loc[samples.doc_id.isin(heavy), "kept"])
+    assert distill.run(make_ctx("distill"))["counts"]["docs"] == 0  # rerun: nothing pending
+    # a result-relevant setting change distils again under a new fingerprint
+    assert distill.run(make_ctx("distill", "distill.max_ops_per_chunk=3"))["counts"]["docs"] == len(DOCS)
+
+    out = tmp_path / "sft"
+    e = export_sft.run(make_ctx("export-sft"), str(out))
+    lines = [json.loads(line) for p in out.glob("part-*.json") for line in p.read_text().splitlines()]
+    assert len(lines) == e["counts"]["samples"] == int(samples["kept"].sum())
+    assert [m["role"] for m in lines[0]["messages"]] == ["user", "assistant"]
+    with pytest.raises(ValueError, match="already exists"):
+        export_sft.run(make_ctx("export-sft"), str(out))
+
+
+def test_sql_time_travel_and_history(make_ctx, corpus, tmp_path, capsys):
+    raw_dir, _ = corpus
+    ingest.run(make_ctx("ingest"), [str(raw_dir / "docs.jsonl")])
+    (tmp_path / "later.jsonl").write_text('{"id": "later", "text": "added in a second run"}\n')
+    ingest.run(make_ctx("ingest"), [str(tmp_path / "later.jsonl")])
+    ctx = make_ctx("sql")
+    sql.run(ctx, "SELECT doc_id FROM raw_docs WHERE doc_id = 'later'")
+    assert "| later|" in capsys.readouterr().out
+    sql.register(ctx)
+    assert ctx.spark.sql("SELECT count(*) AS n FROM raw_docs").first()["n"] == len(DOCS) + 1
+    sql.register(ctx, sql.parse_as_of(["raw_docs=0"]))
+    assert ctx.spark.sql("SELECT count(*) AS n FROM raw_docs").first()["n"] == len(DOCS)  # before the 2nd run
+    with pytest.raises(ValueError, match="TABLE=N"):
+        sql.parse_as_of(["nosuch=1"])
+    sql.history(ctx, "raw_docs")
+    entries = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [e["version"] for e in entries] == [1, 0] and entries[0]["rows_added"] == 1
+    with pytest.raises(ValueError, match="unknown table"):
+        sql.history(ctx, "bogus")
+
+
+def test_demo_bad_records_are_each_rejected(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(BAD_RECORDS) + "\n")
+    got = [r["reason"] for r in read_file(str(path), IngestConfig())]
+    assert got == ["malformed_json", "missing_text", "text_not_string", "empty_text", "not_an_object"]
