@@ -1,0 +1,295 @@
+"""Inference backends: prompts in, program texts out, greedy so a retried task repeats itself.
+
+`hf` (transformers, CPU or GPU, the default), `vllm` (optional `gpu` extra) and `openai` (HTTP
+to any OpenAI-compatible server, e.g. `vllm serve`). Every backend builds its own prompts with
+`format_prompt`, because where the chat template is applied differs: locally for `hf`/`vllm`,
+by the server for the chat endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+
+from refinex_spark.config import ModelConfig
+from refinex_spark.model.prompt import build_prompt, user_message
+
+
+@dataclass(slots=True)
+class GenerationStats:
+    """Running totals over every `generate` call of one backend instance."""
+
+    prompts: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    oom_retries: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    model_id: str
+    config: ModelConfig
+    stats: GenerationStats
+
+    def format_prompt(self, template: str, chunk_text: str) -> str: ...
+
+    def generate(self, prompts: list[str]) -> list[str]: ...
+
+    def with_config(self, config: ModelConfig) -> Backend: ...
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device is 'cuda' but torch sees no CUDA device")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    # auto: bf16 where the GPU has it (fp16 overflows more easily), fp32 on CPU where half
+    # precision is slow and gains nothing.
+    if dtype == "auto":
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error)
+    )
+
+
+class HFBackend:
+    """transformers `generate`, length-sorted micro-batches, left padding, batch halving on OOM.
+
+    `batch_hook`, if given, is called with each micro-batch's size right before it is generated;
+    it exists for fault injection (raising an out-of-memory error there drives the halving path
+    with the real model) and for instrumentation.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        config: ModelConfig,
+        *,
+        batch_hook: Callable[[int], None] | None = None,
+        _loaded: tuple[Any, Any] | None = None,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.config = config
+        self.model_id = model_path
+        self.device = resolve_device(config.device)
+        self.batch_hook = batch_hook
+        self.stats = GenerationStats()
+        if _loaded is not None:
+            self.model, self.tokenizer = _loaded
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=resolve_dtype(config.dtype, self.device)
+            ).to(self.device)
+            self.model.eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._stop_ids = self._eos_ids()
+
+    def with_config(self, config: ModelConfig) -> HFBackend:
+        """Same loaded weights, other generation settings (batch size, max_new_tokens)."""
+        return HFBackend(self.model_id, config, batch_hook=self.batch_hook, _loaded=(self.model, self.tokenizer))
+
+    def _eos_ids(self) -> list[int]:
+        # The tokenizer's eos is what training appends; the generation config may add others
+        # (e.g. Qwen's <|endoftext|> next to <|im_end|>).
+        ids = {self.tokenizer.eos_token_id}
+        configured = self.model.generation_config.eos_token_id
+        ids.update(configured if isinstance(configured, list) else [configured])
+        return sorted(i for i in ids if i is not None)
+
+    def format_prompt(self, template: str, chunk_text: str) -> str:
+        return build_prompt(self.tokenizer, template, chunk_text)
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        started = time.perf_counter()
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        # Longest first: the batch most likely to run out of memory comes first, so the batch
+        # size settles early, and similar lengths share a batch (little padding).
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        outputs: list[str] = [""] * len(prompts)
+        batch_size = self.config.batch_size
+        pos = 0
+        while pos < len(order):
+            idx = order[pos : pos + batch_size]
+            try:
+                texts = self._generate_batch([encoded[i] for i in idx])
+            except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                if not is_oom(e) or batch_size == 1:
+                    raise
+                batch_size //= 2
+                self.stats.oom_retries += 1
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            for i, text in zip(idx, texts):
+                outputs[i] = text
+            pos += len(idx)
+        self.stats.prompts += len(prompts)
+        self.stats.input_tokens += sum(map(len, encoded))
+        self.stats.seconds += time.perf_counter() - started
+        return outputs
+
+    def _generate_batch(self, batch: list[list[int]]) -> list[str]:
+        if self.batch_hook is not None:
+            self.batch_hook(len(batch))
+        padded = self.tokenizer.pad({"input_ids": batch}, padding=True, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **padded,
+                do_sample=False,
+                max_new_tokens=self.config.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self._stop_ids,
+            )
+        new_tokens = out[:, padded["input_ids"].shape[1] :].tolist()
+        texts = []
+        for row in new_tokens:
+            cut = next((k for k, t in enumerate(row) if t in self._stop_ids), len(row))
+            self.stats.output_tokens += cut
+            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True))
+        return texts
+
+
+class VLLMBackend:
+    """vLLM offline generation (the optional `gpu` extra); vllm is imported only here."""
+
+    def __init__(self, model_path: str, config: ModelConfig, *, _llm: Any = None) -> None:
+        from vllm import LLM, SamplingParams
+
+        self.config = config
+        self.model_id = model_path
+        self.stats = GenerationStats()
+        dtype = "auto" if config.dtype == "auto" else config.dtype
+        self.llm = _llm if _llm is not None else LLM(model=model_path, dtype=dtype, seed=0)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.sampling = SamplingParams(temperature=0.0, max_tokens=config.max_new_tokens)
+
+    def with_config(self, config: ModelConfig) -> VLLMBackend:
+        return VLLMBackend(self.model_id, config, _llm=self.llm)
+
+    def format_prompt(self, template: str, chunk_text: str) -> str:
+        return build_prompt(self.tokenizer, template, chunk_text)
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        started = time.perf_counter()
+        results = self.llm.generate(prompts, self.sampling, use_tqdm=False)
+        self.stats.prompts += len(prompts)
+        self.stats.input_tokens += sum(len(r.prompt_token_ids or ()) for r in results)
+        self.stats.output_tokens += sum(len(r.outputs[0].token_ids) for r in results)
+        self.stats.seconds += time.perf_counter() - started
+        return [r.outputs[0].text for r in results]
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible HTTP server; `chat` sends the user turn and the server applies the
+    model's chat template, `completions` sends the plain-layout prompt as is."""
+
+    RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        endpoint: Literal["chat", "completions"] = "chat",
+        max_retries: int = 3,
+        backoff_s: float = 1.0,
+    ) -> None:
+        if not config.base_url:
+            raise ValueError("the openai backend needs model.base_url")
+        self.config = config
+        self.endpoint = endpoint
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.model_id = config.served_model or config.path
+        self.url = config.base_url.rstrip("/") + ("/chat/completions" if endpoint == "chat" else "/completions")
+        self.stats = GenerationStats()
+
+    def with_config(self, config: ModelConfig) -> OpenAIBackend:
+        return OpenAIBackend(config, endpoint=self.endpoint, max_retries=self.max_retries, backoff_s=self.backoff_s)
+
+    def format_prompt(self, template: str, chunk_text: str) -> str:
+        return user_message(template, chunk_text) if self.endpoint == "chat" else build_prompt(None, template, chunk_text)
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        started = time.perf_counter()
+        # Requests are independent; a thread per in-flight request keeps the server's batcher fed.
+        with ThreadPoolExecutor(max_workers=min(self.config.batch_size, max(len(prompts), 1))) as pool:
+            replies = list(pool.map(self._complete, prompts))
+        for _, usage in replies:
+            self.stats.input_tokens += int(usage.get("prompt_tokens", 0))
+            self.stats.output_tokens += int(usage.get("completion_tokens", 0))
+        self.stats.prompts += len(prompts)
+        self.stats.seconds += time.perf_counter() - started
+        return [text for text, _ in replies]
+
+    def _payload(self, prompt: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model_id, "temperature": 0, "max_tokens": self.config.max_new_tokens}
+        if self.endpoint == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        return body
+
+    def _complete(self, prompt: str) -> tuple[str, dict[str, Any]]:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.config.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        data = json.dumps(self._payload(prompt)).encode("utf-8")
+        attempt = 0
+        while True:
+            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.config.request_timeout_s) as response:
+                    return self._parse(json.load(response))
+            except urllib.error.HTTPError as e:
+                if e.code not in self.RETRYABLE_STATUS or attempt == self.max_retries:
+                    detail = e.read()[:500].decode("utf-8", "replace")
+                    raise RuntimeError(f"{self.url} answered HTTP {e.code}: {detail}") from e
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if attempt == self.max_retries:
+                    raise RuntimeError(f"{self.url} unreachable after {attempt + 1} attempts: {e}") from e
+            time.sleep(self.backoff_s * 2**attempt)
+            attempt += 1
+
+    def _parse(self, reply: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        choice = reply["choices"][0]
+        text = choice["message"]["content"] if self.endpoint == "chat" else choice["text"]
+        return text or "", reply.get("usage") or {}
+
+
+def make_backend(config: ModelConfig, model_path: str | None = None, **options: Any) -> Backend:
+    """The backend `config.backend` names; `model_path` overrides `config.path`."""
+    path = model_path or config.path
+    if config.backend == "hf":
+        return HFBackend(path, config, **options)
+    if config.backend == "vllm":
+        return VLLMBackend(path, config, **options)
+    return OpenAIBackend(config, **options)
+

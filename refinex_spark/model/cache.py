@@ -1,0 +1,51 @@
+"""Per-Python-worker backend cache.
+
+A Spark Python worker runs many tasks in one process; the model must load once per worker,
+not once per task or batch. The cache lives here, in an importable module of the package,
+because state kept in the driver script is pickled into every task and so never survives.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from refinex_spark.config import ModelConfig
+from refinex_spark.model.backends import Backend, make_backend
+
+_lock = threading.Lock()
+# What was loaded -> the backend holding it. Only the load identity is in the key: other
+# settings (batch size, max_new_tokens) reuse the loaded weights through `with_config`.
+_backends: dict[tuple[str, ...], Any] = {}
+
+
+def _load_key(config: ModelConfig) -> tuple[str, ...]:
+    key = (config.backend, config.path, config.device, config.dtype)
+    if config.backend == "openai":
+        key += (config.base_url or "", config.served_model or "")
+    return key
+
+
+def get_backend(config: ModelConfig | str | dict[str, Any]) -> Backend:
+    """The worker's backend for `config` (a ModelConfig, its JSON, or its dict), loaded once."""
+    if isinstance(config, str):
+        config = ModelConfig.model_validate_json(config)
+    elif isinstance(config, dict):
+        config = ModelConfig.model_validate(config)
+    key = _load_key(config)
+    with _lock:
+        backend = _backends.get(key)
+        if backend is None:
+            backend = _backends[key] = make_backend(config)
+    return backend if backend.config == config else backend.with_config(config)
+
+
+def cached_keys() -> list[tuple[str, ...]]:
+    with _lock:
+        return list(_backends)
+
+
+def clear_cache() -> None:
+    """Drop every cached backend (tests; freeing a GPU before loading another model)."""
+    with _lock:
+        _backends.clear()

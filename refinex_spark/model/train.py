@@ -1,0 +1,314 @@
+"""Fine-tune a causal LM to emit a chunk's program: the `train` stage's model code (no Spark).
+
+`train_model` is a plain function of picklable arguments, so the same call runs in one process
+or in every rank under `TorchDistributor`/`torchrun` (the Trainer reads WORLD_SIZE/LOCAL_RANK
+and wraps the model in DDP). Rank 0 alone writes the final model, its card and the program
+metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from refinex_spark.config import ModelConfig, TrainConfig
+from refinex_spark.model.backends import Backend, HFBackend
+from refinex_spark.model.prompt import PROMPT_VERSION, build_prompt, template_digest
+from refinex_spark.program import parse_program, render_program
+
+IGNORE_INDEX = -100
+CHECKPOINTS = "checkpoints"
+RUN_IDENTITY = "run.json"
+CARD = "README.md"
+# Checkpoints kept on disk: resuming needs only the newest; one more survives a torn write.
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    output_dir: str
+    metrics: dict[str, Any]
+
+
+def split_samples(
+    samples: Sequence[tuple[str, str]], eval_fraction: float, seed: int, max_eval: int
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Seeded held-out split: (train, eval). Every rank computes the same split."""
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(max_eval, math.ceil(len(samples) * eval_fraction)) if len(samples) > 1 else 0
+    held = set(order[:n_eval])
+    train = [s for i, s in enumerate(samples) if i not in held]
+    return train, [samples[i] for i in order[:n_eval]]
+
+
+def encode_sample(
+    tokenizer: Any, template: str, chunk_text: str, program: str, max_seq_len: int
+) -> tuple[dict[str, list[int]], bool] | None:
+    """Token ids and labels for one sample, and whether the prompt was cut to fit.
+
+    Prompt and program are tokenised separately so the prompt ids are exactly what inference
+    feeds the model. Labels cover only the program and its eos. An over-long prompt loses its
+    middle (the instruction and the generation prefix stay, as at inference); a program that
+    leaves less than half the sequence for the prompt makes the sample unusable: None.
+    """
+    prompt_ids = tokenizer(build_prompt(tokenizer, template, chunk_text), add_special_tokens=False)["input_ids"]
+    program_ids = tokenizer(program, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    budget = max_seq_len - len(program_ids)
+    if budget < max_seq_len // 2:
+        return None
+    truncated = len(prompt_ids) > budget
+    if truncated:
+        head = budget // 2
+        prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - (budget - head) :]
+    return {"input_ids": prompt_ids + program_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + program_ids}, truncated
+
+
+class _Encoded(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict[str, list[int]]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.rows[i]
+
+
+@dataclass(frozen=True, slots=True)
+class _PadCollator:
+    pad_id: int
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids, labels, mask = [], [], []
+        for r in rows:
+            pad = width - len(r["input_ids"])
+            ids.append(r["input_ids"] + [self.pad_id] * pad)
+            labels.append(r["labels"] + [IGNORE_INDEX] * pad)
+            mask.append([1] * len(r["input_ids"]) + [0] * pad)
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def program_metrics(generated: Sequence[str], targets: Sequence[str]) -> dict[str, float]:
+    """valid_program_rate: parsed with no rejection and at least one op; exact_match: also the
+    same canonical program as the target."""
+    valid = exact = 0
+    for text, target in zip(generated, targets, strict=True):
+        parsed = parse_program(text)
+        if parsed.rejected or not parsed.ops:
+            continue
+        valid += 1
+        exact += render_program(parsed) == render_program(parse_program(target))
+    n = len(targets)
+    return {"valid_program_rate": valid / n if n else 0.0, "exact_match": exact / n if n else 0.0}
+
+
+def evaluate_programs(backend: Backend, samples: Sequence[tuple[str, str]], template: str) -> dict[str, float]:
+    """Greedy programs for held-out (chunk_text, program) samples, scored by `program_metrics`."""
+    prompts = [backend.format_prompt(template, chunk) for chunk, _ in samples]
+    return program_metrics(backend.generate(prompts), [program for _, program in samples])
+
+
+def evaluate_model(model_dir: Path | str, samples: Sequence[tuple[str, str]], template: str, batch_size: int = 8) -> dict[str, float]:
+    """`evaluate_programs` with the hf backend on a model directory, as training reports it."""
+    backend = HFBackend(str(model_dir), ModelConfig(path=str(model_dir), batch_size=batch_size))
+    # Room for the longest target plus a little: a model that runs on past that is wrong anyway.
+    longest = max(len(backend.tokenizer(p, add_special_tokens=False)["input_ids"]) for _, p in samples)
+    backend = backend.with_config(backend.config.model_copy(update={"max_new_tokens": longest + 16}))
+    return evaluate_programs(backend, samples, template)
+
+
+def _check_identity(ckpt_dir: Path, identity: dict[str, Any], resume: bool, *, owner: bool) -> None:
+    """Refuse to resume checkpoints of another run (every rank checks); when not resuming, the
+    owner (rank 0) clears old checkpoints so a later resume cannot pick one of them up."""
+    marker = ckpt_dir / RUN_IDENTITY
+    if resume and marker.exists():
+        previous = json.loads(marker.read_text())
+        if previous != identity:
+            raise ValueError(
+                f"checkpoints in {ckpt_dir} belong to another run ({previous} != {identity}); "
+                "remove them or train with resume=False"
+            )
+    if not owner:
+        return
+    if not resume and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(identity, sort_keys=True))
+
+
+def write_model_card(output_dir: Path, front_matter: dict[str, Any]) -> Path:
+    """README.md with YAML front matter (what the Hub and `report` read) and a short body."""
+    refinex = front_matter["refinex"]
+    metrics = refinex["metrics"]
+    body = (
+        "# RefineX refine model\n\n"
+        f"Fine-tuned from `{front_matter['base_model']}` to read a numbered chunk of a web document "
+        f"(prompt version `{refinex['prompt_version']}`) and emit a deletion program (`remove_lines`, "
+        "`remove_str`, `keep_all`). Run it with refinex-spark's `refine` stage: programs are parsed "
+        "against a whitelist and executed, never evaluated.\n\n"
+        f"Training data: `distill_samples` version {refinex['data_version']}, "
+        f"{metrics['n_train']} training samples, {metrics['n_eval']} held out.\n\n"
+        f"Held-out greedy programs: valid {metrics.get('valid_program_rate', float('nan')):.3f}, "
+        f"exact match {metrics.get('exact_match', float('nan')):.3f}.\n"
+    )
+    path = output_dir / CARD
+    path.write_text("---\n" + yaml.safe_dump(front_matter, sort_keys=False) + "---\n\n" + body, encoding="utf-8")
+    return path
+
+
+def read_model_card(model_dir: Path | str) -> dict[str, Any]:
+    """The YAML front matter of a model card written by `write_model_card`."""
+    text = (Path(model_dir) / CARD).read_text(encoding="utf-8")
+    _, front, _ = text.split("---\n", 2)
+    return yaml.safe_load(front)
+
+
+def _training_args(config: TrainConfig, ckpt_dir: Path, n_rows: int, world_size: int, cuda: bool) -> TrainingArguments:
+    batches_per_epoch = math.ceil(n_rows / (config.batch_size * world_size))
+    total_steps = math.ceil(config.epochs * math.ceil(batches_per_epoch / config.gradient_accumulation))
+    return TrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        warmup_steps=0.03,  # a ratio of the total steps
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=KEEP_CHECKPOINTS,
+        logging_strategy="steps",
+        logging_steps=max(1, min(50, total_steps // 20)),  # ~20 points on the loss curve
+        eval_strategy="no",
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        ddp_backend=("nccl" if cuda else "gloo") if world_size > 1 else None,
+        ddp_find_unused_parameters=False,  # every parameter of a causal LM gets a gradient
+        dataloader_num_workers=0,
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def train_model(
+    samples: Sequence[tuple[str, str]],
+    config: TrainConfig,
+    template: str,
+    output_dir: str | Path,
+    *,
+    base: str | None = None,
+    data_version: int | None = None,
+    fingerprint: str | None = None,
+    resume: bool = True,
+    prompt_version: str = PROMPT_VERSION,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """Fine-tune `base` (default `config.base`) on (chunk_text, program) samples.
+
+    Checkpoints go to `output_dir/checkpoints` every `config.save_steps` optimizer steps; with
+    `resume` the newest one of the same run (same base, data, fingerprint, prompt) is resumed.
+    The final model, tokenizer and model card go to `output_dir`. `callbacks` are extra
+    `TrainerCallback`s (progress reporting; tests use one to simulate preemption).
+    """
+    started = time.perf_counter()
+    base = base or config.base
+    out = Path(output_dir)
+    ckpt_dir = out / CHECKPOINTS
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    cuda = torch.cuda.is_available()
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_pairs, eval_pairs = split_samples(samples, config.eval_fraction, config.seed, config.max_eval_samples)
+    encoded = [encode_sample(tokenizer, template, c, p, config.max_seq_len) for c, p in train_pairs]
+    rows = [e[0] for e in encoded if e is not None]
+    if not rows:
+        raise ValueError(f"no trainable samples: {len(samples)} given, none fits max_seq_len={config.max_seq_len}")
+    eval_encoded = (encode_sample(tokenizer, template, c, p, config.max_seq_len) for c, p in eval_pairs)
+    eval_rows = [e[0] for e in eval_encoded if e is not None]
+
+    identity = {
+        "base": base,
+        "data_version": data_version,
+        "fingerprint": fingerprint,
+        "prompt_version": prompt_version,
+        "template": template_digest(template),
+    }
+    _check_identity(ckpt_dir, identity, resume, owner=rank == 0)
+    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
+
+    args = _training_args(config, ckpt_dir, len(rows), world_size, cuda)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=_PadCollator(tokenizer.pad_token_id),
+        train_dataset=_Encoded(rows),
+        eval_dataset=_Encoded(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    train_output = trainer.train(resume_from_checkpoint=last)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    metrics: dict[str, Any] = {
+        "n_train": len(rows),
+        "n_eval": len(eval_pairs),
+        "dropped_too_long": sum(e is None for e in encoded),
+        "truncated_prompts": sum(e is not None and e[1] for e in encoded),
+        "world_size": world_size,
+        "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "completed": trainer.state.global_step >= trainer.state.max_steps,
+        "resumed_from_step": int(Path(last).name.rsplit("-", 1)[1]) if last else 0,
+        "train_loss": train_output.training_loss,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+    }
+    if eval_rows:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    trainer.save_model(str(out))
+    if not trainer.is_world_process_zero():
+        return TrainResult(str(out), metrics)
+
+    tokenizer.save_pretrained(out)
+    (out / "prompt_template.txt").write_text(template, encoding="utf-8")
+    if eval_pairs:
+        metrics.update(evaluate_model(out, eval_pairs, template, config.batch_size))
+    metrics["train_seconds"] = time.perf_counter() - started
+    write_model_card(
+        out,
+        {
+            "library_name": "transformers",
+            "pipeline_tag": "text-generation",
+            "base_model": base,
+            "tags": ["refinex", "refinex-spark", "data-refinement"],
+            "refinex": {
+                "prompt_version": prompt_version,
+                "template_digest": identity["template"],
+                "data_version": data_version,
+                "config_fingerprint": fingerprint,
+                "train_config": config.model_copy(update={"base": base, "output_dir": str(out)}).model_dump(mode="json"),
+                "metrics": metrics,
+            },
+        },
+    )
+    return TrainResult(str(out), metrics)

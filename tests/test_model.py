@@ -1,0 +1,423 @@
+"""The refine model layer: prompt format, tiny models, training, backends, worker cache.
+
+One module-scoped fixture trains a tiny Qwen3 on synthetic distilled samples (a few seconds on
+CPU); the backend tests run that trained model, whose programs differ from prompt to prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM, TrainerCallback
+
+from refinex_spark.config import ChunkingConfig, ModelConfig, TrainConfig
+from refinex_spark.distill import distill
+from refinex_spark.model import cache
+from refinex_spark.model.backends import HFBackend, OpenAIBackend, is_oom, make_backend
+from refinex_spark.model.prompt import PLAIN_SUFFIX, PROMPT_VERSIONS, build_prompt, load_template
+from refinex_spark.model.tiny import IM_END, build_tiny_model, qwen3_0_6b_config
+from refinex_spark.model.train import (
+    CHECKPOINTS,
+    IGNORE_INDEX,
+    encode_sample,
+    evaluate_model,
+    program_metrics,
+    read_model_card,
+    split_samples,
+    train_model,
+)
+from refinex_spark.program import parse_program
+from refinex_spark.synth import generate_corpus
+
+# A trained tiny model must write syntactically valid programs at least this often; the same
+# model before training must not (it emits token soup).
+VALID_FLOOR = 0.6
+# Training runs on a short instruction: refine-v1's ~340 tokens would triple every sequence and
+# the prompt code path is the same for any template text.
+TRAIN_TEMPLATE = "Delete the noise in these numbered lines. Answer with calls, one per line."
+STOP_AT = 60  # simulated preemption: the first run stops here, right after a checkpoint
+TRAIN = TrainConfig(
+    epochs=4,
+    learning_rate=3e-3,
+    batch_size=8,
+    gradient_accumulation=1,
+    max_seq_len=1024,
+    eval_fraction=0.1,
+    max_eval_samples=16,
+    save_steps=20,
+    seed=0,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    # Tiny matrices gain nothing from intra-op threads, and on a busy 2-core machine two
+    # spinning threads per process stall each other (20x slower training measured).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def template() -> str:
+    return load_template()
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[tuple[str, str]]:
+    """(chunk_text, program) pairs from synthetic raw/expert documents through distillation."""
+    chunking = ChunkingConfig(token_budget=128)
+    pairs = []
+    for doc in generate_corpus(120, seed=0, target_chars=(400, 1500)):
+        pairs += [(s.prompt, s.program) for s in distill(doc.raw, doc.expert, chunking=chunking).samples if s.kept]
+    assert len(pairs) >= 150
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def corpus(samples: list[tuple[str, str]], template: str) -> list[str]:
+    """What the tiny tokenizers are trained on: the instructions, chunks and programs."""
+    return [template, TRAIN_TEMPLATE, *(f"{chunk}\n{program}" for chunk, program in samples)]
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory: pytest.TempPathFactory, corpus: list[str]) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("base"), corpus, vocab_size=2048, seed=0)
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
+@dataclass(frozen=True)
+class Trained:
+    out: Path
+    interrupted: dict
+    resumed: dict
+    untrained_rate: float
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, base_model: Path, samples) -> Trained:
+    _, held_out = split_samples(samples, TRAIN.eval_fraction, TRAIN.seed, TRAIN.max_eval_samples)
+    untrained_rate = evaluate_model(base_model, held_out, TRAIN_TEMPLATE)["valid_program_rate"]
+    out = tmp_path_factory.mktemp("refine")
+    kwargs = dict(base=str(base_model), data_version=7, fingerprint="fp-test")
+    first = train_model(samples, TRAIN, TRAIN_TEMPLATE, out, callbacks=[_StopAt(STOP_AT)], **kwargs)
+    second = train_model(samples, TRAIN, TRAIN_TEMPLATE, out, **kwargs)
+    return Trained(out, first.metrics, second.metrics, untrained_rate)
+
+
+# --- prompt ---------------------------------------------------------------------------------
+
+
+def test_template_describes_the_program_language(template: str) -> None:
+    for call in ("remove_lines(start=", "remove_str(line=", "keep_all()"):
+        assert call in template
+    assert load_template(PROMPT_VERSIONS[-1]) == template
+    with pytest.raises(ValueError, match="unknown prompt version"):
+        load_template("refine-v0")
+
+
+def test_prompt_with_chat_template(base_model: Path, template: str) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    chunk = "[000] Home | News\n[001] The river rose."
+    prompt = build_prompt(tokenizer, template, chunk)
+    assert prompt == f"<|im_start|>user\n{template}\n\n{chunk}{IM_END}\n<|im_start|>assistant\n"
+
+
+def test_prompt_without_chat_template(base_model: Path, template: str) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer.chat_template = None
+    chunk = "[000] a\n[001] b"
+    expected = f"{template}\n\n{chunk}{PLAIN_SUFFIX}"
+    assert build_prompt(tokenizer, template, chunk) == expected == build_prompt(None, template, chunk)
+    assert expected.endswith("\n\nProgram:\n")
+
+
+# --- tiny models ----------------------------------------------------------------------------
+
+
+def test_tiny_model_saves_reloads_and_is_seeded(tmp_path: Path, base_model: Path, samples) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model)
+    assert isinstance(model, Qwen3ForCausalLM) and model.config.vocab_size == len(tokenizer)
+    assert tokenizer.eos_token == IM_END and tokenizer.pad_token_id is not None and tokenizer.bos_token
+    text = "naïve café — 東京 \t[12] x\r\n"  # byte-level BPE: any text round-trips
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    texts = [f"{c}\n{p}" for c, p in samples[:40]]
+    first = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "a", texts, vocab_size=512, seed=3))
+    again = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "b", texts, vocab_size=512, seed=3))
+    other = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "c", texts, vocab_size=512, seed=4))
+    weights = lambda m: torch.cat([p.flatten() for p in m.parameters()])  # noqa: E731
+    assert torch.equal(weights(first), weights(again))
+    assert not torch.equal(weights(first), weights(other))
+
+
+def test_qwen3_0_6b_shape() -> None:
+    config = qwen3_0_6b_config()
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 0.55e9 < n_params < 0.65e9  # Qwen3-0.6B: ~596M with tied embeddings
+    assert (config.num_hidden_layers, config.hidden_size, config.num_key_value_heads) == (28, 1024, 8)
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def test_training_teaches_valid_programs(trained: Trained) -> None:
+    metrics = trained.resumed
+    assert trained.untrained_rate < VALID_FLOOR <= metrics["valid_program_rate"]
+    assert 0.0 <= metrics["exact_match"] <= metrics["valid_program_rate"]
+    assert metrics["last_loss"] < 0.5 * metrics["first_loss"]
+    assert metrics["eval_loss"] < metrics["first_loss"]
+
+
+def test_training_resumes_from_last_checkpoint(trained: Trained) -> None:
+    assert trained.interrupted["global_step"] == STOP_AT and not trained.interrupted["completed"]
+    assert trained.resumed["resumed_from_step"] == STOP_AT
+    assert trained.resumed["completed"] and trained.resumed["global_step"] == trained.resumed["max_steps"] > STOP_AT
+    # The loss curve is continuous across the restart: the first logged loss is the first run's.
+    assert trained.resumed["first_loss"] == trained.interrupted["first_loss"]
+    checkpoints = sorted(p.name for p in (trained.out / CHECKPOINTS).glob("checkpoint-*"))
+    assert f"checkpoint-{trained.resumed['max_steps']}" in checkpoints
+
+
+def test_resume_refuses_another_runs_checkpoints(trained: Trained, base_model: Path, samples) -> None:
+    with pytest.raises(ValueError, match="belong to another run"):
+        train_model(samples, TRAIN, TRAIN_TEMPLATE, trained.out, base=str(base_model), data_version=8)
+
+
+def test_model_card_records_the_run(trained: Trained, base_model: Path) -> None:
+    card = read_model_card(trained.out)
+    refinex = card["refinex"]
+    assert card["base_model"] == str(base_model)
+    assert refinex["data_version"] == 7 and refinex["config_fingerprint"] == "fp-test"
+    assert refinex["prompt_version"] == PROMPT_VERSIONS[-1]
+    assert TrainConfig.model_validate(refinex["train_config"]).learning_rate == TRAIN.learning_rate
+    assert refinex["metrics"]["valid_program_rate"] == trained.resumed["valid_program_rate"]
+    assert (trained.out / "README.md").read_text().startswith("---\n")
+    AutoModelForCausalLM.from_pretrained(trained.out)  # the final model is a loadable directory
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 300), fraction=st.floats(0, 0.99), seed=st.integers(0, 3), max_eval=st.integers(0, 50))
+def test_split_is_a_seeded_partition(n: int, fraction: float, seed: int, max_eval: int) -> None:
+    items = [(f"chunk {i}", f"program {i}") for i in range(n)]
+    train, held = split_samples(items, fraction, seed, max_eval)
+    assert sorted(train + held) == sorted(items)
+    assert len(held) == (min(max_eval, math.ceil(n * fraction)) if n > 1 else 0)
+    assert split_samples(items, fraction, seed, max_eval) == (train, held)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base_model: Path):  # type: ignore[no-untyped-def]
+    return AutoTokenizer.from_pretrained(base_model)
+
+
+@settings(max_examples=150, deadline=None)
+@given(chunk=st.text(max_size=600), program=st.text(max_size=300), max_len=st.integers(64, 400))
+def test_encoding_trains_on_the_whole_program_only(tokenizer, chunk: str, program: str, max_len: int) -> None:
+    encoded = encode_sample(tokenizer, "Clean.", chunk, program, max_len)
+    target = tokenizer(program, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if len(target) > max_len - max_len // 2:
+        assert encoded is None  # a program that crowds out its chunk is not trainable
+        return
+    assert encoded is not None
+    row, truncated = encoded
+    prompt = tokenizer(build_prompt(tokenizer, "Clean.", chunk), add_special_tokens=False)["input_ids"]
+    k = len(target)
+    assert len(row["input_ids"]) == len(row["labels"]) <= max_len
+    assert row["labels"][-k:] == row["input_ids"][-k:] == target
+    assert set(row["labels"][:-k]) <= {IGNORE_INDEX}
+    shown = row["input_ids"][:-k]
+    assert truncated == (len(prompt) + k > max_len)
+    if truncated:  # the middle goes: the instruction and the generation prefix stay
+        head = len(shown) // 2
+        assert shown[:head] == prompt[:head] and shown[head:] == prompt[len(prompt) - (len(shown) - head) :]
+    else:
+        assert shown == prompt
+
+
+def test_program_metrics() -> None:
+    targets = ["remove_lines(start=1, end=2)", "keep_all()", "remove_str(line=0, text='x y')", "keep_all()"]
+    generated = ["remove_lines(start=1,end=2)\n", "keep_all()\nrm()", 'remove_str(line=0, text="x y")', ""]
+    # canonical render ignores spacing and quote style; a rejected line or no op is invalid
+    assert program_metrics(generated, targets) == {"valid_program_rate": 0.5, "exact_match": 0.5}
+
+
+# --- backends -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chaotic_model(tmp_path_factory: pytest.TempPathFactory, corpus: list[str]) -> Path:
+    """A random tiny model with large weights: its greedy output differs from prompt to prompt
+    (a trained tiny model mostly answers every chunk alike), so order checks can fail."""
+    return build_tiny_model(tmp_path_factory.mktemp("chaotic"), corpus, vocab_size=2048, seed=1, initializer_range=0.2)
+
+
+@pytest.fixture(scope="module")
+def prompts(chaotic_model: Path, samples, template: str) -> list[str]:
+    tokenizer = AutoTokenizer.from_pretrained(chaotic_model)
+    return [build_prompt(tokenizer, template, chunk) for chunk, _ in samples[:8]]
+
+
+def test_hf_backend_preserves_order_and_is_deterministic(chaotic_model: Path, prompts: list[str]) -> None:
+    backend = HFBackend(str(chaotic_model), ModelConfig(max_new_tokens=12, batch_size=4, device="cpu"))
+    batched = backend.generate(prompts)
+    assert backend.generate(prompts) == batched
+    assert [backend.generate([p])[0] for p in prompts] == batched
+    assert len(set(batched)) > 1  # outputs depend on the prompt, so the order check means something
+    shuffled = list(range(len(prompts)))
+    random.Random(1).shuffle(shuffled)
+    assert backend.generate([prompts[i] for i in shuffled]) == [batched[i] for i in shuffled]
+    assert all(IM_END not in out for out in batched)  # stopped at eos, special tokens dropped
+    assert backend.stats.prompts == 4 * len(prompts) and backend.stats.output_tokens > 0
+    assert backend.stats.oom_retries == 0
+
+
+def test_hf_backend_halves_batch_on_oom(chaotic_model: Path, prompts: list[str]) -> None:
+    config = ModelConfig(max_new_tokens=12, batch_size=4, device="cpu")
+    reference = HFBackend(str(chaotic_model), config).generate(prompts)
+    seen: list[int] = []
+
+    def allocator_limit(batch: int) -> None:
+        seen.append(batch)
+        if batch > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+    backend = HFBackend(str(chaotic_model), config, batch_hook=allocator_limit)
+    assert backend.generate(prompts) == reference
+    assert backend.stats.oom_retries == 2 and seen[:3] == [4, 2, 1] and set(seen[3:]) == {1}
+
+    backend.batch_hook = lambda batch: (_ for _ in ()).throw(RuntimeError("CUDA error: out of memory"))
+    with pytest.raises(RuntimeError, match="out of memory"):  # still failing at batch size 1
+        backend.generate(prompts[:2])
+    backend.batch_hook = lambda batch: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # not memory: no retry
+        backend.generate(prompts[:2])
+    assert is_oom(RuntimeError("... out of memory ...")) and not is_oom(ValueError("out of memory"))
+
+
+def test_worker_cache_loads_once(chaotic_model: Path) -> None:
+    cache.clear_cache()
+    config = ModelConfig(path=str(chaotic_model), device="cpu", batch_size=2)
+    first = cache.get_backend(config.model_dump_json())
+    assert cache.get_backend(config) is first and cache.get_backend(config.model_dump()) is first
+    other_batch = cache.get_backend(config.model_copy(update={"batch_size": 8}))
+    assert other_batch is not first and other_batch.model is first.model and other_batch.config.batch_size == 8
+    assert len(cache.cached_keys()) == 1
+    cache.clear_cache()
+    assert cache.get_backend(config) is not first
+
+
+# --- openai-compatible HTTP backend ---------------------------------------------------------
+
+
+class _Server:
+    """A loopback OpenAI-compatible server with canned replies and injectable 503s."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict, dict]] = []
+        self.fail_next = 0
+        self.status = 200
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append((self.path, dict(self.headers), body))
+                if outer.fail_next > 0:
+                    outer.fail_next -= 1
+                    return self._send(503, {"error": "busy"})
+                if outer.status != 200:
+                    return self._send(outer.status, {"error": "bad request"})
+                prompt = body["messages"][0]["content"] if "messages" in body else body["prompt"]
+                program = f"remove_lines(start={len(prompt)}, end={len(prompt)})"
+                choice = {"message": {"role": "assistant", "content": program}} if "messages" in body else {"text": program}
+                self._send(200, {"choices": [choice], "usage": {"prompt_tokens": len(prompt), "completion_tokens": 9}})
+
+            def _send(self, code: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+
+@pytest.fixture()
+def server() -> Iterator[_Server]:
+    s = _Server()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def test_openai_backend_chat(server: _Server, monkeypatch: pytest.MonkeyPatch, template: str) -> None:
+    monkeypatch.setenv("REFINE_TEST_KEY", "sk-local")
+    config = ModelConfig(backend="openai", base_url=server.url, served_model="refine", api_key_env="REFINE_TEST_KEY",
+                         max_new_tokens=64, batch_size=3)
+    backend = make_backend(config)
+    assert isinstance(backend, OpenAIBackend)
+    prompts = [backend.format_prompt(template, f"[000] line {'x' * i}") for i in range(7)]
+    assert prompts[0] == f"{template}\n\n[000] line "  # the server applies the chat template
+    outputs = backend.generate(prompts)
+    assert outputs == [f"remove_lines(start={len(p)}, end={len(p)})" for p in prompts]
+    path, headers, body = server.requests[0]
+    assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sk-local"
+    assert body["temperature"] == 0 and body["max_tokens"] == 64 and body["model"] == "refine"
+    assert backend.stats.prompts == 7 and backend.stats.output_tokens == 63
+    assert all(not parse_program(o).rejected for o in outputs)
+
+
+def test_openai_backend_retries_then_fails(server: _Server) -> None:
+    config = ModelConfig(backend="openai", base_url=server.url, batch_size=1)
+    backend = OpenAIBackend(config, endpoint="completions", max_retries=2, backoff_s=0.0)
+    server.fail_next = 2
+    prompt = build_prompt(None, "Clean this.", "[000] a")
+    assert backend.format_prompt("Clean this.", "[000] a") == prompt
+    assert backend.generate([prompt]) == [f"remove_lines(start={len(prompt)}, end={len(prompt)})"]
+    assert len(server.requests) == 3 and server.requests[0][0] == "/v1/completions"
+    server.fail_next = 3
+    with pytest.raises(RuntimeError, match="HTTP 503"):
+        backend.generate([prompt])
+    server.requests.clear()
+    server.status = 400
+    with pytest.raises(RuntimeError, match="HTTP 400"):  # a client error is not retried
+        backend.generate([prompt])
+    assert len(server.requests) == 1
+
+
+def test_openai_backend_unreachable() -> None:
+    config = ModelConfig(backend="openai", base_url="http://127.0.0.1:9/v1", request_timeout_s=2)
+    with pytest.raises(RuntimeError, match="unreachable after 2 attempts"):
+        OpenAIBackend(config, max_retries=1, backoff_s=0.0).generate(["x"])
+    with pytest.raises(ValueError, match="base_url"):
+        OpenAIBackend(ModelConfig(backend="openai"))
