@@ -45,3 +45,19 @@ def make_ctx(spark, tmp_path):
         return RunContext(config, spark, Lake(spark, config.lake), StageStats(stage, new_run_id(stage)))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def demo_lake(spark, tmp_path_factory):
+    """A small lake built by the demo (ingest, expert import, distill, train tiny, refine): its Config."""
+    from refinex_spark.config import CONF_DIR, load_config
+    from refinex_spark.jobs import demo
+    from refinex_spark.lake import Lake
+    from refinex_spark.runtime import RunContext, StageStats, new_run_id
+
+    root = tmp_path_factory.mktemp("demo")
+    config = load_config(files=[CONF_DIR / "demo.yaml"], overrides=[
+        f"lake.path={root / 'lake'}", f"train.output_dir={root / 'model'}", f"model.path={root / 'model'}"])
+    ctx = RunContext(config, spark, Lake(spark, config.lake), StageStats("demo", new_run_id("demo")))
+    demo.run(ctx, n_docs=60, workdir=str(root / "data"))
+    return config

@@ -1,0 +1,99 @@
+"""The refine stage end to end on local Spark: one row per document, deletion-only output,
+incremental reruns, and a run aborted mid-way then rerun leaving the same table as an
+uninterrupted run. The model is served over HTTP by tests/refine_server.py, or is a tiny
+transformers model built locally."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from refinex_spark.chunking import normalize_newlines
+from refinex_spark.jobs import ingest, refine
+from refinex_spark.jobs.demo import write_docs
+from refinex_spark.model.tiny import build_tiny_model
+from refinex_spark.refine import is_subsequence
+from refinex_spark.synth import generate_corpus
+
+from .refine_server import RefineServer
+
+pytestmark = pytest.mark.spark
+
+DOCS = list(generate_corpus(12, seed=11, target_chars=(400, 3000)))
+COMPARED = ["doc_id", "text_hash", "refined_text", "program", "op_outcomes", "status", "deleted_fraction",
+            "n_chunks", "n_fallback_chunks"]
+
+
+@pytest.fixture
+def ingested(make_ctx, tmp_path):
+    raw, _ = write_docs(tmp_path / "in", DOCS)
+    ingest.run(make_ctx("ingest"), [str(raw)])
+    return make_ctx
+
+
+def _served(server, *extra):
+    return ("model.backend=openai", f"model.base_url={server.url}", "model.served_model=refine-test",
+            "chunking.token_budget=200", *extra)
+
+
+def _table(ctx):
+    return ctx.lake.read("refined_docs").toPandas().sort_values("doc_id").reset_index(drop=True)
+
+
+def _check_rows(df, raw_by_id):
+    assert sorted(df["doc_id"]) == sorted(raw_by_id)  # exactly one row per document
+    for row in df.itertuples():
+        assert row.status in {"ok", "kept", "fallback"}, row.error
+        assert is_subsequence(row.refined_text, normalize_newlines(raw_by_id[row.doc_id]))
+        json.loads(row.op_outcomes)
+
+
+def test_refine_served_model_statuses_and_incremental_rerun(ingested):
+    raw_by_id = {d.doc_id: d.raw for d in DOCS}
+    with RefineServer() as server:
+        result = refine.run(ingested("refine", *_served(server)))
+        assert result["counts"]["docs"] == len(DOCS)
+        ctx = ingested("refine", *_served(server))
+        df = _table(ctx)
+        _check_rows(df, raw_by_id)
+        assert {"ok", "fallback"} <= set(df["status"])  # noise removed; ads chunks fell back
+        ok = df[df.status == "ok"].iloc[0]
+        assert "remove_lines" in ok.program and ok.deleted_fraction > 0
+        requests = server.requests
+        again = refine.run(ingested("refine", *_served(server)))
+        assert again["counts"]["docs"] == 0 and server.requests == requests  # nothing pending, no calls
+        assert len(_table(ctx)) == len(DOCS)
+        # another model is another refinement: everything is pending for it
+        other = refine.run(ingested("refine", *_served(server, "model.served_model=refine-test-2")))
+        assert other["counts"]["docs"] == len(DOCS)
+
+
+def test_aborted_run_then_rerun_equals_uninterrupted(make_ctx, tmp_path):
+    raw, _ = write_docs(tmp_path / "in", DOCS)
+    with RefineServer() as server:
+        uninterrupted = make_ctx("ingest", "lake.path=" + str(tmp_path / "lake_a"))
+        ingest.run(uninterrupted, [str(raw)])
+        refine.run(make_ctx("refine", "lake.path=" + str(tmp_path / "lake_a"), *_served(server)))
+        expected = _table(make_ctx("x", "lake.path=" + str(tmp_path / "lake_a")))
+
+        lake_b = "lake.path=" + str(tmp_path / "lake_b")
+        ingest.run(make_ctx("ingest", lake_b), [str(raw)])
+        server.fail_marker = DOCS[5].raw.split("\n")[0][:40]  # the model server dies on one document
+        with pytest.raises(Exception, match="HTTP 500|model server crashed"):
+            refine.run(make_ctx("refine", lake_b, *_served(server, "model.request_timeout_s=5")))
+        assert make_ctx("x", lake_b).lake.version("refined_docs") is None  # nothing half-written
+        server.fail_marker = None
+        refine.run(make_ctx("refine", lake_b, *_served(server)))
+        got = _table(make_ctx("x", lake_b))
+    assert got[COMPARED].equals(expected[COMPARED])
+
+
+def test_refine_with_a_local_transformers_model(ingested, tmp_path):
+    model_dir = build_tiny_model(tmp_path / "tiny", [d.raw for d in DOCS] + ["remove_lines(start=0, end=1)"])
+    ctx = ingested("refine", f"model.path={model_dir}", "model.max_new_tokens=12", "chunking.token_budget=300")
+    result = refine.run(ctx)
+    assert result["counts"]["docs"] == len(DOCS)
+    df = _table(ctx)
+    _check_rows(df, {d.doc_id: d.raw for d in DOCS})
+    assert set(df["model_id"]) == {str(model_dir)}
