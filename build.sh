@@ -28,7 +28,7 @@ case "${1:-}" in
     setup
     shift
     export PYSPARK_PYTHON="$PWD/$PY" PYSPARK_DRIVER_PYTHON="$PWD/$PY" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-    "$VENV/bin/refinex-spark" --config conf/demo.yaml demo "$@"
+    "$VENV/bin/refinex-spark" --env local --config conf/demo.yaml demo "$@"
     ;;
   package)
     setup
