@@ -10,13 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+def _conf_dir() -> Path:
+    """conf/ of a source checkout, else the copy the wheel installs under <prefix>/share."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    installed = Path(sys.prefix) / "share" / "refinex-spark" / "conf"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+CONF_DIR = _conf_dir()
 ENVIRONMENTS = ("local", "yarn", "databricks")
 
 
