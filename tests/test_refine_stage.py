@@ -16,7 +16,7 @@ from refinex_spark.model.tiny import build_tiny_model
 from refinex_spark.refine import is_subsequence
 from refinex_spark.synth import generate_corpus
 
-from .refine_server import RefineServer
+from refine_server import RefineServer
 
 pytestmark = pytest.mark.spark
 
