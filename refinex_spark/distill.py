@@ -251,7 +251,8 @@ def _line_bounds(lines: Sequence[str]) -> list[int]:
     return bounds
 
 
-def _align(raw: str, raw_lines: list[str], expert: str, expert_lines: list[str], alignment: Alignment) -> _Edits:
+def align(raw: str, raw_lines: list[str], expert: str, expert_lines: list[str], alignment: Alignment) -> _Edits:
+    """The alignment step alone: which raw spans the expert deleted, and its illegal edits."""
     edits = _Edits(raw, expert)
     if alignment == "flat":
         if raw:
@@ -672,7 +673,7 @@ def distill(
     chunks = chunk_lines(raw_lines, chunking, count_tokens)
     truncated = frozenset().union(*(c.truncated for c in chunks))
 
-    edits = _align(raw_text, raw_lines, expert_text, expert_lines, alignment)
+    edits = align(raw_text, raw_lines, expert_text, expert_lines, alignment)
     ranges, str_ops = _line_ops(raw_lines, edits, truncated, cfg)
     chunk_ops = [_ops_between(c.start, c.end, ranges, str_ops) for c in chunks]
     chunk_programs = [render_program(ops) for ops in chunk_ops]
