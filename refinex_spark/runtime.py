@@ -94,5 +94,6 @@ def open_run(config: Config, stage: str) -> RunContext:
     from .spark_session import get_spark
 
     spark = get_spark(config)
-    return RunContext(config=config, spark=spark, lake=Lake(spark, config.lake),
-                      stats=StageStats(stage=stage, run_id=new_run_id(stage)))
+    stats = StageStats(stage=stage, run_id=new_run_id(stage))
+    stats.info["spark_master"] = spark.sparkContext.master
+    return RunContext(config=config, spark=spark, lake=Lake(spark, config.lake), stats=stats)

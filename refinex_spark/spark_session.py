@@ -63,14 +63,21 @@ def session_conf(config: Config) -> dict[str, str]:
     return conf
 
 
+def launched_by_spark_submit() -> bool:
+    """spark-submit starts the JVM first and hands its gateway to Python through this variable."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def get_spark(config: Config) -> SparkSession:
-    if (config.spark.master or "").startswith("local"):
+    # Under spark-submit, --master and --conf decide where the application runs, not config.
+    master = None if launched_by_spark_submit() else config.spark.master
+    if (master or "").startswith("local"):
         # Local Python workers must run this interpreter (its venv has pyarrow, pandas and the
         # package), not whatever `python3` is first on PATH; PySpark reads only the env var.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(config.spark.app_name)
-    if config.spark.master:
-        builder = builder.master(config.spark.master)
+    if master:
+        builder = builder.master(master)
     for key, value in session_conf(config).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -123,3 +123,32 @@ def test_demo_bad_records_are_each_rejected(tmp_path):
     path.write_text("\n".join(BAD_RECORDS) + "\n")
     got = [r["reason"] for r in read_file(str(path), IngestConfig())]
     assert got == ["malformed_json", "missing_text", "text_not_string", "empty_text", "not_an_object"]
+
+
+def test_spark_submit_entry_point(tmp_path):
+    """The stage runs as a real spark-submit application, whose --master wins over the config's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import refinex_spark.spark_submit as entry
+    from deltalake import DeltaTable
+
+    raw, _ = write_docs(tmp_path / "in", DOCS[:3])
+    submit = Path(sys.executable).with_name("spark-submit")
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    done = subprocess.run(
+        [str(submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false", entry.__file__,
+         "ingest", str(raw), "--set", f"lake.path={tmp_path / 'lake'}", "--set", "spark.bogus=1"],
+        capture_output=True, text=True, env=env, timeout=300)
+    # spark-submit forwards the Python process's stderr to its stdout
+    assert done.returncode == 2 and "unknown key 'spark.bogus'" in done.stdout + done.stderr
+    done = subprocess.run(
+        [str(submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false", entry.__file__,
+         "ingest", str(raw), "--set", f"lake.path={tmp_path / 'lake'}"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    assert summary["counts"]["accepted"] == 3 and summary["spark_master"] == "local[1]"
+    assert DeltaTable(str(tmp_path / "lake" / "raw_docs")).to_pyarrow_table().num_rows == 3
