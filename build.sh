@@ -35,10 +35,13 @@ case "${1:-}" in
     rm -rf dist && mkdir -p dist
     "$PY" -m build --wheel --outdir dist .
     # A relocatable environment for spark-submit --archives dist/refinex-env.tar.gz#env (YARN).
+    # GPU executors need a CUDA build of torch: TORCH_SPEC="torch==2.13.0" on a CUDA index, and
+    # EXTRAS=gpu for vLLM. The default is the CPU wheel this machine has.
     rm -rf build/pack-venv && python3 -m venv build/pack-venv
     build/pack-venv/bin/pip install -q --upgrade pip
-    build/pack-venv/bin/pip install -q "torch==2.13.0" dist/*.whl venv-pack
-    build/pack-venv/bin/venv-pack -p build/pack-venv -o dist/refinex-env.tar.gz --force
+    build/pack-venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+    build/pack-venv/bin/pip install -q "$(ls dist/*.whl)${EXTRAS:+[$EXTRAS]}" venv-pack
+    build/pack-venv/bin/venv-pack -p build/pack-venv -o dist/refinex-env.tar.gz --force -q
     ls -la dist
     ;;
   *)
