@@ -174,6 +174,10 @@ def _text(value: object, param: _Param, cfg: ProgramConfig) -> str:
     return value
 
 
+_READ = {"line": _line_number, "text": _text}
+_REMOVE_LINES, _REMOVE_STR = _SIGNATURES["refinex"]["remove_lines"], _SIGNATURES["refinex"]["remove_str"]
+
+
 def _bind(call: ast.Call, params: tuple[_Param, ...]) -> dict[str, ast.expr]:
     """Map each parameter to its argument node: positionals in declared order, then keywords."""
     if len(call.args) > len(params):
@@ -210,22 +214,21 @@ _FAST_LINE = re.compile(
 )
 
 
+_KEEP_ALL = Op("keep_all")
+
+
 def _fast_op(m: re.Match, cfg: ProgramConfig) -> Op:
     start, end, line_no, single, double, keep = m.groups()
     if keep:
-        return Op("keep_all")
-    sig = _SIGNATURES["refinex"]
+        return _KEEP_ALL
     if start is not None:
-        values = (int(start), int(end))
-        return _make_op("remove_lines", sig["remove_lines"], values, cfg)
-    values = (int(line_no), single if single is not None else double)
-    return _make_op("remove_str", sig["remove_str"], values, cfg)
+        return _make_op("remove_lines", _REMOVE_LINES, (int(start), int(end)), cfg)
+    return _make_op("remove_str", _REMOVE_STR, (int(line_no), single if single is not None else double), cfg)
 
 
 def _make_op(name: str, params: tuple[_Param, ...], values: Sequence[object], cfg: ProgramConfig) -> Op:
     """Check literal argument values against the op's parameters and build the Op."""
-    read = {"line": _line_number, "text": _text}
-    op = Op(name, **{p.field: read[p.kind](v, p, cfg) for p, v in zip(params, values)})
+    op = Op(name, **{p.field: _READ[p.kind](v, p, cfg) for p, v in zip(params, values)})
     if op.start is not None and op.end is not None and op.start > op.end:
         raise _Reject("bad_argument", f"start {op.start} > end {op.end}")
     return op
@@ -307,7 +310,7 @@ def render_op(op: Op, dialect: str = "refinex") -> str:
     params = _signatures(dialect).get(op.kind)
     if params is None:
         raise ValueError(f"{op.kind}() is not an op of the {dialect} dialect")
-    args = ", ".join(f"{p.name}={getattr(op, p.field)!r}" for p in params)
+    args = ", ".join([f"{p.name}={getattr(op, p.field)!r}" for p in params])
     return f"{op.kind}({args})"
 
 
