@@ -67,6 +67,11 @@ def _history(ctx, a):
     return sql.history(ctx, a.table)
 
 
+def _report(ctx, a):
+    from .jobs import report
+    return report.run(ctx, a.output_dir, examples_per_status=a.examples_per_status)
+
+
 def _demo(ctx, a):
     from .jobs import demo
     return demo.run(ctx, n_docs=a.docs, workdir=a.workdir)
@@ -118,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read TABLE at Delta version N (repeatable)")
     p = add("history", _history, "commit history of a lake table")
     p.add_argument("table")
+    p = add("report", _report, "HTML report with plots (+ JSON of the figures) of the lake")
+    p.add_argument("output_dir", nargs="?", default="./report")
+    p.add_argument("--examples-per-status", type=int, default=3, help="example diffs shown per refine status")
     p = add("demo", _demo, "synthetic corpus through the whole pipeline into ./lake")
     p.add_argument("--docs", type=int, default=300)
     p.add_argument("--workdir", default="./demo-data")

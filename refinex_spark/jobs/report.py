@@ -49,7 +49,8 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
         runs = spark.sql("SELECT * FROM run_summary ORDER BY started_at, stage").toPandas()
         # A few documents per status, picked by a seeded hash so reruns show the same ones.
         examples = spark.sql(f"""
-            SELECT doc_id, source, status, deleted_fraction, raw_text, refined_text, op_outcomes, error FROM (
+            SELECT doc_id, source, status, deleted_fraction, raw_text, refined_text, op_outcomes, error, model_id,
+                   fingerprint FROM (
               SELECT *, row_number() OVER (PARTITION BY status ORDER BY xxhash64(doc_id, {int(seed)})) AS pick
               FROM audit WHERE coalesce(raw_chars, 0) <= {int(max_example_chars)})
             WHERE pick <= {int(examples_per_status)}
