@@ -43,39 +43,44 @@ def _distill_rows(config) -> RowsFn:
 
 
 def pending(ctx: RunContext, fingerprint: str):
-    """Documents with an `ok` expert output (the newest one) and no samples under this fingerprint."""
-    newest = Window.partitionBy("doc_id").orderBy(F.col("created_at").desc(), F.col("expert_model"))
-    experts = (ctx.read("expert_outputs").where("status = 'ok'")
-               .withColumn("_rank", F.row_number().over(newest)).where("_rank = 1")
-               .select("doc_id", F.col("text").alias("expert_text"), "expert_model", "raw_text_hash"))
+    """Documents with an `ok` expert output (the newest one) and no samples under this fingerprint.
+
+    Joined first, then ranked: the join already partitions by doc_id, so the window needs no
+    shuffle of its own (the texts cross the network once).
+    """
+    experts = ctx.read("expert_outputs").where("status = 'ok'").select(
+        "doc_id", F.col("text").alias("expert_text"), "expert_model", "raw_text_hash", "created_at")
     raw = ctx.read("raw_docs").select("doc_id", "text", "text_hash")
+    newest = Window.partitionBy("doc_id").orderBy(F.col("created_at").desc(), F.col("expert_model"))
     done = ctx.read("distill_samples").where(F.col("fingerprint") == fingerprint).select("doc_id").distinct()
-    return (raw.join(experts, (raw.doc_id == experts.doc_id) & (raw.text_hash == experts.raw_text_hash))
-            .drop(experts.doc_id).join(done, "doc_id", "left_anti"))
+    return (raw.join(experts, "doc_id").where(F.col("text_hash") == F.col("raw_text_hash"))
+            .withColumn("_rank", F.row_number().over(newest)).where("_rank = 1")
+            .join(F.broadcast(done), "doc_id", "left_anti")
+            .select("doc_id", "text", "expert_text", "expert_model"))
 
 
 def run(ctx: RunContext) -> dict:
     stats, config = ctx.stats, ctx.config
     fingerprint = config.fingerprint("program", "chunking", "distill")
     schema = TABLES["distill_samples"].spark_schema()
-    computed = [f for f in schema.fields if f.name in _COMPUTED]
-    out_schema = type(schema)([next(f for f in computed if f.name == n) for n in _COMPUTED])
-    with stats.timer("distill"):
-        docs = pending(ctx, fingerprint)
-        samples = (map_rows(docs, _distill_rows(config), out_schema)
-                   .withColumn("fingerprint", F.lit(fingerprint))
-                   .withColumn("run_id", F.lit(ctx.run_id))
-                   .withColumn("created_at", F.current_timestamp())
-                   .select(*schema.fieldNames())
-                   .persist())
-        summary = samples.groupBy("kept", "drop_reason").agg(
+    out_schema = type(schema)([schema[n] for n in _COMPUTED])
+    samples = (map_rows(pending(ctx, fingerprint), _distill_rows(config), out_schema)
+               .withColumn("fingerprint", F.lit(fingerprint))
+               .withColumn("run_id", F.lit(ctx.run_id))
+               .withColumn("created_at", F.current_timestamp())
+               .select(*schema.fieldNames()))
+    # One pass: distilling happens as the rows are written; the summary reads back what was committed.
+    with stats.timer("distill_and_write"):
+        info = ctx.append("distill_samples", samples, fingerprint=fingerprint)
+    if info.version is not None:
+        written = ctx.lake.read("distill_samples", version=info.version).where(F.col("run_id") == ctx.run_id)
+        summary = written.groupBy("kept", "drop_reason").agg(
             F.count("*").alias("samples"), F.countDistinct("doc_id").alias("docs")).collect()
-    stats.counts["docs"] = samples.select("doc_id").distinct().count()
-    for r in summary:
-        key = "kept" if r["kept"] else f"dropped.{r['drop_reason']}"
-        stats.counts[f"samples.{key}"] += r["samples"]
-    with stats.timer("write"):
-        ctx.append("distill_samples", samples, fingerprint=fingerprint)
-    samples.unpersist()
+        stats.counts["docs"] = written.select("doc_id").distinct().count()
+        for r in summary:
+            key = "kept" if r["kept"] else f"dropped.{r['drop_reason']}"
+            stats.counts[f"samples.{key}"] += r["samples"]
+    else:
+        stats.counts["docs"] = 0
     stats.info["fingerprint"] = fingerprint
     return stats.as_dict()
