@@ -12,7 +12,7 @@ setup() {
   "$PY" -m pip install -q --upgrade pip
   # torch first, pinned: the local CPU wheel. Anything else would pull GBs of CUDA packages.
   "$PY" -m pip install -q "torch==2.13.0"
-  "$PY" -m pip install -q -e ".[dev]"
+  "$PY" -m pip install -q -e ".[spark,dev]"
   touch "$VENV/.installed"
 }
 
@@ -40,6 +40,7 @@ case "${1:-}" in
     rm -rf build/pack-venv && python3 -m venv build/pack-venv
     build/pack-venv/bin/pip install -q --upgrade pip
     build/pack-venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+    # No pyspark in it: executors and the driver use the cluster's own (and its Delta jars').
     build/pack-venv/bin/pip install -q "$(ls dist/*.whl)${EXTRAS:+[$EXTRAS]}" venv-pack
     build/pack-venv/bin/venv-pack -p build/pack-venv -o dist/refinex-env.tar.gz --force -q
     ls -la dist

@@ -1,7 +1,7 @@
 """`refinex-spark` command line: one subcommand per pipeline stage, plus sql, history and demo.
 
-spark-submit runs a file, not a console script: `spark-submit <site-packages>/refinex_spark/cli.py
-ingest data/` (or `python -m refinex_spark.cli`) is the same as `refinex-spark ingest data/`.
+spark-submit runs a file, not a console script: `spark-submit .../refinex_spark/spark_submit.py
+ingest data/` (or `python -m refinex_spark ingest data/`) is the same as `refinex-spark ingest data/`.
 """
 
 from __future__ import annotations
@@ -150,12 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         parser.exit(2, f"refinex-spark: config error: {e}\n")
     args = parser.parse_args(rest)
-    from .runtime import open_run
+    from .runtime import ConcurrentRunError, open_run
 
     ctx = open_run(config, args.stage)
     try:
         result = args.fn(ctx, args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ConcurrentRunError) as e:
         print(f"refinex-spark {args.stage}: error: {e}", file=sys.stderr)
         return 1
     if isinstance(result, dict):

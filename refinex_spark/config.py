@@ -21,7 +21,7 @@ def _conf_dir() -> Path:
     """conf/ of a source checkout, else the copy the wheel installs under <prefix>/share."""
     checkout = Path(__file__).resolve().parent.parent / "conf"
     installed = Path(sys.prefix) / "share" / "refinex-spark" / "conf"
-    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+    return installed if (installed / "refinex.yaml").is_file() and not (checkout / "refinex.yaml").is_file() else checkout
 
 
 CONF_DIR = _conf_dir()
@@ -34,6 +34,13 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _http_url(value: str | None) -> str | None:
+    """Endpoints are http(s) only: urllib would also open file:// and ftp:// URLs."""
+    if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
 
 
 class ProgramConfig(_Section):
@@ -111,6 +118,13 @@ class ModelConfig(_Section):
     served_model: str | None = None
     request_timeout_s: float = Field(120.0, gt=0)
 
+    _check_base_url = field_validator("base_url")(classmethod(lambda cls, v: _http_url(v)))
+
+
+class RefineConfig(_Section):
+    # Each slice of this many documents is one Delta commit: a crash loses one slice, not the run.
+    docs_per_commit: int = Field(1_000_000, ge=1)
+
 
 class TrainConfig(_Section):
     # A local directory or hub id of the causal LM to fine-tune.
@@ -128,6 +142,7 @@ class TrainConfig(_Section):
 
 
 class ExpertConfig(_Section):
+
     """`expert generate`: a sample of raw_docs cleaned end to end by a served (or local) LLM."""
 
     backend: Literal["openai", "hf"] = "openai"
@@ -163,6 +178,8 @@ class ExpertConfig(_Section):
             raise ValueError("set sample_fraction or sample_count, not both")
         return self
 
+    _check_base_url = field_validator("base_url")(classmethod(lambda cls, v: _http_url(v)))
+
 
 class Config(_Section):
     program: ProgramConfig = ProgramConfig()
@@ -172,6 +189,7 @@ class Config(_Section):
     ingest: IngestConfig = IngestConfig()
     spark: SparkConfig = SparkConfig()
     model: ModelConfig = ModelConfig()
+    refine: RefineConfig = RefineConfig()
     train: TrainConfig = TrainConfig()
     expert: ExpertConfig = ExpertConfig()
 

@@ -184,13 +184,13 @@ class Lake:
         """Commits, newest first: version, timestamp (UTC), operation, user_metadata (parsed), rows_added."""
         return self._engine.history(self.spec(table))
 
-    def register_views(self, spark: SparkSession | None = None) -> list[str]:
-        """Every existing table as a temp view named like the table; returns the names."""
-        session = spark or self.spark
-        names = [t for t in TABLES if self.exists(t)]
-        for name in names:
-            self.read(name, session=session).createOrReplaceTempView(name)
-        return names
+    def register_views(self, spark: SparkSession | None = None, as_of: dict[str, int] | None = None) -> list[str]:
+        """Every declared table as a temp view named like the table (empty if it does not exist yet),
+        at the versions in `as_of` (latest otherwise); returns the names."""
+        session, as_of = spark or self.spark, as_of or {}
+        for name in TABLES:
+            self.read(name, version=as_of.get(name), session=session).createOrReplaceTempView(name)
+        return list(TABLES)
 
 
 def _conform(df: DataFrame, spec: TableSpec) -> DataFrame:

@@ -11,11 +11,14 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from .chunking import approx_tokens, chunk_lines, normalize_newlines, split_lines
 from .config import Config
-from .model.backends import Backend
 from .program import ChunkProgram, execute
+
+if TYPE_CHECKING:  # the backends import torch; the refine core itself does not need it
+    from .model.backends import Backend
 
 
 @dataclass
@@ -48,8 +51,9 @@ def refine_batch(
 ) -> list[dict]:
     """(doc_id, text, text_hash) triples -> one `refined_docs` row dict per document, in order.
 
-    A document that cannot be refined (a bug, a pathological input) becomes an `error` row; a
-    failure of the backend itself raises, so Spark retries the task and nothing is half-written.
+    A document that cannot be refined (a pathological input, a prompt the backend refuses)
+    becomes an `error` row; when the backend fails for every document of the batch (it is down)
+    the error is raised, so Spark retries the task and nothing is half-written.
     """
     started = time.perf_counter()
     stats = stats if stats is not None else BatchStats()
@@ -65,7 +69,7 @@ def refine_batch(
         first = len(prompts)
         prompts += [backend.format_prompt(template, c.text) for c in chunks]
         plans.append((i, chunks, list(range(first, len(prompts)))))
-    outputs = backend.generate(prompts) if prompts else []
+    outputs = _generate(backend, prompts, [p for p in plans if not isinstance(p, dict)])
 
     rows = []
     for plan in plans:
@@ -74,8 +78,11 @@ def refine_batch(
             continue
         i, chunks, idx = plan
         doc_id, text, text_hash = docs[i]
+        generated = [outputs[k] for k in idx]
+        failure = next((g for g in generated if isinstance(g, Exception)), None)
         try:
-            rows.append(_assemble(doc_id, text, text_hash, chunks, [outputs[k] for k in idx], config))
+            rows.append(_error_row(doc_id, text_hash, f"generation failed: {type(failure).__name__}: {failure}")
+                        if failure is not None else _assemble(doc_id, text, text_hash, chunks, generated, config))
         except Exception as e:  # noqa: BLE001 - recorded on the row
             rows.append(_error_row(doc_id, text_hash, f"{type(e).__name__}: {e}"))
     stats.docs += len(docs)
@@ -87,7 +94,36 @@ def refine_batch(
     return rows
 
 
+def _generate(backend: Backend, prompts: list[str], plans: list) -> list[str | Exception]:
+    """All prompts in one call; if that fails, document by document, so one bad document (a
+    refused prompt, an unparseable reply) costs only its own row. Raises if every document fails."""
+    if not prompts:
+        return []
+    try:
+        return list(backend.generate(prompts))
+    except Exception as batch_error:  # noqa: BLE001 - narrowed down per document below
+        if len(plans) == 1:
+            raise
+        outputs: list[str | Exception] = [batch_error] * len(prompts)
+        for _, _, idx in plans:
+            try:
+                for k, out in zip(idx, backend.generate([prompts[k] for k in idx])):
+                    outputs[k] = out
+            except Exception as e:  # noqa: BLE001 - this document's error row
+                for k in idx:
+                    outputs[k] = e
+        if all(isinstance(o, Exception) for o in outputs):
+            raise batch_error
+        return outputs
+
+
+def _valid_unicode(text: str) -> str:
+    """Model output may hold lone surrogates, which no UTF-8 table can store."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _assemble(doc_id: str, text: str, text_hash: str, chunks: list, programs: list[str], config: Config) -> dict:
+    programs = [_valid_unicode(p) for p in programs]
     chunk_programs = [ChunkProgram(c.start, c.end, p, c.truncated) for c, p in zip(chunks, programs)]
     result = execute(text, chunk_programs, config.program)
     raw = normalize_newlines(text)

@@ -15,6 +15,10 @@ from typing import Any, Iterator
 from .config import Config
 
 
+class ConcurrentRunError(RuntimeError):
+    """Two runs of a stage worked from the same table snapshot; the later one must be rerun."""
+
+
 def new_run_id(stage: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{stage}-{stamp}-{uuid.uuid4().hex[:8]}"
@@ -54,6 +58,7 @@ class RunContext:
     stats: StageStats
     # Table versions this run read: its inputs are pinned to one snapshot, and its commits use them.
     read_versions: dict[str, int | None] = field(default_factory=dict)
+    commits: Counter = field(default_factory=Counter)  # commits this run made, per table
 
     def read(self, table: str):
         """The table at the version this run first saw (an empty frame if it does not exist yet)."""
@@ -77,15 +82,23 @@ class RunContext:
     def append(self, table: str, df, *, fingerprint: str, txn_app_id: str | None = None):
         """Commit df to a lake table as one transaction.
 
-        The app transaction version is the table version this run read plus one, so of two runs
-        that computed their rows from the same snapshot only the first commits.
+        The app transaction version is the table version this run read plus one (plus the run's
+        earlier commits to the table), so of two runs that computed their rows from the same
+        snapshot only the first commits.
         """
         app = txn_app_id or f"refinex-{self.stage}-{table}"
         current = self.read_versions[table] if table in self.read_versions else self.lake.version(table)
+        txn_version = (0 if current is None else current + 1) + self.commits[table]
         info = self.lake.append(table, df, stage=self.stage, run_id=self.run_id, fingerprint=fingerprint,
-                                txn_app_id=app, txn_version=0 if current is None else current + 1)
+                                txn_app_id=app, txn_version=txn_version)
+        self.commits[table] += not info.skipped
         self.stats.counts[f"rows_written.{table}"] += info.rows if not info.skipped else 0
         self.stats.timings[f"commit.{table}"] = round(info.seconds, 3)
+        if info.skipped and info.reason.startswith("already committed"):
+            # Another run computed its rows from the same snapshot and committed first: this run's
+            # rows may overlap them, so nothing was written. A rerun starts from the new snapshot.
+            raise ConcurrentRunError(f"{table}: another {self.stage} run committed since this run read version "
+                                     f"{current}; nothing of this run was written, run it again ({info.reason})")
         return info
 
 

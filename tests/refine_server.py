@@ -2,8 +2,9 @@
 each numbered chunk with a deterministic program, like a (very simple) trained refine model.
 
 Lines with share/cookie/subscribe boilerplate are removed; a chunk containing "Advertisement"
-gets two invalid ops (so it falls back); anything else is keep_all(). While `fail_marker` is
-set, a chunk containing it gets HTTP 500: a model server failing mid-run.
+gets two invalid ops (so it falls back); anything else is keep_all(). A chunk containing
+`refuse_marker` gets HTTP 400 (a provider refusing one document); once `down_when()` is true
+every request gets HTTP 500 (the model server died mid-run).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def program_for(content: str) -> str:
 
 class RefineServer:
     def __init__(self) -> None:
-        self.fail_marker: str | None = None
+        self.refuse_marker: str | None = None
+        self.down_when = lambda: False
         self.requests = 0
         server = self
 
@@ -39,10 +41,11 @@ class RefineServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 content = body["messages"][-1]["content"]
                 server.requests += 1
-                if server.fail_marker and server.fail_marker in content:
-                    self.send_response(500)
+                refused = server.refuse_marker is not None and server.refuse_marker in content
+                if refused or server.down_when():
+                    self.send_response(400 if refused else 500)
                     self.end_headers()
-                    self.wfile.write(b"model server crashed")
+                    self.wfile.write(b"refused: content policy" if refused else b"model server crashed")
                     return
                 reply = {"choices": [{"message": {"role": "assistant", "content": program_for(content)}}],
                          "usage": {"prompt_tokens": len(content) // 4, "completion_tokens": 8}}

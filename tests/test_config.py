@@ -50,6 +50,8 @@ def test_later_layers_win(tmp_path):
     ("distill.max_illegal_fraction=2", "bad value for 'distill.max_illegal_fraction'"),
     ("chunking.token_budget=abc", "bad value for 'chunking.token_budget'"),
     ("lake.catalog_schema=x;DROP TABLE y", "bad value for 'lake.catalog_schema'"),
+    ("model.base_url=file:///etc/passwd", "bad value for 'model.base_url'"),
+    ("expert.base_url=ftp://host/v1", "bad value for 'expert.base_url'"),
 ])
 def test_errors_name_the_key(item, needle):
     with pytest.raises(ConfigError) as err:

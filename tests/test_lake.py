@@ -446,12 +446,15 @@ def test_partitioned_tables_need_the_spark_engine(spark, tmp_lake, monkeypatch):
         append(tmp_lake, "rejects", frame(spark, "rejects", rejects(1)))
 
 
-def test_register_views_registers_the_existing_tables(spark, tmp_lake):
+def test_register_views_registers_every_table_at_the_requested_versions(spark, tmp_lake):
     append(tmp_lake, "rejects", frame(spark, "rejects", rejects(4, seed=15)))
     append(tmp_lake, "raw_docs", frame(spark, "raw_docs", random_rows(TABLES["raw_docs"], 2, seed=16)))
     for name in TABLES:
         spark.catalog.dropTempView(name)
-    assert sorted(tmp_lake.register_views()) == ["raw_docs", "rejects"]
+    assert tmp_lake.register_views() == list(TABLES)
     assert spark.sql("SELECT count(*) AS n FROM rejects").head()["n"] == 4
     assert spark.sql("SELECT count(*) AS n FROM raw_docs").head()["n"] == 2
-    assert not spark.catalog.tableExists("refined_docs")
+    assert spark.sql("SELECT count(*) AS n FROM refined_docs").head()["n"] == 0  # not written yet: empty
+    append(tmp_lake, "rejects", frame(spark, "rejects", rejects(3, seed=17)))
+    tmp_lake.register_views(as_of={"rejects": 0})
+    assert spark.sql("SELECT count(*) AS n FROM rejects").head()["n"] == 4

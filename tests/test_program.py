@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -397,15 +396,17 @@ def test_apply_program_is_execute_text() -> None:
     assert apply_program(DOC, program) == execute(DOC, program).text == "l1 beta\nl2 ma\nl3 delta"
 
 
-def test_apply_program_is_linear_and_fast() -> None:
-    # Guards against per-character or per-op-per-line loops: 4 MB, 50k lines, a few ops.
-    doc = "Some ordinary line of a web page, with words and punctuation; eighty chars.\n" * 52_000
+def test_apply_program_on_a_large_document() -> None:
+    # 4 MB, 52k lines, a few ops (speed is measured by `python -m refinex_spark.bench core`).
+    line = "Some ordinary line of a web page, with words and punctuation; eighty chars."
+    doc = (line + "\n") * 52_000
     program = "remove_lines(5, 900)\nremove_str(line=1000, text='words')\nremove_lines(40000, 40000)"
-    start = time.perf_counter()
-    out = apply_program(doc, program)
-    elapsed = time.perf_counter() - start
-    assert len(out) < len(doc)
-    assert elapsed < 0.5, f"{len(doc) / elapsed / 1e6:.0f} MB/s"
+    expected = [line] * 52_001
+    expected[-1] = ""
+    expected[1000] = line.replace("words", "")
+    del expected[40000]
+    del expected[5:901]
+    assert apply_program(doc, program) == "\n".join(expected)
 
 
 # --- rendering ---------------------------------------------------------------------------------

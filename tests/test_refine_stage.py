@@ -69,22 +69,38 @@ def test_refine_served_model_statuses_and_incremental_rerun(ingested):
         assert other["counts"]["docs"] == len(DOCS)
 
 
-def test_aborted_run_then_rerun_equals_uninterrupted(make_ctx, tmp_path):
-    raw, _ = write_docs(tmp_path / "in", DOCS)
+def test_a_refused_document_is_an_error_row_and_the_rest_are_refined(ingested):
     with RefineServer() as server:
-        uninterrupted = make_ctx("ingest", "lake.path=" + str(tmp_path / "lake_a"))
-        ingest.run(uninterrupted, [str(raw)])
-        refine.run(make_ctx("refine", "lake.path=" + str(tmp_path / "lake_a"), *_served(server)))
-        expected = _table(make_ctx("x", "lake.path=" + str(tmp_path / "lake_a")))
+        server.refuse_marker = DOCS[5].raw.split("\n")[0][:40]
+        result = refine.run(ingested("refine", *_served(server)))
+        df = _table(ingested("x"))
+    assert result["counts"]["docs"] == len(DOCS) and result["counts"]["status.error"] == 1
+    bad = df[df.doc_id == DOCS[5].doc_id].iloc[0]
+    assert bad.status == "error" and "HTTP 400" in bad.error and bad.refined_text is None
+    _check_rows(df[df.doc_id != DOCS[5].doc_id], {d.doc_id: d.raw for d in DOCS if d.doc_id != DOCS[5].doc_id})
+
+
+def test_aborted_run_then_rerun_equals_uninterrupted(make_ctx, tmp_path):
+    """The model server dies after the first slice is committed; the rerun finishes the rest."""
+    raw, _ = write_docs(tmp_path / "in", DOCS)
+    sliced = "refine.docs_per_commit=4"  # 12 docs: three slices, three commits
+    with RefineServer() as server:
+        lake_a = "lake.path=" + str(tmp_path / "lake_a")
+        ingest.run(make_ctx("ingest", lake_a), [str(raw)])
+        refine.run(make_ctx("refine", lake_a, *_served(server)))
+        expected = _table(make_ctx("x", lake_a))
 
         lake_b = "lake.path=" + str(tmp_path / "lake_b")
         ingest.run(make_ctx("ingest", lake_b), [str(raw)])
-        server.fail_marker = DOCS[5].raw.split("\n")[0][:40]  # the model server dies on one document
+        first_commit = tmp_path / "lake_b" / "refined_docs" / "_delta_log" / f"{0:020d}.json"
+        server.down_when = first_commit.exists
         with pytest.raises(Exception, match="HTTP 500|model server crashed"):
-            refine.run(make_ctx("refine", lake_b, *_served(server, "model.request_timeout_s=5")))
-        assert make_ctx("x", lake_b).lake.version("refined_docs") is None  # nothing half-written
-        server.fail_marker = None
-        refine.run(make_ctx("refine", lake_b, *_served(server)))
+            refine.run(make_ctx("refine", lake_b, sliced, *_served(server, "model.request_timeout_s=5")))
+        partial = _table(make_ctx("x", lake_b))
+        assert 0 < len(partial) < len(DOCS)  # the first slice survived the crash
+        server.down_when = lambda: False
+        rerun = refine.run(make_ctx("refine", lake_b, sliced, *_served(server)))
+        assert rerun["counts"]["docs"] == len(DOCS) - len(partial)
         got = _table(make_ctx("x", lake_b))
     assert got[COMPARED].equals(expected[COMPARED])
 
@@ -97,3 +113,8 @@ def test_refine_with_a_local_transformers_model(ingested, tmp_path):
     df = _table(ctx)
     _check_rows(df, {d.doc_id: d.raw for d in DOCS})
     assert set(df["model_id"]) == {str(model_dir)}
+    again = lambda: ingested("refine", f"model.path={model_dir}", "model.max_new_tokens=12",  # noqa: E731
+                             "chunking.token_budget=300")
+    assert refine.run(again())["counts"]["docs"] == 0
+    build_tiny_model(model_dir, [d.raw for d in DOCS], seed=1)  # retrained in place: a new revision
+    assert refine.run(again())["counts"]["docs"] == len(DOCS)

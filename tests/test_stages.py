@@ -68,6 +68,21 @@ def test_ingest_counts_reconcile_and_rerun_adds_nothing(make_ctx, corpus):
     assert len(history) == 1 and history[0]["user_metadata"]["stage"] == "ingest"  # the rerun committed nothing
 
 
+def test_overlapping_runs_from_one_snapshot_commit_once_and_the_other_is_told_to_rerun(make_ctx, tmp_path):
+    from refinex_spark.runtime import ConcurrentRunError
+
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text('{"id": "a", "text": "from the first shard"}\n')
+    second.write_text('{"id": "b", "text": "from the second shard"}\n')
+    early, late = make_ctx("ingest"), make_ctx("ingest")
+    early.read("raw_docs"), late.read("raw_docs")  # both runs start from the same (empty) snapshot
+    ingest.run(early, [str(first)])
+    with pytest.raises(ConcurrentRunError, match="run it again"):
+        ingest.run(late, [str(second)])
+    assert ingest.run(make_ctx("ingest"), [str(second)])["counts"]["accepted"] == 1  # the rerun loses nothing
+    assert sorted(_rows(make_ctx("x"), "raw_docs")["doc_id"]) == ["a", "b"]
+
+
 def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path):
     raw_dir, expert_path = corpus
     ingest.run(make_ctx("ingest"), [str(raw_dir)])

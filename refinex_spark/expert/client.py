@@ -165,6 +165,10 @@ def parse_reply(body: bytes) -> tuple[str, int | None]:
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
         raise ExpertFailure("bad_reply", "no message content", retryable=True)
+    try:  # JSON can carry lone surrogates ("\ud800"), which no UTF-8 table can store
+        content.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ExpertFailure("bad_reply", "answer is not valid Unicode (lone surrogate)", retryable=False) from None
     if choice.get("finish_reason") == "length":
         raise ExpertFailure("truncated", "the answer hit max_tokens (finish_reason=length)", retryable=False)
     usage = reply.get("usage")

@@ -7,22 +7,45 @@ then fail to convert back; Arrow keeps the declared types.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
-RowsFn = Callable[[list[dict]], list[dict]]
+RowsFn = Callable[[list[dict]], Iterable[dict]]
+
+# Output batches are cut at this many rows or text characters, whichever comes first: an Arrow
+# string column holds at most 2 GiB per batch, and one input row (a file, for ingest) can expand
+# into millions of output rows.
+MAX_BATCH_ROWS = 4096
+MAX_BATCH_CHARS = 64 << 20
+
+
+def _bounded(rows: Iterable[dict]) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    chars = 0
+    for row in rows:
+        batch.append(row)
+        chars += sum(len(v) for v in row.values() if isinstance(v, str))
+        if len(batch) >= MAX_BATCH_ROWS or chars >= MAX_BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
 
 
 def map_rows(df: DataFrame, fn: RowsFn, schema: StructType, profile=None) -> DataFrame:
-    """Apply fn to every Arrow batch of df (as a list of row dicts); fn's rows must match schema."""
+    """Apply fn to every Arrow batch of df (as a list of row dicts); fn's rows must match schema.
+
+    fn may return a lazy iterable: its rows are converted in bounded batches as they come.
+    """
     arrow_schema = to_arrow_schema(schema)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            yield pa.RecordBatch.from_pylist(fn(batch.to_pylist()), schema=arrow_schema)
+            for rows in _bounded(fn(batch.to_pylist())):
+                yield pa.RecordBatch.from_pylist(rows, schema=arrow_schema)
 
     return df.mapInArrow(run, schema, profile=profile)

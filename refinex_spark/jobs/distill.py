@@ -16,7 +16,6 @@ from ..runtime import RunContext
 from ..schemas import TABLES
 from .batches import RowsFn, map_rows
 
-STAGE = "distill"
 _COMPUTED = ["doc_id", "chunk_index", "start_line", "end_line", "prompt", "program", "n_ops", "kept",
              "drop_reason", "doc_fidelity", "doc_deleted_fraction", "doc_illegal_fraction", "expert_model"]
 
@@ -45,16 +44,18 @@ def _distill_rows(config) -> RowsFn:
 def pending(ctx: RunContext, fingerprint: str):
     """Documents with an `ok` expert output (the newest one) and no samples under this fingerprint.
 
-    Joined first, then ranked: the join already partitions by doc_id, so the window needs no
-    shuffle of its own (the texts cross the network once).
+    The texts cross the network once, in a hash join without sorting. Ranking outputs needs a
+    sort of everything, so it is done only when some document has several ok outputs (a cheap
+    check on the doc_id column alone).
     """
-    experts = ctx.read("expert_outputs").where("status = 'ok'").select(
-        "doc_id", F.col("text").alias("expert_text"), "expert_model", "raw_text_hash", "created_at")
+    experts = ctx.read("expert_outputs").where("status = 'ok'")
+    if experts.groupBy("doc_id").count().where("count > 1").limit(1).count():
+        newest = Window.partitionBy("doc_id").orderBy(F.col("created_at").desc(), F.col("expert_model"))
+        experts = experts.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1")
+    experts = experts.select("doc_id", F.col("text").alias("expert_text"), "expert_model", "raw_text_hash")
     raw = ctx.read("raw_docs").select("doc_id", "text", "text_hash")
-    newest = Window.partitionBy("doc_id").orderBy(F.col("created_at").desc(), F.col("expert_model"))
     done = ctx.read("distill_samples").where(F.col("fingerprint") == fingerprint).select("doc_id").distinct()
-    return (raw.join(experts, "doc_id").where(F.col("text_hash") == F.col("raw_text_hash"))
-            .withColumn("_rank", F.row_number().over(newest)).where("_rank = 1")
+    return (raw.join(experts.hint("shuffle_hash"), "doc_id").where(F.col("text_hash") == F.col("raw_text_hash"))
             .join(F.broadcast(done), "doc_id", "left_anti")
             .select("doc_id", "text", "expert_text", "expert_model"))
 

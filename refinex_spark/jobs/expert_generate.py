@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import pyarrow as pa
@@ -55,7 +55,6 @@ from ..expert.sampling import KEY_HEX_DIGITS, allocate, piece_budget, sample_siz
 from ..model.prompt import user_message
 from ..runtime import RunContext
 
-STAGE = "expert"
 KEY_RANGE = 16**KEY_HEX_DIGITS
 _OUT = T.StructType([
     T.StructField("doc_id", T.StringType(), False),
@@ -120,7 +119,7 @@ class _Task:
     instruction: str
     piece_tokens: int  # most tokens per piece, and the answer's max_tokens
     requests_per_task: int | None
-    api_key: str | None
+    api_key: str | None = field(repr=False)  # never in logs or error messages
     hf_model: ModelConfig | None  # set for the hf backend
 
 

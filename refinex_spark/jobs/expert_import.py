@@ -16,7 +16,6 @@ from ..runtime import RunContext
 from .ingest import read_records
 from .rejects import write_rejects
 
-STAGE = "expert"
 IMPORTED_PROMPT_VERSION = "imported"
 KEY = ["doc_id", "expert_model", "prompt_version"]
 

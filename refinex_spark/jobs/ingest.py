@@ -9,6 +9,8 @@ read = accepted + rejected + already_present.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
@@ -18,7 +20,6 @@ from ..runtime import RunContext
 from .batches import RowsFn, map_rows
 from .rejects import write_rejects
 
-STAGE = "ingest"
 
 _RECORD = StructType([
     StructField("kind", StringType()), StructField("doc_id", StringType()), StructField("text", StringType()),
@@ -30,8 +31,8 @@ _RECORD = StructType([
 
 
 def _read_files(cfg) -> RowsFn:
-    def read(rows: list[dict]) -> list[dict]:
-        return [record for row in rows for record in readers.read_file(row["path"], cfg)]
+    def read(rows: list[dict]) -> Iterator[dict]:
+        return (record for row in rows for record in readers.read_file(row["path"], cfg))
 
     return read
 

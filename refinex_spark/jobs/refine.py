@@ -1,4 +1,4 @@
-"""refine: new `raw_docs` -> `refined_docs`, the refine model inside `mapInPandas`.
+"""refine: new `raw_docs` -> `refined_docs`, the refine model inside `mapInArrow`.
 
 Incremental: a document is pending when `refined_docs` has no row for its doc_id and text
 hash under this model and fingerprint. Each Python worker loads the model once
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from pyspark import TaskContext
@@ -25,7 +26,6 @@ from ..runtime import RunContext
 from ..schemas import TABLES
 from .batches import RowsFn, map_rows
 
-STAGE = "refine"
 _COMPUTED = ["doc_id", "text_hash", "refined_text", "program", "op_outcomes", "status", "error",
              "deleted_fraction", "n_chunks", "n_fallback_chunks"]
 
@@ -38,11 +38,21 @@ def model_id(config: Config) -> str:
     return os.path.abspath(m.path) if os.path.exists(m.path) else m.path
 
 
+def model_revision(path: str) -> str | None:
+    """Identity of a local model directory's weights (names, sizes, mtimes): a retrained model in
+    the same directory is a new revision, so its documents are refined again."""
+    if not os.path.isdir(path):
+        return None
+    files = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin", ".json")))
+    stamp = [(f, os.stat(os.path.join(path, f)).st_size, os.stat(os.path.join(path, f)).st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+
+
 def fingerprint(config: Config) -> str:
     """Settings that change a refined row: program + chunking + generation; not batch size or device."""
     m = config.model
-    generation = {"model": model_id(config), "backend": m.backend, "max_new_tokens": m.max_new_tokens,
-                  "prompt_version": m.prompt_version}
+    generation = {"model": model_id(config), "revision": model_revision(m.path), "backend": m.backend,
+                  "max_new_tokens": m.max_new_tokens, "prompt_version": m.prompt_version}
     blob = config.fingerprint("program", "chunking") + json.dumps(generation, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -91,6 +101,11 @@ def pending(ctx: RunContext, model: str, fp: str):
 
 
 def run(ctx: RunContext) -> dict:
+    """Refine what is pending, committing every `refine.docs_per_commit` documents.
+
+    Slices are disjoint (a hash of doc_id), each is one Delta commit, so a crash loses at most
+    the slice in flight and a rerun continues from what the committed slices left pending.
+    """
     config, stats = ctx.config, ctx.stats
     model = model_id(config)
     fp = fingerprint(config)
@@ -99,23 +114,31 @@ def run(ctx: RunContext) -> dict:
     template = load_template(config.model.prompt_version)
     schema = TABLES["refined_docs"].spark_schema()
     out_schema = type(schema)([schema[n] for n in _COMPUTED])
-    with stats.timer("refine"):
-        docs = pending(ctx, model, fp)
-        rows = map_rows(docs, _refine_rows(shipped, template), out_schema, profile=_gpu_profile(ctx.spark))
-        rows = (rows.withColumn("model_id", F.lit(model))
+    docs = pending(ctx, model, fp)
+    with stats.timer("plan"):
+        n_pending = docs.select("doc_id").count()
+    slices = max(1, math.ceil(n_pending / config.refine.docs_per_commit))
+    stats.counts["pending"] = n_pending
+    for i in range(slices if n_pending else 0):
+        part = docs.where(F.pmod(F.xxhash64("doc_id"), F.lit(slices)) == i) if slices > 1 else docs
+        rows = (map_rows(part, _refine_rows(shipped, template), out_schema, profile=_gpu_profile(ctx.spark))
+                .withColumn("model_id", F.lit(model))
                 .withColumn("prompt_version", F.lit(config.model.prompt_version))
                 .withColumn("fingerprint", F.lit(fp))
                 .withColumn("run_id", F.lit(ctx.run_id))
                 .withColumn("created_at", F.current_timestamp())
-                .select(*schema.fieldNames())
-                .persist())
-        by_status = {r["status"]: r["n"] for r in rows.groupBy("status").agg(F.count("*").alias("n")).collect()}
-    stats.counts.update({f"status.{k}": v for k, v in by_status.items()})
-    stats.counts["docs"] = sum(by_status.values())
-    with stats.timer("write"):
-        ctx.append("refined_docs", rows, fingerprint=fp)
-    rows.unpersist()
-    docs_s = stats.timings.get("refine", 0.0)
-    stats.info.update(model_id=model, fingerprint=fp,
-                      docs_per_s=round(stats.counts["docs"] / docs_s, 2) if docs_s else None)
+                .select(*schema.fieldNames()))
+        with stats.timer("refine_and_write"):  # the model runs as the rows are written
+            info = ctx.append("refined_docs", rows, fingerprint=fp)
+        if info.version is not None:  # this run's rows so far, as committed
+            written = ctx.lake.read("refined_docs", version=info.version).where(F.col("run_id") == ctx.run_id)
+            for r in written.groupBy("status").count().collect():
+                stats.counts[f"status.{r['status']}"] = r["count"]
+        stats.counts["docs"] = sum(v for k, v in stats.counts.items() if k.startswith("status."))
+        print(f"[refine] slice {i + 1}/{slices} committed: {stats.counts['docs']}/{n_pending} docs",
+              file=sys.stderr, flush=True)
+    stats.counts["docs"] = sum(v for k, v in stats.counts.items() if k.startswith("status."))
+    seconds = stats.timings.get("refine_and_write", 0.0)
+    stats.info.update(model_id=model, fingerprint=fp, slices=slices,
+                      docs_per_s=round(stats.counts["docs"] / seconds, 2) if seconds else None)
     return stats.as_dict()

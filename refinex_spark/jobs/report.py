@@ -18,8 +18,6 @@ from ..runtime import RunContext
 from ..schemas import TABLES
 from . import sql
 
-STAGE = "report"
-
 
 def snapshot(refined: DataFrame, version: int | None) -> Snapshot:
     """Deleted-fraction histogram (bins as `report.bin_of`) and status counts of refined_docs rows."""

@@ -7,6 +7,7 @@ import re
 
 from ..runtime import RunContext
 from ..schemas import TABLES
+from ..views import register_views
 
 
 def parse_as_of(items: list[str]) -> dict[str, int]:
@@ -21,17 +22,8 @@ def parse_as_of(items: list[str]) -> dict[str, int]:
 
 
 def register(ctx: RunContext, as_of: dict[str, int] | None = None) -> list[str]:
-    """Every table as a temp view (at the requested versions), plus the audit views when defined."""
-    as_of = as_of or {}
-    names = []
-    for table in TABLES:
-        ctx.lake.read(table, version=as_of.get(table)).createOrReplaceTempView(table)
-        names.append(table)
-    try:
-        from ..views import register_views
-    except ImportError:  # the audit views arrive with the audit issue
-        return names
-    return names + register_views(ctx.spark)
+    """Every table as a temp view (at the requested versions), then the audit views over them."""
+    return ctx.lake.register_views(ctx.spark, as_of) + register_views(ctx.spark)
 
 
 def run(ctx: RunContext, query: str, limit: int = 50, as_of: list[str] | None = None) -> None:

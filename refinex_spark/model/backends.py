@@ -158,7 +158,8 @@ class HFBackend:
     def _generate_batch(self, batch: list[list[int]]) -> list[str]:
         if self.batch_hook is not None:
             self.batch_hook(len(batch))
-        padded = self.tokenizer.pad({"input_ids": batch}, padding=True, return_tensors="pt").to(self.device)
+        # The weights' device, not "cuda": a reused worker may since have been given another GPU.
+        padded = self.tokenizer.pad({"input_ids": batch}, padding=True, return_tensors="pt").to(self.model.device)
         with torch.inference_mode():
             out = self.model.generate(
                 **padded,
