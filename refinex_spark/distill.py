@@ -657,6 +657,7 @@ def distill(
     chunking: ChunkingConfig | None = None,
     count_tokens: Callable[[str], int] | None = None,
     alignment: Alignment = "hierarchical",
+    program: ProgramConfig | None = None,
 ) -> DistillResult:
     """Deletion program for `raw` from its expert rewrite, per-chunk samples, stats and filters.
 
@@ -675,10 +676,13 @@ def distill(
 
     edits = align(raw_text, raw_lines, expert_text, expert_lines, alignment)
     ranges, str_ops = _line_ops(raw_lines, edits, truncated, cfg)
-    chunk_ops = [_ops_between(c.start, c.end, ranges, str_ops) for c in chunks]
+    limits = program or ProgramConfig()
+    # Only ops the refine stage will accept under the run's program settings become training data.
+    usable = lambda op: op.kind != "remove_str" or len(op.text or "") <= limits.max_text_chars  # noqa: E731
+    chunk_ops = [[op for op in _ops_between(c.start, c.end, ranges, str_ops) if usable(op)] for c in chunks]
     chunk_programs = [render_program(ops) for ops in chunk_ops]
     refined = execute(
-        raw_text, [ChunkProgram(c.start, c.end, p, c.truncated) for c, p in zip(chunks, chunk_programs)]
+        raw_text, [ChunkProgram(c.start, c.end, p, c.truncated) for c, p in zip(chunks, chunk_programs)], limits
     )
 
     n = len(raw_text)
@@ -690,7 +694,7 @@ def distill(
         else "deletes_everything" if deleted_fraction > cfg.max_deleted_fraction
         else None
     )
-    whole = _ops_between(0, len(raw_lines) - 1, ranges, str_ops)
+    whole = [op for op in _ops_between(0, len(raw_lines) - 1, ranges, str_ops) if usable(op)]
     stats = DistillStats(
         raw_chars=n, expert_chars=len(expert_text), deleted_chars=deleted,
         inserted_chars=edits.inserted, replaced_chars=edits.replaced,

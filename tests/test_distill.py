@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refinex_spark.chunking import split_lines
-from refinex_spark.config import ChunkingConfig, DistillConfig
+from refinex_spark.config import ChunkingConfig, DistillConfig, ProgramConfig
 from refinex_spark.distill import (
     DROP_REASONS,
     distill,
@@ -440,3 +440,13 @@ def test_bench_dispatcher_rejects_unknown_suite() -> None:
         [sys.executable, "-m", "refinex_spark.bench", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode != 0 and "core" in proc.stderr
+
+
+def test_remove_str_texts_respect_the_runs_program_limits():
+    raw = "Keep this sentence. SPONSORED: buy the deluxe blender today only! Keep this too."
+    expert = "Keep this sentence.  Keep this too."
+    default = distill(raw, expert)
+    assert "remove_str" in default.program
+    strict = distill(raw, expert, program=ProgramConfig(max_text_chars=10))
+    assert "remove_str" not in strict.program  # refine would reject it as too_long: not training data
+    assert strict.stats.fidelity < default.stats.fidelity

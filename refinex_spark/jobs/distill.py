@@ -24,7 +24,7 @@ def _sample_rows(doc: dict, config) -> list[dict]:
     """Every sample row of one document; a distiller failure is one row with the error as reason."""
     common = {"doc_id": doc["doc_id"], "expert_model": doc["expert_model"]}
     try:
-        result = distill(doc["text"], doc["expert_text"], config.distill, config.chunking)
+        result = distill(doc["text"], doc["expert_text"], config.distill, config.chunking, program=config.program)
     except Exception as e:  # noqa: BLE001 - one bad document must not fail the stage
         return [{**common, "chunk_index": -1, "start_line": -1, "end_line": -1, "prompt": "", "program": "",
                  "n_ops": 0, "kept": False, "drop_reason": f"error: {type(e).__name__}: {e}"[:500],
