@@ -71,7 +71,9 @@ def list_input_files(paths: list[str]) -> list[str]:
         if info.type == pafs.FileType.Directory:
             selector = pafs.FileSelector(root, recursive=True)
             infos = [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
-            names = [i.path for i in infos if not os.path.basename(i.path).startswith((".", "_"))]
+            # Hidden and underscore names (.git, _SUCCESS, _temporary/) are never data, at any depth.
+            names = [i.path for i in infos
+                     if not any(part.startswith((".", "_")) for part in os.path.relpath(i.path, root).split(os.sep))]
         else:
             names = [root]
         prefix = p.split("://")[0] + "://" if "://" in p else ""

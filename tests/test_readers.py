@@ -70,8 +70,9 @@ def test_unreadable_file_is_one_reject(tmp_path):
 
 
 def test_listing_and_format_detection(tmp_path):
-    (tmp_path / "d").mkdir()
-    for name in ["a.jsonl", "b.jsonl.gz", "_SUCCESS", ".hidden", "d/c.parquet"]:
+    for d in ["d", "_temporary", ".git"]:
+        (tmp_path / d).mkdir()
+    for name in ["a.jsonl", "b.jsonl.gz", "_SUCCESS", ".hidden", "d/c.parquet", "_temporary/x.jsonl", ".git/y.json"]:
         (tmp_path / name).write_bytes(b"")
     files = list_input_files([str(tmp_path)])
     assert [f.rsplit("/", 1)[1] for f in files] == ["a.jsonl", "b.jsonl.gz", "c.parquet"]

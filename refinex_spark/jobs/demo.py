@@ -52,10 +52,10 @@ def write_docs(directory: str | Path, docs: Iterable[SynthDoc]) -> tuple[Path, P
 def run(ctx: RunContext, n_docs: int = 300, workdir: str = "./demo-data") -> dict:
     from . import distill, expert_import, ingest, refine, train
 
-    raw_path = Path(workdir) / "raw" / "docs.jsonl"
-    expert_path = Path(workdir) / "expert" / "outputs.jsonl"
+    corpus = Path(workdir) / f"{n_docs}-docs"
+    raw_path, expert_path = corpus / "raw" / "docs.jsonl", corpus / "expert" / "outputs.jsonl"
     if not (raw_path.exists() and expert_path.exists()):  # written once; reruns reuse them
-        raw_path, expert_path = write_docs(workdir, generate_corpus(n_docs, seed=0))
+        raw_path, expert_path = write_docs(corpus, generate_corpus(n_docs, seed=0))
     steps = [
         ("ingest", lambda c: ingest.run(c, [str(raw_path)])),
         ("expert", lambda c: expert_import.run(c, str(expert_path))),

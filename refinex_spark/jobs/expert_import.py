@@ -22,7 +22,7 @@ KEY = ["doc_id", "expert_model", "prompt_version"]
 
 def run(ctx: RunContext, path: str, default_model: str | None = None) -> dict:
     stats = ctx.stats
-    reader_cfg = IngestConfig(format=ctx.config.ingest.format, id_field="doc_id", text_field="text",
+    reader_cfg = IngestConfig(format="auto", id_field="doc_id", text_field="text",
                               source_field=None, max_doc_chars=ctx.config.ingest.max_doc_chars)
     files = readers.list_input_files([path])
     fingerprint = ctx.config.fingerprint("ingest")
