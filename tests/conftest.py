@@ -23,6 +23,19 @@ def spark():
     session.stop()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module, restored after it: tiny matrices gain nothing from
+    intra-op threads, and on a busy 2-core machine two spinning threads per process stall each
+    other (training measured 20x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tmp_lake(spark, tmp_path):
     """A Lake (delta-rs engine here) rooted in a fresh directory; lake.config.path is that directory."""

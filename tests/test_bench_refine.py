@@ -4,7 +4,6 @@ the GPU model's tokenizer. Figures are checked for shape and consistency, never 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ METRICS = ("input_tokens_per_s", "output_tokens_per_s", "docs_per_s", "chunks_pe
            "generate_seconds", "input_tokens", "output_tokens", "cpu_seconds", "cpu_core_hours_per_billion_input_tokens")
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One torch thread: pytest shares a small machine; restored for the tests that follow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def padded(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, object]:
     """The same trained tokenizer, as trained and padded to 151,936 ids, both loaded from disk."""
@@ -41,7 +31,9 @@ def padded(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, object]:
     return AutoTokenizer.from_pretrained(root / "plain"), AutoTokenizer.from_pretrained(root / "padded")
 
 
-def test_quick_cpu_run_prints_consistent_figures(one_thread: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quick_cpu_run_prints_consistent_figures(
+    one_torch_thread: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     report = bench.main(["--quick", "--device", "cpu", "--max-new-tokens", "8"])
     assert json.loads(capsys.readouterr().out) == report  # printed exactly what it returns
 

@@ -61,13 +61,8 @@ TRAIN = TrainConfig(
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # Tiny matrices gain nothing from intra-op threads, and on a busy 2-core machine two
-    # spinning threads per process stall each other (20x slower training measured).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread) -> None:
+    """Every test of this module trains or generates with one torch thread (see conftest)."""
 
 
 @pytest.fixture(scope="module")
