@@ -234,13 +234,19 @@ def _make_op(name: str, params: tuple[_Param, ...], values: Sequence[object], cf
     return op
 
 
-def _parse_line(line: str, signatures: dict[str, tuple[_Param, ...]], cfg: ProgramConfig) -> Op:
+def _parse_line(line: str, signatures: dict[str, tuple[_Param, ...]], cfg: ProgramConfig) -> tuple[Op, str | None]:
+    """The op, and its canonical text when the line already is it (saves rendering it again)."""
     # Bound the input before ast sees it: its parser's cost and recursion grow with the line.
     if len(line) > _max_line_chars(cfg):
         raise _Reject("too_long", f"line has {len(line)} chars, limit {_max_line_chars(cfg)}")
     fast = _FAST_LINE.fullmatch(line) if signatures is _SIGNATURES["refinex"] else None
     if fast is not None:
-        return _fast_op(fast, cfg)
+        op = _fast_op(fast, cfg)
+        # The line is canonical unless its string would render differently: double quotes, or a
+        # character repr() escapes (it escapes exactly the non-printable ones here).
+        single = fast.group(4)
+        canonical = op.kind != "remove_str" or (single is not None and single.isprintable())
+        return op, line if canonical else None
     try:
         # Invalid escapes like "C:\d" only warn; silence that (model output would flood the logs),
         # and pin the filter so a process-wide "-W error" cannot turn it into a rejection.
@@ -249,7 +255,7 @@ def _parse_line(line: str, signatures: dict[str, tuple[_Param, ...]], cfg: Progr
             tree = ast.parse(line, mode="eval")
     except Exception as e:  # SyntaxError, ValueError (NUL), RecursionError, MemoryError, UnicodeError
         raise _Reject("malformed", f"{type(e).__name__}: {e}"[:_SOURCE_CHARS]) from None
-    return _call_to_op(tree.body, signatures, cfg)
+    return _call_to_op(tree.body, signatures, cfg), None
 
 
 def _call_to_op(call: ast.expr, signatures: dict[str, tuple[_Param, ...]], cfg: ProgramConfig) -> Op:
@@ -268,27 +274,28 @@ def _call_to_op(call: ast.expr, signatures: dict[str, tuple[_Param, ...]], cfg: 
     return _make_op(name, params, [literal(bound[p.name]) for p in params], cfg)
 
 
-def _parse_entries(text: object, dialect: str, cfg: ProgramConfig) -> list[Op | Rejection]:
-    """Ops and rejections in program order (execute reports outcomes in that order)."""
+def _parse_entries(text: object, dialect: str, cfg: ProgramConfig) -> list[tuple[Op | Rejection, str | None]]:
+    """Ops and rejections in program order (execute reports outcomes in that order), each with
+    its canonical text when known without rendering."""
     signatures = _signatures(dialect)
     if not isinstance(text, str):
-        return [Rejection(f"<{type(text).__name__}>", "malformed", "program is not a string")]
+        return [(Rejection(f"<{type(text).__name__}>", "malformed", "program is not a string"), None)]
     if len(text) > cfg.max_program_chars:
-        return [Rejection(text[:_SOURCE_CHARS], "too_long", f"program has {len(text)} chars")]
-    entries: list[Op | Rejection] = []
+        return [(Rejection(text[:_SOURCE_CHARS], "too_long", f"program has {len(text)} chars"), None)]
+    entries: list[tuple[Op | Rejection, str | None]] = []
     n_ops = 0
     for raw_line in normalize_newlines(text).split("\n"):
         line = raw_line.strip()
         if not line or line.startswith("```"):  # blank lines and markdown fences around the program
             continue
         if n_ops >= cfg.max_ops:
-            entries.append(Rejection(line[:_SOURCE_CHARS], "too_many_ops", f"more than {cfg.max_ops} ops"))
+            entries.append((Rejection(line[:_SOURCE_CHARS], "too_many_ops", f"more than {cfg.max_ops} ops"), None))
             continue
         try:
             entries.append(_parse_line(line, signatures, cfg))
             n_ops += 1
         except _Reject as r:
-            entries.append(Rejection(line[:_SOURCE_CHARS], r.reason, r.detail))
+            entries.append((Rejection(line[:_SOURCE_CHARS], r.reason, r.detail), None))
     return entries
 
 
@@ -297,7 +304,7 @@ def parse_program(text: object, dialect: str = "refinex", config: ProgramConfig 
 
     Only an unknown `dialect` (a caller error, not model output) raises ValueError.
     """
-    entries = _parse_entries(text, dialect, config or ProgramConfig())
+    entries = [entry for entry, _ in _parse_entries(text, dialect, config or ProgramConfig())]
     return Program(
         ops=tuple(e for e in entries if isinstance(e, Op)),
         rejected=tuple(e for e in entries if isinstance(e, Rejection)),
@@ -433,11 +440,11 @@ def execute(
     for position, chunk in enumerate(programs):
         run = _ChunkRun(doc, chunk)
         verdicts: list[tuple[str, str]] = []  # (shown op, rejection reason or "")
-        for entry in _parse_entries(chunk.program, cfg.dialect, cfg):
+        for entry, canonical in _parse_entries(chunk.program, cfg.dialect, cfg):
             if isinstance(entry, Rejection):
                 verdicts.append((entry.source, entry.reason))
             else:
-                verdicts.append((render_op(entry, cfg.dialect), run.apply(entry)))
+                verdicts.append((canonical or render_op(entry, cfg.dialect), run.apply(entry)))
         held = sum(1 for _, reason in verdicts if reason) < cfg.max_rejected_per_chunk
         if held:
             run.commit()

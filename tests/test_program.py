@@ -684,3 +684,6 @@ def test_fast_path_agrees_with_ast(kind, a, b, text, quote):
     fast, slow = parse_program(fmt(", ")), parse_program(fmt(","))
     assert fast.ops == slow.ops
     assert [r.reason for r in fast.rejected] == [r.reason for r in slow.rejected]
+    if fast.ops:  # the outcome shows the op's canonical text, whichever way it was written
+        shown = execute("x\n" * 30, fmt(", ")).outcomes[0].op
+        assert shown == render_op(fast.ops[0])
