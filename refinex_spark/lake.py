@@ -421,6 +421,8 @@ class _SparkEngine:
 
         builder = SparkDeltaTable.createIfNotExists(self.spark)
         if self.catalog_schema:
+            # catalog_schema is validated as `schema` or `catalog.schema` identifiers (config.py).
+            self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {self.catalog_schema}")
             builder = builder.tableName(self.location(spec))
         else:
             builder = builder.location(_spark_path(self.location(spec)))
