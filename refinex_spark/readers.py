@@ -22,6 +22,7 @@ from .config import IngestConfig
 
 MAX_RECORD_CHARS = 65_536  # the offending record is kept in `rejects` up to this size
 
+# Every reason a reject of ingest can carry (README lists them; tests keep the two in step).
 REJECT_REASONS = (
     "malformed_json",
     "not_an_object",

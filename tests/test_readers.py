@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from refinex_spark.config import IngestConfig
-from refinex_spark.readers import detect_format, list_input_files, read_file, text_hash
+from refinex_spark.readers import REJECT_REASONS, detect_format, list_input_files, read_file, text_hash
 
 BAD_LINES = [
     (b'{"id": "m", "text": "unterminated', "malformed_json"),
@@ -50,6 +50,11 @@ def test_every_bad_kind_is_a_reject_with_its_reason(tmp_path):
     assert good["source"] == "mixed.jsonl.gz"
     for r in rejects:
         r["record"].encode("utf-8")  # every reject is storable
+
+
+def test_the_documented_reasons_are_the_ones_produced():
+    # duplicate_id comes from the ingest stage (tests/test_stages.py), unreadable_file from the test below.
+    assert {reason for _, reason in BAD_LINES} | {"duplicate_id", "unreadable_file"} == set(REJECT_REASONS)
 
 
 def test_parquet_and_text(tmp_path):
