@@ -147,7 +147,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, rest = parse_config(argv)
     except ConfigError as e:
         parser.parse_args(argv)  # usage errors first, then the config error
-
         parser.exit(2, f"refinex-spark: config error: {e}\n")
     args = parser.parse_args(rest)
     from .runtime import ConcurrentRunError, open_run
