@@ -7,6 +7,7 @@ field comments in both engines' table schemas.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -67,9 +68,11 @@ class TableSpec:
         return pa.schema([pa.field(c.name, _TYPES[c.type][0], nullable=c.nullable, metadata={"comment": c.doc})
                           for c in self.fields])
 
-    def spark_schema(self) -> T.StructType:
+    def spark_schema(self, columns: Sequence[str] | None = None) -> T.StructType:
+        """The table's Spark schema, or just `columns` of it in that order (what a stage computes)."""
+        fields = self.fields if columns is None else [self.column(n) for n in columns]
         return T.StructType([T.StructField(c.name, _TYPES[c.type][1], nullable=c.nullable,
-                                           metadata={"comment": c.doc}) for c in self.fields])
+                                           metadata={"comment": c.doc}) for c in fields])
 
 
 def _table(name: str, doc: str, *columns: tuple[str, str, bool, str]) -> TableSpec:

@@ -63,13 +63,11 @@ def pending(ctx: RunContext, fingerprint: str):
 def run(ctx: RunContext) -> dict:
     stats, config = ctx.stats, ctx.config
     fingerprint = config.fingerprint("program", "chunking", "distill")
-    schema = TABLES["distill_samples"].spark_schema()
-    out_schema = type(schema)([schema[n] for n in _COMPUTED])
+    out_schema = TABLES["distill_samples"].spark_schema(_COMPUTED)
     samples = (map_rows(pending(ctx, fingerprint), _distill_rows(config), out_schema)
                .withColumn("fingerprint", F.lit(fingerprint))
                .withColumn("run_id", F.lit(ctx.run_id))
-               .withColumn("created_at", F.current_timestamp())
-               .select(*schema.fieldNames()))
+               .withColumn("created_at", F.current_timestamp()))
     # One pass: distilling happens as the rows are written; the summary reads back what was committed.
     with stats.timer("distill_and_write"):
         info = ctx.append("distill_samples", samples, fingerprint=fingerprint)

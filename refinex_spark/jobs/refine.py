@@ -112,8 +112,7 @@ def run(ctx: RunContext) -> dict:
     # Executors get an absolute model path and the template text; they never read conf/.
     shipped = config.model_copy(update={"model": config.model.model_copy(update={"path": model})})
     template = load_template(config.model.prompt_version)
-    schema = TABLES["refined_docs"].spark_schema()
-    out_schema = type(schema)([schema[n] for n in _COMPUTED])
+    out_schema = TABLES["refined_docs"].spark_schema(_COMPUTED)
     docs = pending(ctx, model, fp)
     with stats.timer("plan"):
         n_pending = docs.select("doc_id").count()
@@ -126,8 +125,7 @@ def run(ctx: RunContext) -> dict:
                 .withColumn("prompt_version", F.lit(config.model.prompt_version))
                 .withColumn("fingerprint", F.lit(fp))
                 .withColumn("run_id", F.lit(ctx.run_id))
-                .withColumn("created_at", F.current_timestamp())
-                .select(*schema.fieldNames()))
+                .withColumn("created_at", F.current_timestamp()))
         with stats.timer("refine_and_write"):  # the model runs as the rows are written
             info = ctx.append("refined_docs", rows, fingerprint=fp)
         if info.version is not None:  # this run's rows so far, as committed
