@@ -73,12 +73,15 @@ def run(ctx: RunContext) -> dict:
         info = ctx.append("distill_samples", samples, fingerprint=fingerprint)
     if info.version is not None:
         written = ctx.lake.read("distill_samples", version=info.version).where(F.col("run_id") == ctx.run_id)
-        summary = written.groupBy("kept", "drop_reason").agg(
-            F.count("*").alias("samples"), F.countDistinct("doc_id").alias("docs")).collect()
-        stats.counts["docs"] = written.select("doc_id").distinct().count()
-        for r in summary:
-            key = "kept" if r["kept"] else f"dropped.{r['drop_reason']}"
-            stats.counts[f"samples.{key}"] += r["samples"]
+        # One job: samples per (kept, reason), and (grouping id 3) the distinct documents in all.
+        summary = written.rollup("kept", "drop_reason").agg(
+            F.grouping_id().alias("level"), F.count("*").alias("samples"), F.countDistinct("doc_id").alias("docs"))
+        for r in summary.where("level IN (0, 3)").collect():
+            if r["level"] == 3:
+                stats.counts["docs"] = r["docs"]
+            else:
+                key = "kept" if r["kept"] else f"dropped.{r['drop_reason']}"
+                stats.counts[f"samples.{key}"] += r["samples"]
     else:
         stats.counts["docs"] = 0
     stats.info["fingerprint"] = fingerprint
