@@ -252,7 +252,10 @@ def _line_bounds(lines: Sequence[str]) -> list[int]:
 
 
 def align(raw: str, raw_lines: list[str], expert: str, expert_lines: list[str], alignment: Alignment) -> _Edits:
-    """The alignment step alone: which raw spans the expert deleted, and its illegal edits."""
+    """The alignment step alone: which raw spans the expert deleted, and its illegal edits.
+
+    `raw` is "\n".join(raw_lines), the lines as `split_lines` gives them (the same for expert).
+    """
     edits = _Edits(raw, expert)
     if alignment == "flat":
         if raw:
