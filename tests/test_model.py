@@ -224,6 +224,27 @@ def test_split_is_a_seeded_partition(n: int, fraction: float, seed: int, max_eva
     assert split_samples(items, fraction, seed, max_eval) == (train, held)
 
 
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(1, 6), max_size=60), fraction=st.floats(0, 0.99), seed=st.integers(0, 3),
+       max_eval=st.integers(0, 50))
+def test_grouped_split_holds_out_whole_documents(sizes: list[int], fraction: float, seed: int, max_eval: int) -> None:
+    groups = [f"doc{d}" for d, n in enumerate(sizes) for _ in range(n)]
+    items = [(f"chunk {i}", f"program {i}") for i in range(len(groups))]
+    train, held = split_samples(items, fraction, seed, max_eval, groups)
+    assert sorted(train + held) == sorted(items)
+    assert len(held) <= (min(max_eval, math.ceil(len(items) * fraction)) if len(items) > 1 else 0)
+    doc_of = dict(zip(items, groups))
+    assert not {doc_of[s] for s in train} & {doc_of[s] for s in held}
+    assert split_samples(items, fraction, seed, max_eval, groups) == (train, held)
+
+
+def test_resume_refuses_other_hyperparameters(trained: Trained, base_model: Path, samples) -> None:
+    changed = TRAIN.model_copy(update={"learning_rate": TRAIN.learning_rate * 2})
+    with pytest.raises(ValueError, match="belong to another run"):
+        train_model(samples, changed, TRAIN_TEMPLATE, trained.out, base=str(base_model), data_version=7,
+                    fingerprint="fp-test")
+
+
 @pytest.fixture(scope="module")
 def tokenizer(base_model: Path):  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(base_model)

@@ -25,7 +25,9 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
     with stats.timer("collect"):
         kept = (ctx.read("distill_samples").where(F.col("kept") & (F.col("fingerprint") == fingerprint))
                 .select("doc_id", "chunk_index", "prompt", "program").orderBy("doc_id", "chunk_index"))
-        samples = [(r["prompt"], r["program"]) for r in kept.collect()]
+        rows = kept.collect()
+        samples = [(r["prompt"], r["program"]) for r in rows]
+        doc_ids = [r["doc_id"] for r in rows]
     if not samples:
         raise ValueError(f"no kept distill_samples under fingerprint {fingerprint}: run `distill` first")
     stats.counts["samples"] = len(samples)
@@ -37,7 +39,7 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
             base = str(build_tiny_model(output_dir.parent / f"{output_dir.name}-tiny-base", texts,
                                         seed=config.train.seed))
     kwargs = dict(base=base, data_version=ctx.read_versions.get("distill_samples"), fingerprint=fingerprint,
-                  prompt_version=config.model.prompt_version)
+                  prompt_version=config.model.prompt_version, groups=doc_ids)
     with stats.timer("train"):
         if distributed:
             from pyspark.ml.torch.distributor import TorchDistributor

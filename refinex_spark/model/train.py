@@ -44,15 +44,35 @@ class TrainResult:
 
 
 def split_samples(
-    samples: Sequence[tuple[str, str]], eval_fraction: float, seed: int, max_eval: int
+    samples: Sequence[tuple[str, str]], eval_fraction: float, seed: int, max_eval: int,
+    groups: Sequence[str] | None = None,
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Seeded held-out split: (train, eval). Every rank computes the same split."""
-    order = list(range(len(samples)))
-    random.Random(seed).shuffle(order)
+    """Seeded held-out split: (train, eval). Every rank computes the same split.
+
+    With `groups` (the document of each sample), whole documents are held out, so the eval
+    metrics measure documents the model never saw, not other chunks of a page it trained on;
+    the held-out set then has at most, instead of exactly, the target size.
+    """
     n_eval = min(max_eval, math.ceil(len(samples) * eval_fraction)) if len(samples) > 1 else 0
-    held = set(order[:n_eval])
+    if groups is None:
+        order = list(range(len(samples)))
+        random.Random(seed).shuffle(order)
+        held_order = order[:n_eval]
+    else:
+        if len(groups) != len(samples):
+            raise ValueError(f"{len(groups)} groups for {len(samples)} samples")
+        members: dict[str, list[int]] = {}
+        for i, g in enumerate(groups):
+            members.setdefault(g, []).append(i)
+        names = sorted(members)
+        random.Random(seed).shuffle(names)
+        held_order = []
+        for name in names:
+            if len(held_order) + len(members[name]) <= n_eval:
+                held_order += members[name]
+    held = set(held_order)
     train = [s for i, s in enumerate(samples) if i not in held]
-    return train, [samples[i] for i in order[:n_eval]]
+    return train, [samples[i] for i in held_order]
 
 
 def encode_sample(
@@ -219,8 +239,11 @@ def train_model(
     resume: bool = True,
     prompt_version: str = PROMPT_VERSION,
     callbacks: Sequence[Any] = (),
+    groups: Sequence[str] | None = None,
 ) -> TrainResult:
     """Fine-tune `base` (default `config.base`) on (chunk_text, program) samples.
+
+    `groups` (each sample's doc_id) makes the held-out split one of whole documents.
 
     Checkpoints go to `output_dir/checkpoints` every `config.save_steps` optimizer steps; with
     `resume` the newest one of the same run (same base, data, fingerprint, prompt) is resumed.
@@ -238,7 +261,8 @@ def train_model(
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_pairs, eval_pairs = split_samples(samples, config.eval_fraction, config.seed, config.max_eval_samples)
+    train_pairs, eval_pairs = split_samples(samples, config.eval_fraction, config.seed, config.max_eval_samples,
+                                            groups)
     encoded = [encode_sample(tokenizer, template, c, p, config.max_seq_len) for c, p in train_pairs]
     rows = [e[0] for e in encoded if e is not None]
     if not rows:
@@ -252,6 +276,8 @@ def train_model(
         "fingerprint": fingerprint,
         "prompt_version": prompt_version,
         "template": template_digest(template),
+        # Resuming under other hyperparameters would train a mix of two runs.
+        "train": config.model_dump(exclude={"base", "output_dir", "save_steps"}),
     }
     _check_identity(ckpt_dir, identity, resume, owner=rank == 0)
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
@@ -272,6 +298,7 @@ def train_model(
     metrics: dict[str, Any] = {
         "n_train": len(rows),
         "n_eval": len(eval_pairs),
+        "eval_held_out_by": "document" if groups is not None else "sample",
         "dropped_too_long": sum(e is None for e in encoded),
         "truncated_prompts": sum(e is not None and e[1] for e in encoded),
         "world_size": world_size,
