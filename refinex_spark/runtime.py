@@ -104,9 +104,9 @@ class RunContext:
 
 def open_run(config: Config, stage: str) -> RunContext:
     from .lake import Lake
-    from .spark_session import get_spark
+    from .spark_session import get_spark, spark_master
 
     spark = get_spark(config)
     stats = StageStats(stage=stage, run_id=new_run_id(stage))
-    stats.info["spark_master"] = spark.sparkContext.master
+    stats.info["spark_master"] = spark_master(spark)
     return RunContext(config=config, spark=spark, lake=Lake(spark, config.lake), stats=stats)

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from pyspark.errors import PySparkAttributeError
 from pyspark.sql import SparkSession
 
 from .config import Config, ConfigError
@@ -85,6 +86,14 @@ def get_spark(config: Config) -> SparkSession:
     for key, value in FIXED_CONF.items():
         spark.conf.set(key, value)
     return spark
+
+
+def spark_master(spark: SparkSession) -> str:
+    """The master URL ("local[2]", "yarn", ...); Spark Connect sessions have no SparkContext to ask."""
+    try:
+        return spark.sparkContext.master
+    except PySparkAttributeError:  # Spark Connect
+        return spark.conf.get("spark.master", None) or "connect"
 
 
 def jvm_has_class(spark: SparkSession, class_name: str) -> bool | None:

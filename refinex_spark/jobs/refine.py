@@ -24,6 +24,7 @@ from ..model.prompt import load_template
 from ..refine import BatchStats, refine_batch
 from ..runtime import RunContext
 from ..schemas import TABLES
+from ..spark_session import spark_master
 from .batches import RowsFn, map_rows
 
 _COMPUTED = ["doc_id", "text_hash", "refined_text", "program", "op_outcomes", "status", "error",
@@ -84,10 +85,9 @@ def _refine_rows(config: Config, template: str) -> RowsFn:
 
 def _gpu_profile(spark):
     """A stage-level ResourceProfile asking one GPU per task; None where it cannot apply (local mode)."""
-    if spark.sparkContext.master.startswith("local"):
+    if spark_master(spark).startswith("local"):
         return None
-    conf = spark.sparkContext.getConf()
-    if not conf.get("spark.executor.resource.gpu.amount", None):
+    if not spark.conf.get("spark.executor.resource.gpu.amount", None):
         return None
     from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
 

@@ -16,6 +16,7 @@ from ..model.prompt import load_template
 from ..model.tiny import build_tiny_model
 from ..model.train import train_model
 from ..runtime import RunContext
+from ..spark_session import spark_master
 
 
 def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> dict:
@@ -44,7 +45,7 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
         if distributed:
             from pyspark.ml.torch.distributor import TorchDistributor
 
-            local = ctx.spark.sparkContext.master.startswith("local")
+            local = spark_master(ctx.spark).startswith("local")
             n = int(ctx.spark.conf.get("spark.executor.instances", "1")) if not local else 1
             result = TorchDistributor(num_processes=n, local_mode=local, use_gpu=not local).run(
                 train_model, samples, config.train, template, str(output_dir), **kwargs)
