@@ -414,8 +414,8 @@ def test_openai_backend_chat(server: _Server, monkeypatch: pytest.MonkeyPatch, t
 
 
 def test_openai_backend_retries_then_fails(server: _Server) -> None:
-    config = ModelConfig(backend="openai", base_url=server.url, batch_size=1)
-    backend = OpenAIBackend(config, endpoint="completions", max_retries=2, backoff_s=0.0)
+    config = ModelConfig(backend="openai", base_url=server.url, batch_size=1, max_retries=2, backoff_base_s=0.0)
+    backend = OpenAIBackend(config, endpoint="completions")
     server.fail_next = 2
     prompt = build_prompt(None, "Clean this.", "[000] a")
     assert backend.format_prompt("Clean this.", "[000] a") == prompt
@@ -432,8 +432,9 @@ def test_openai_backend_retries_then_fails(server: _Server) -> None:
 
 
 def test_openai_backend_unreachable() -> None:
-    config = ModelConfig(backend="openai", base_url="http://127.0.0.1:9/v1", request_timeout_s=2)
+    config = ModelConfig(backend="openai", base_url="http://127.0.0.1:9/v1", request_timeout_s=2, max_retries=1,
+                         backoff_base_s=0.0)
     with pytest.raises(RuntimeError, match="unreachable after 2 attempts"):
-        OpenAIBackend(config, max_retries=1, backoff_s=0.0).generate(["x"])
+        OpenAIBackend(config).generate(["x"])
     with pytest.raises(ValueError, match="base_url"):
         OpenAIBackend(ModelConfig(backend="openai"))

@@ -218,21 +218,17 @@ class OpenAIBackend:
         config: ModelConfig,
         *,
         endpoint: Literal["chat", "completions"] = "chat",
-        max_retries: int = 3,
-        backoff_s: float = 1.0,
     ) -> None:
         if not config.base_url:
             raise ValueError("the openai backend needs model.base_url")
         self.config = config
         self.endpoint = endpoint
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
         self.model_id = config.served_model or config.path
         self.url = config.base_url.rstrip("/") + ("/chat/completions" if endpoint == "chat" else "/completions")
         self.stats = GenerationStats()
 
     def with_config(self, config: ModelConfig) -> OpenAIBackend:
-        return OpenAIBackend(config, endpoint=self.endpoint, max_retries=self.max_retries, backoff_s=self.backoff_s)
+        return OpenAIBackend(config, endpoint=self.endpoint)
 
     def format_prompt(self, template: str, chunk_text: str) -> str:
         return user_message(template, chunk_text) if self.endpoint == "chat" else build_prompt(None, template, chunk_text)
@@ -270,13 +266,13 @@ class OpenAIBackend:
                 with urllib.request.urlopen(request, timeout=self.config.request_timeout_s) as response:
                     return self._parse(json.load(response))
             except urllib.error.HTTPError as e:
-                if e.code not in self.RETRYABLE_STATUS or attempt == self.max_retries:
+                if e.code not in self.RETRYABLE_STATUS or attempt == self.config.max_retries:
                     detail = e.read()[:500].decode("utf-8", "replace")
                     raise RuntimeError(f"{self.url} answered HTTP {e.code}: {detail}") from e
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                if attempt == self.max_retries:
+                if attempt == self.config.max_retries:
                     raise RuntimeError(f"{self.url} unreachable after {attempt + 1} attempts: {e}") from e
-            time.sleep(self.backoff_s * 2**attempt)
+            time.sleep(self.config.backoff_base_s * 2**attempt)
             attempt += 1
 
     def _parse(self, reply: dict[str, Any]) -> tuple[str, dict[str, Any]]:
