@@ -167,6 +167,8 @@ class ExpertConfig(_Section):
     # Requests in flight per Spark task, and pending documents per task.
     concurrency: int = Field(8, ge=1)
     docs_per_task: int = Field(64, ge=1)
+    # Each slice of this many pending documents is one Delta commit: a crash loses one slice's answers.
+    docs_per_commit: int = Field(10_000, ge=1)
     request_timeout_s: float = Field(600.0, gt=0)
     max_retries: int = Field(4, ge=0)
     backoff_base_s: float = Field(2.0, ge=0)

@@ -383,6 +383,44 @@ def test_request_budget_is_split_over_tasks(spark, tmp_path):
     assert stats["counts"]["error.budget_exhausted"] == len(docs) - len(ok) >= 4
 
 
+class _DriverKilled(Exception):
+    pass
+
+
+@pytest.mark.spark
+def test_slices_commit_separately_and_a_crash_loses_one_slice(spark, tmp_path):
+    """The driver dies right after the first slice's commit; the rerun asks only for the rest."""
+    lake = Lake(spark, LakeConfig(path=str(tmp_path / "lake")))
+    docs = [(f"doc-{i}", f"line one of {i}\nNOISE\nline two", "s") for i in range(9)]
+    put_raw_docs(lake, docs)
+    commit = lake.append
+
+    def commit_then_die(*args, **kwargs):
+        info = commit(*args, **kwargs)
+        raise _DriverKilled(f"killed after committing version {info.version}")
+
+    with FakeExpert(INSTRUCTION, model=MODEL) as server:
+        settings_ = http_settings(server, docs_per_commit=3, docs_per_task=2)
+        crashed = context(lake, "expert", **settings_)
+        lake.append = commit_then_die
+        try:
+            with pytest.raises(_DriverKilled):
+                expert_generate.run(crashed, progress_stream=io.StringIO())
+        finally:
+            lake.append = commit
+        first = rows_of(lake, crashed.run_id)
+        asked_first = server.total_requests
+        rerun = context(lake, "expert", **settings_)
+        stats = expert_generate.run(rerun, progress_stream=io.StringIO())
+        asked_rerun = server.total_requests - asked_first
+    second = rows_of(lake, rerun.run_id)
+    assert 0 < len(first) < len(docs) and stats["slices"] == 2  # 6 pending docs left: two slices of 3
+    assert sorted(r["doc_id"] for r in first + second) == sorted(d for d, _, _ in docs)  # each doc once
+    assert asked_rerun == len(second) == stats["counts"]["docs.ok"] == len(docs) - len(first)
+    commits = [h for h in lake.history("expert_outputs") if h["user_metadata"]["run_id"] == rerun.run_id]
+    assert len(commits) == 2 and sum(c["rows_added"] for c in commits) == len(second)  # one commit per slice
+
+
 @pytest.mark.spark
 @pytest.mark.slow
 def test_hf_backend_writes_rows(spark, tmp_path):

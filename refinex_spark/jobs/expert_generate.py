@@ -2,9 +2,11 @@
 
 Driver: sample the documents (`refinex_spark.expert.sampling`: bottom-k on a seeded hash,
 optionally a proportional quota per source), drop those that already have an `ok` output for the
-same model, prompt version and raw text, spread the rest over tasks of about
-`expert.docs_per_task` documents, and run `_generate_partition` over them with mapInArrow. The
-driver reads the prompt file and ships its text, the API key and the settings in the task.
+same model, prompt version and raw text, cut the rest into slices of about
+`expert.docs_per_commit` documents (one Delta commit each, so a crash loses one slice's answers,
+not the run's), spread each slice over tasks of about `expert.docs_per_task` documents, and run
+`_generate_partition` over them with mapInArrow. The driver reads the prompt file and ships its
+text, the API key and the settings in the task.
 
 Task: a thread pool of `expert.concurrency` sends each document (split into line-aligned pieces
 when it would not fit `expert.context_tokens`) to the chat-completions endpoint, or, with
@@ -54,6 +56,7 @@ from ..expert.client import ChatClient, Completion, RequestBudget, RetryPolicy, 
 from ..expert.sampling import KEY_HEX_DIGITS, allocate, piece_budget, sample_size, split_document
 from ..model.prompt import user_message
 from ..runtime import RunContext
+from .slices import slices
 
 KEY_RANGE = 16**KEY_HEX_DIGITS
 _OUT = T.StructType([
@@ -269,9 +272,11 @@ def run(ctx: RunContext, *, fraction: float | None = None, count: int | None = N
     if n_pending == 0:
         return stats.as_dict()
 
-    n_tasks = math.ceil(n_pending / cfg.docs_per_task)
+    parts = slices(pending, n_pending, cfg.docs_per_commit)
+    slice_tasks = math.ceil(math.ceil(n_pending / len(parts)) / cfg.docs_per_task)
+    n_tasks = slice_tasks * len(parts)
     per_task = math.ceil(cfg.max_requests / n_tasks) if cfg.max_requests is not None else None
-    stats.info.update(tasks=n_tasks, requests_per_task=per_task)
+    stats.info.update(slices=len(parts), tasks=n_tasks, requests_per_task=per_task)
     hf_model = None
     if cfg.backend == "hf":
         hf_model = ModelConfig(path=cfg.model, backend="hf", device=ctx.config.model.device,
@@ -282,21 +287,21 @@ def run(ctx: RunContext, *, fraction: float | None = None, count: int | None = N
         accumulator = ctx.spark.sparkContext.accumulator(Counter(), _CounterParam())
     except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext: no live progress, same summary
         accumulator = None
-    with stats.timer("generate"):
-        results = (pending.repartition(n_tasks, "doc_id")
-                   .mapInArrow(_generate_partition(task, accumulator), _OUT).persist())
-        with (_Progress(accumulator, n_pending, cfg.progress_interval_s, progress_stream or sys.stderr)
-              if accumulator is not None else nullcontext()):
-            results.count()
-    _summarise(results, stats)
-
-    rows = results.select("doc_id", F.lit(cfg.model).alias("expert_model"),
-                          F.lit(cfg.prompt_version).alias("prompt_version"), "text", "status", "error", "latency_s",
-                          "tokens", "raw_text_hash", F.lit(ctx.run_id).alias("run_id"),
-                          F.current_timestamp().alias("created_at"))
-    with stats.timer("write"):
-        ctx.append("expert_outputs", rows, fingerprint=ctx.config.fingerprint("expert"))
-    results.unpersist()
+    with (_Progress(accumulator, n_pending, cfg.progress_interval_s, progress_stream or sys.stderr)
+          if accumulator is not None else nullcontext()):
+        for part in parts:  # one commit per slice: a crash loses the answers of one slice at most
+            with stats.timer("generate"):
+                results = (part.repartition(slice_tasks, "doc_id")
+                           .mapInArrow(_generate_partition(task, accumulator), _OUT).persist())
+                results.count()
+            _summarise(results, stats)
+            rows = results.select("doc_id", F.lit(cfg.model).alias("expert_model"),
+                                  F.lit(cfg.prompt_version).alias("prompt_version"), "text", "status", "error",
+                                  "latency_s", "tokens", "raw_text_hash", F.lit(ctx.run_id).alias("run_id"),
+                                  F.current_timestamp().alias("created_at"))
+            with stats.timer("write"):
+                ctx.append("expert_outputs", rows, fingerprint=ctx.config.fingerprint("expert"))
+            results.unpersist()
     return stats.as_dict()
 
 

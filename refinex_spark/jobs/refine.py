@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sys
 from pyspark import TaskContext
@@ -26,6 +25,7 @@ from ..runtime import RunContext
 from ..schemas import TABLES
 from ..spark_session import spark_master
 from .batches import RowsFn, map_rows
+from .slices import slices
 
 _COMPUTED = ["doc_id", "text_hash", "refined_text", "program", "op_outcomes", "status", "error",
              "deleted_fraction", "n_chunks", "n_fallback_chunks"]
@@ -116,10 +116,9 @@ def run(ctx: RunContext) -> dict:
     docs = pending(ctx, model, fp)
     with stats.timer("plan"):
         n_pending = docs.select("doc_id").count()
-    slices = max(1, math.ceil(n_pending / config.refine.docs_per_commit))
     stats.counts["pending"] = n_pending
-    for i in range(slices if n_pending else 0):
-        part = docs.where(F.pmod(F.xxhash64("doc_id"), F.lit(slices)) == i) if slices > 1 else docs
+    parts = slices(docs, n_pending, config.refine.docs_per_commit) if n_pending else []
+    for i, part in enumerate(parts):
         rows = (map_rows(part, _refine_rows(shipped, template), out_schema, profile=_gpu_profile(ctx.spark))
                 .withColumn("model_id", F.lit(model))
                 .withColumn("prompt_version", F.lit(config.model.prompt_version))
@@ -133,10 +132,10 @@ def run(ctx: RunContext) -> dict:
             for r in written.groupBy("status").count().collect():
                 stats.counts[f"status.{r['status']}"] = r["count"]
         stats.counts["docs"] = sum(v for k, v in stats.counts.items() if k.startswith("status."))
-        print(f"[refine] slice {i + 1}/{slices} committed: {stats.counts['docs']}/{n_pending} docs",
+        print(f"[refine] slice {i + 1}/{len(parts)} committed: {stats.counts['docs']}/{n_pending} docs",
               file=sys.stderr, flush=True)
     stats.counts["docs"] = sum(v for k, v in stats.counts.items() if k.startswith("status."))
     seconds = stats.timings.get("refine_and_write", 0.0)
-    stats.info.update(model_id=model, fingerprint=fp, slices=slices,
+    stats.info.update(model_id=model, fingerprint=fp, slices=len(parts),
                       docs_per_s=round(stats.counts["docs"] / seconds, 2) if seconds else None)
     return stats.as_dict()
