@@ -112,6 +112,25 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path):
         export_sft.run(make_ctx("export-sft"), str(out))
 
 
+def test_distill_uses_the_newest_ok_output_of_each_document(make_ctx, tmp_path):
+    docs = DOCS[:3]
+    raw, _ = write_docs(tmp_path / "in", docs)
+    ingest.run(make_ctx("ingest"), [str(raw)])
+
+    def outputs(name: str, model: str, chosen) -> str:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"doc_id": d.doc_id, "text": d.expert, "model": model}) + "\n"
+                                for d in chosen))
+        return str(path)
+
+    expert_import.run(make_ctx("expert"), outputs("old.jsonl", "expert-old", docs))
+    expert_import.run(make_ctx("expert"), outputs("new.jsonl", "expert-new", docs[:1]))  # a later import
+    assert distill.run(make_ctx("distill"))["counts"]["docs"] == len(docs)
+    samples = _rows(make_ctx("x"), "distill_samples")
+    used = samples.groupby("doc_id")["expert_model"].agg(set).to_dict()
+    assert used == {docs[0].doc_id: {"expert-new"}, **{d.doc_id: {"expert-old"} for d in docs[1:]}}
+
+
 def test_sql_time_travel_and_history(make_ctx, corpus, tmp_path, capsys):
     raw_dir, _ = corpus
     ingest.run(make_ctx("ingest"), [str(raw_dir / "docs.jsonl")])

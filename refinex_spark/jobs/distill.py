@@ -42,20 +42,29 @@ def _distill_rows(config) -> RowsFn:
 
 
 def pending(ctx: RunContext, fingerprint: str):
-    """Documents with an `ok` expert output (the newest one) and no samples under this fingerprint.
+    """Documents with an `ok` expert output for their current text (the newest one) and no
+    samples under this fingerprint.
 
     The texts cross the network once, in a hash join without sorting. Ranking outputs needs a
     sort of everything, so it is done only when some document has several ok outputs (a cheap
-    check on the doc_id column alone).
+    check on the key columns alone).
+
+    Both sides are hash-partitioned on the join key into exactly `spark.sql.shuffle.partitions`
+    parts: adaptive execution would otherwise coalesce them by shuffled bytes into a few uneven
+    tasks, while the distiller's cost is CPU per character (on local[2], 8 parts became 3, the
+    last one running alone).
     """
-    experts = ctx.read("expert_outputs").where("status = 'ok'")
-    if experts.groupBy("doc_id").count().where("count > 1").limit(1).count():
-        newest = Window.partitionBy("doc_id").orderBy(F.col("created_at").desc(), F.col("expert_model"))
+    parts = int(ctx.spark.conf.get("spark.sql.shuffle.partitions"))
+    key = ["doc_id", "text_hash"]
+    experts = (ctx.read("expert_outputs").where("status = 'ok'").withColumnRenamed("raw_text_hash", "text_hash")
+               .repartition(parts, *key))
+    if experts.groupBy(*key).count().where("count > 1").limit(1).count():
+        newest = Window.partitionBy(*key).orderBy(F.col("created_at").desc(), F.col("expert_model"))
         experts = experts.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1")
-    experts = experts.select("doc_id", F.col("text").alias("expert_text"), "expert_model", "raw_text_hash")
-    raw = ctx.read("raw_docs").select("doc_id", "text", "text_hash")
+    experts = experts.select(*key, F.col("text").alias("expert_text"), "expert_model")
+    raw = ctx.read("raw_docs").select(*key, "text").repartition(parts, *key)
     done = ctx.read("distill_samples").where(F.col("fingerprint") == fingerprint).select("doc_id").distinct()
-    return (raw.join(experts.hint("shuffle_hash"), "doc_id").where(F.col("text_hash") == F.col("raw_text_hash"))
+    return (raw.join(experts.hint("shuffle_hash"), key)
             .join(F.broadcast(done), "doc_id", "left_anti")
             .select("doc_id", "text", "expert_text", "expert_model"))
 
