@@ -50,19 +50,20 @@ def pending(ctx: RunContext, fingerprint: str):
     check on the key columns alone).
 
     Both sides are hash-partitioned on the join key into exactly `spark.sql.shuffle.partitions`
-    parts: adaptive execution would otherwise coalesce them by shuffled bytes into a few uneven
-    tasks, while the distiller's cost is CPU per character (on local[2], 8 parts became 3, the
-    last one running alone).
+    parts (a task each): adaptive execution would otherwise coalesce them by shuffled bytes into a
+    few uneven tasks, while the distiller's cost is CPU per character (on local[2], 8 parts
+    became 3, the last one running alone).
     """
-    parts = int(ctx.spark.conf.get("spark.sql.shuffle.partitions"))
+    setting = ctx.spark.conf.get("spark.sql.shuffle.partitions")
+    parts = [int(setting)] if setting.isdigit() else []  # Databricks' "auto": adaptive execution decides
     key = ["doc_id", "text_hash"]
     experts = (ctx.read("expert_outputs").where("status = 'ok'").withColumnRenamed("raw_text_hash", "text_hash")
-               .repartition(parts, *key))
+               .repartition(*parts, *key))
     if experts.groupBy(*key).count().where("count > 1").limit(1).count():
         newest = Window.partitionBy(*key).orderBy(F.col("created_at").desc(), F.col("expert_model"))
         experts = experts.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1")
     experts = experts.select(*key, F.col("text").alias("expert_text"), "expert_model")
-    raw = ctx.read("raw_docs").select(*key, "text").repartition(parts, *key)
+    raw = ctx.read("raw_docs").select(*key, "text").repartition(*parts, *key)
     done = ctx.read("distill_samples").where(F.col("fingerprint") == fingerprint).select("doc_id").distinct()
     return (raw.join(experts.hint("shuffle_hash"), key)
             .join(F.broadcast(done), "doc_id", "left_anti")
