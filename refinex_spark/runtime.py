@@ -97,8 +97,10 @@ class RunContext:
         if info.skipped and info.reason.startswith("already committed"):
             # Another run computed its rows from the same snapshot and committed first: this run's
             # rows may overlap them, so nothing was written. A rerun starts from the new snapshot.
+            kept = (f"this run's {self.commits[table]} earlier commit(s) stand, the rest was not written"
+                    if self.commits[table] else "nothing of this run was written")
             raise ConcurrentRunError(f"{table}: another {self.stage} run committed since this run read version "
-                                     f"{current}; nothing of this run was written, run it again ({info.reason})")
+                                     f"{current}; {kept}, run it again ({info.reason})")
         return info
 
 

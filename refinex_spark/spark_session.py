@@ -13,7 +13,6 @@ import os
 import sys
 from pathlib import Path
 
-from pyspark.errors import PySparkAttributeError
 from pyspark.sql import SparkSession
 
 from .config import Config, ConfigError
@@ -92,7 +91,7 @@ def spark_master(spark: SparkSession) -> str:
     """The master URL ("local[2]", "yarn", ...); Spark Connect sessions have no SparkContext to ask."""
     try:
         return spark.sparkContext.master
-    except PySparkAttributeError:  # Spark Connect
+    except (AttributeError, NotImplementedError):  # Spark Connect (pyspark 4 / 3.x raise these)
         return spark.conf.get("spark.master", None) or "connect"
 
 

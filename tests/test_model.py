@@ -232,9 +232,12 @@ def test_grouped_split_holds_out_whole_documents(sizes: list[int], fraction: flo
     items = [(f"chunk {i}", f"program {i}") for i in range(len(groups))]
     train, held = split_samples(items, fraction, seed, max_eval, groups)
     assert sorted(train + held) == sorted(items)
-    assert len(held) <= (min(max_eval, math.ceil(len(items) * fraction)) if len(items) > 1 else 0)
+    n_eval = min(max_eval, math.ceil(len(items) * fraction)) if len(items) > 1 else 0
+    assert len(held) <= n_eval
     doc_of = dict(zip(items, groups))
     assert not {doc_of[s] for s in train} & {doc_of[s] for s in held}
+    # As full as whole documents allow: no document left in training would still fit.
+    assert all(len(held) + sizes[int(doc_of[s][3:])] > n_eval for s in train)
     assert split_samples(items, fraction, seed, max_eval, groups) == (train, held)
 
 

@@ -123,12 +123,13 @@ def test_distill_uses_the_newest_ok_output_of_each_document(make_ctx, tmp_path):
                                 for d in chosen))
         return str(path)
 
-    expert_import.run(make_ctx("expert"), outputs("old.jsonl", "expert-old", docs))
-    expert_import.run(make_ctx("expert"), outputs("new.jsonl", "expert-new", docs[:1]))  # a later import
+    # The later import's model sorts last, so only ranking by time (not the name tie-break) picks it.
+    expert_import.run(make_ctx("expert"), outputs("old.jsonl", "expert-1", docs))
+    expert_import.run(make_ctx("expert"), outputs("new.jsonl", "expert-2", docs[:1]))
     assert distill.run(make_ctx("distill"))["counts"]["docs"] == len(docs)
     samples = _rows(make_ctx("x"), "distill_samples")
     used = samples.groupby("doc_id")["expert_model"].agg(set).to_dict()
-    assert used == {docs[0].doc_id: {"expert-new"}, **{d.doc_id: {"expert-old"} for d in docs[1:]}}
+    assert used == {docs[0].doc_id: {"expert-2"}, **{d.doc_id: {"expert-1"} for d in docs[1:]}}
 
 
 def test_sql_time_travel_and_history(make_ctx, corpus, tmp_path, capsys):

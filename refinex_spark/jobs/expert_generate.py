@@ -261,9 +261,20 @@ def run(ctx: RunContext, *, fraction: float | None = None, count: int | None = N
                 .where((F.col("status") == "ok") & (F.col("expert_model") == cfg.model)
                        & (F.col("prompt_version") == cfg.prompt_version))
                 .select("doc_id", F.col("raw_text_hash").alias("text_hash")).distinct())
+        # Kept (memory and disk) for the slices: the sample is computed and raw_docs scanned once.
         pending = (ids.join(ctx.read("raw_docs").select("doc_id", "text", "text_hash"), "doc_id")
-                   .join(done, ["doc_id", "text_hash"], "left_anti"))
+                   .join(done, ["doc_id", "text_hash"], "left_anti").persist())
         n_pending = pending.count()
+    try:
+        return _generate(ctx, cfg, pending, n_pending, quotas, instruction, piece_tokens, progress_stream)
+    finally:
+        pending.unpersist()
+
+
+def _generate(ctx: RunContext, cfg: ExpertConfig, pending: DataFrame, n_pending: int, quotas: dict[str, int],
+              instruction: str, piece_tokens: int, progress_stream: TextIO | None) -> dict:
+    """Generate and commit the pending documents slice by slice."""
+    stats = ctx.stats
     stats.counts["sampled"] = sum(quotas.values())
     stats.counts["already_done"] = stats.counts["sampled"] - n_pending
     stats.counts["pending"] = n_pending
@@ -290,18 +301,20 @@ def run(ctx: RunContext, *, fraction: float | None = None, count: int | None = N
     with (_Progress(accumulator, n_pending, cfg.progress_interval_s, progress_stream or sys.stderr)
           if accumulator is not None else nullcontext()):
         for part in parts:  # one commit per slice: a crash loses the answers of one slice at most
-            with stats.timer("generate"):
-                results = (part.repartition(slice_tasks, "doc_id")
-                           .mapInArrow(_generate_partition(task, accumulator), _OUT).persist())
-                results.count()
-            _summarise(results, stats)
-            rows = results.select("doc_id", F.lit(cfg.model).alias("expert_model"),
-                                  F.lit(cfg.prompt_version).alias("prompt_version"), "text", "status", "error",
-                                  "latency_s", "tokens", "raw_text_hash", F.lit(ctx.run_id).alias("run_id"),
-                                  F.current_timestamp().alias("created_at"))
-            with stats.timer("write"):
-                ctx.append("expert_outputs", rows, fingerprint=ctx.config.fingerprint("expert"))
-            results.unpersist()
+            results = (part.repartition(slice_tasks, "doc_id")
+                       .mapInArrow(_generate_partition(task, accumulator), _OUT).persist())
+            try:
+                with stats.timer("generate"):
+                    results.count()
+                _summarise(results, stats)
+                rows = results.select("doc_id", F.lit(cfg.model).alias("expert_model"),
+                                      F.lit(cfg.prompt_version).alias("prompt_version"), "text", "status", "error",
+                                      "latency_s", "tokens", "raw_text_hash", F.lit(ctx.run_id).alias("run_id"),
+                                      F.current_timestamp().alias("created_at"))
+                with stats.timer("write"):
+                    ctx.append("expert_outputs", rows, fingerprint=ctx.config.fingerprint("expert"))
+            finally:
+                results.unpersist()
     return stats.as_dict()
 
 

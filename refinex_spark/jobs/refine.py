@@ -117,7 +117,7 @@ def run(ctx: RunContext) -> dict:
     with stats.timer("plan"):
         n_pending = docs.select("doc_id").count()
     stats.counts["pending"] = n_pending
-    parts = slices(docs, n_pending, config.refine.docs_per_commit) if n_pending else []
+    parts = slices(docs, n_pending, config.refine.docs_per_commit)
     for i, part in enumerate(parts):
         rows = (map_rows(part, _refine_rows(shipped, template), out_schema, profile=_gpu_profile(ctx.spark))
                 .withColumn("model_id", F.lit(model))

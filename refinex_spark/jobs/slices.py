@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 def slices(df: DataFrame, n_docs: int, per_slice: int) -> list[DataFrame]:
     """df (n_docs rows with a doc_id column) as ceil(n_docs / per_slice) disjoint slices covering it."""
-    n = max(1, math.ceil(n_docs / per_slice))
-    if n == 1:
-        return [df]
+    n = math.ceil(n_docs / per_slice)
+    if n <= 1:
+        return [df] * n
     return [df.where(F.pmod(F.xxhash64("doc_id"), F.lit(n)) == i) for i in range(n)]
