@@ -42,6 +42,7 @@ Engine = Literal["spark", "delta-rs"]
 TABLE_PROPERTIES = {"delta.enableDeletionVectors": "false"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # 2+ chars: "C:" is a drive, not a scheme
 _STAGING_DIR = re.compile(r"^(\d{13})-[0-9a-f]{32}$")  # <start epoch ms>-<uuid>
+_TABLE_FILE = re.compile(r"^part-.+-((\d{13})-[0-9a-f]{32})-\d{5}\.snappy\.parquet$")  # part-<run>-<commit id>-<n>
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -258,13 +259,32 @@ class _DeltaRsEngine:
                                c.get("operation"), c.get("userMetadata"), c.get("operationMetrics"))
                 for c in DeltaTable(self.location(spec)).history()]
 
-    def _remove_stale_staging(self, table_dir: str) -> None:
-        """Staging dirs of writes that never committed, from before this run and past the retention."""
+    def _remove_stale_writes(self, uri: str, table_dir: str) -> None:
+        """Leftovers of writes that never committed, from before this run and past the retention:
+        staging dirs, and data files a commit that then failed had already moved into the table.
+
+        A data file is deleted only when it is in no snapshot's file list and its commit id (in
+        its name) is in no commit of the table, so time travel never loses a file.
+        """
+        cutoff = self.started_ms - self.retention_ms
         selector = pafs.FileSelector(f"{table_dir}/_staging", allow_not_found=True)
         for info in self.fs.get_file_info(selector):
             m = _STAGING_DIR.match(info.base_name)
-            if info.type == pafs.FileType.Directory and m and int(m.group(1)) < self.started_ms - self.retention_ms:
+            if info.type == pafs.FileType.Directory and m and int(m.group(1)) < cutoff:
                 self.fs.delete_dir(info.path)
+        table = DeltaTable(uri) if DeltaTable.is_deltatable(uri) else None
+        live = {f.rsplit("/", 1)[-1] for f in table.file_uris()} if table is not None else set()
+        orphans: dict[str, list[str]] = {}  # commit id -> its files that no snapshot lists now
+        for info in self.fs.get_file_info(pafs.FileSelector(table_dir, allow_not_found=True)):
+            m = _TABLE_FILE.match(info.base_name)
+            if info.is_file and m and int(m.group(2)) < cutoff and info.base_name not in live:
+                orphans.setdefault(m.group(1), []).append(info.path)
+        if orphans and table is not None:  # rare: only then is the history read
+            for commit in table.history():
+                orphans.pop(commit.get("refinexCommitId"), None)
+        for paths in orphans.values():
+            for path in paths:
+                self.fs.delete_file(path)
 
     def append(self, spec: TableSpec, df: DataFrame, *, run_id: str, user_metadata: str, txn_app_id: str,
                txn_version: int) -> tuple[int | None, int, str]:
@@ -275,7 +295,7 @@ class _DeltaRsEngine:
             # Checked before computing df: a retried stage costs nothing.
             return None, 0, _already(txn_app_id, txn_version)
         table_dir = f"{self.fs_root}/{spec.name}"
-        self._remove_stale_staging(table_dir)
+        self._remove_stale_writes(uri, table_dir)
         commit_id = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex}"
         staging = f"{table_dir}/_staging/{commit_id}"
         try:

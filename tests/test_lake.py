@@ -346,6 +346,30 @@ def test_files_of_a_commit_that_crashed_are_never_read(spark, tmp_lake, monkeypa
     assert via_spark(tmp_lake, "rejects") == canonical(committed + lost)
 
 
+def test_files_a_crashed_commit_moved_in_are_removed_by_a_later_run(spark, tmp_path, monkeypatch):
+    config = LakeConfig(path=str(tmp_path / "lake"), staging_retention_hours=0)
+    first = Lake(spark, config)
+    committed = rejects(3, seed=12)
+    append(first, "rejects", frame(spark, "rejects", committed), txn=0)
+    append(first, "rejects", frame(spark, "rejects", rejects(2, seed=13)), txn=1)
+    monkeypatch.setattr(DeltaTable, "create_write_transaction",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("driver died before the commit")))
+    with pytest.raises(RuntimeError, match="driver died"):
+        append(first, "rejects", frame(spark, "rejects", rejects(4, seed=14)), txn=2)
+    monkeypatch.undo()
+    live = {u.rsplit("/", 1)[-1] for u in DeltaTable(first.location("rejects")).file_uris()}
+    orphans = table_files(first, "rejects") - live
+    assert orphans  # moved into the table, never committed
+
+    time.sleep(0.01)
+    later = Lake(spark, config)  # the next run: the crashed write is older than it, past the retention
+    append(later, "rejects", frame(spark, "rejects", rejects(1, seed=15)), txn=2)
+    left = table_files(later, "rejects")
+    assert not orphans & left and live <= left  # orphans gone, every committed file kept
+    assert via_spark(later, "rejects", version=0) == via_deltalake(later, "rejects", version=0) == canonical(committed)
+    assert len(via_spark(later, "rejects")) == 3 + 2 + 1
+
+
 def test_stale_staging_dirs_are_removed_by_a_later_run_and_never_read(spark, tmp_path):
     config = LakeConfig(path=str(tmp_path / "lake"), staging_retention_hours=0)
     first = Lake(spark, config)
