@@ -228,6 +228,7 @@ class _DeltaRsEngine:
         self.root = root
         self.retention_ms = int(staging_retention_hours * 3_600_000)
         self.started_ms = int(time.time() * 1000)
+        self._swept: set[str] = set()  # tables whose leftovers from before this run are removed
         self.fs, self.fs_root = (pafs.LocalFileSystem(), root) if _is_local(root) else pafs.FileSystem.from_uri(root)
 
     def location(self, spec: TableSpec) -> str:
@@ -295,7 +296,9 @@ class _DeltaRsEngine:
             # Checked before computing df: a retried stage costs nothing.
             return None, 0, _already(txn_app_id, txn_version)
         table_dir = f"{self.fs_root}/{spec.name}"
-        self._remove_stale_writes(uri, table_dir)
+        if spec.name not in self._swept:  # leftovers predate this run: one sweep (a directory listing) is enough
+            self._remove_stale_writes(uri, table_dir)
+            self._swept.add(spec.name)
         commit_id = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex}"
         staging = f"{table_dir}/_staging/{commit_id}"
         try:
