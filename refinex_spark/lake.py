@@ -135,6 +135,9 @@ class Lake:
         self.spark = spark
         self.config = config
         self.engine: Engine = resolve_engine(spark, config)
+        # A session setting rather than a write option, so both engines' Parquet writers see it
+        # (delta-spark hands only file-system options of a write on to Parquet).
+        spark.conf.set("parquet.block.size", str(config.row_group_mb << 20))
         self._engine: _Engine
         if self.engine == "spark":
             root = None if config.catalog_schema else resolve_root(config.path)

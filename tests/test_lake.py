@@ -404,6 +404,24 @@ def test_stale_staging_dirs_are_removed_by_a_later_run_and_never_read(spark, tmp
 
 # --- format guarantees -----------------------------------------------------------------------
 
+def test_big_files_are_cut_into_row_groups_that_readers_can_split(spark, tmp_path):
+    """One task's file (the ingest of one big input file) must still be read by several tasks."""
+    lake = Lake(spark, LakeConfig(path=str(tmp_path / "lake"), row_group_mb=1))
+    rng = random.Random(0)
+    rows = [{**r, "text": "".join(rng.choices("abcdefghij klmnopqrstuvwxyz", k=10_000))}
+            for r in random_rows(TABLES["raw_docs"], 300, 1)]
+    assert append(lake, "raw_docs", frame(spark, "raw_docs", rows).coalesce(1)).rows == 300
+    (path,) = Path(lake.location("raw_docs")).glob("*.parquet")
+    assert pq.ParquetFile(path).metadata.num_row_groups >= 3
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(1 << 20))  # splits smaller than this 3 MB file
+    try:
+        tasks = lake.read("raw_docs").select("doc_id").rdd.glom().map(len).collect()
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    assert sum(tasks) == 300 and sum(n > 0 for n in tasks) >= 3
+    Lake(spark, LakeConfig(path=str(tmp_path / "other")))  # the session's default again for later tests
+
+
 def test_timestamps_are_stored_and_read_as_utc_instants(spark, tmp_lake):
     rows = rejects(3, seed=11)
     plus5 = timezone(timedelta(hours=5))

@@ -123,13 +123,30 @@ def test_distill_uses_the_newest_ok_output_of_each_document(make_ctx, tmp_path):
                                 for d in chosen))
         return str(path)
 
-    # The later import's model sorts last, so only ranking by time (not the name tie-break) picks it.
-    expert_import.run(make_ctx("expert"), outputs("old.jsonl", "expert-1", docs))
-    expert_import.run(make_ctx("expert"), outputs("new.jsonl", "expert-2", docs[:1]))
+    # The later import's model sorts first, so only ranking by time (not the name tie-break) picks it.
+    expert_import.run(make_ctx("expert"), outputs("old.jsonl", "expert-2", docs))
+    expert_import.run(make_ctx("expert"), outputs("new.jsonl", "expert-1", docs[:1]))
     assert distill.run(make_ctx("distill"))["counts"]["docs"] == len(docs)
     samples = _rows(make_ctx("x"), "distill_samples")
     used = samples.groupby("doc_id")["expert_model"].agg(set).to_dict()
-    assert used == {docs[0].doc_id: {"expert-2"}, **{d.doc_id: {"expert-1"} for d in docs[1:]}}
+    assert used == {docs[0].doc_id: {"expert-1"}, **{d.doc_id: {"expert-2"} for d in docs[1:]}}
+
+
+def test_distill_breaks_ties_between_outputs_of_one_import(make_ctx, tmp_path):
+    """One import, one timestamp, two prompt versions of each document: exactly one is distilled."""
+    docs = DOCS[:2]
+    raw, _ = write_docs(tmp_path / "in", docs)
+    ingest.run(make_ctx("ingest"), [str(raw)])
+    path = tmp_path / "two_versions.jsonl"
+    path.write_text("".join(json.dumps({"doc_id": d.doc_id, "text": text, "model": "m", "prompt_version": v}) + "\n"
+                            for d in docs for v, text in (("v1", d.raw), ("v2", d.expert))))
+    assert expert_import.run(make_ctx("expert"), str(path))["counts"]["accepted"] == 4
+    stats = distill.run(make_ctx("distill"))
+    samples = _rows(make_ctx("x"), "distill_samples")
+    assert stats["counts"]["docs"] == len(docs)
+    assert (samples.groupby("doc_id")["chunk_index"].apply(lambda c: c.is_unique)).all()
+    # v2 (the expert text) wins the tie, so the documents are distilled against their cleanings.
+    assert samples.groupby("doc_id")["n_ops"].sum().gt(0).all()
 
 
 def test_sql_time_travel_and_history(make_ctx, corpus, tmp_path, capsys):

@@ -8,7 +8,6 @@ distiller fails on leaves one row with drop_reason `error: ...` instead of faili
 
 from __future__ import annotations
 
-from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from ..distill import distill
@@ -45,24 +44,25 @@ def pending(ctx: RunContext, fingerprint: str):
     """Documents with an `ok` expert output for their current text (the newest one) and no
     samples under this fingerprint.
 
-    The texts cross the network once, in a hash join without sorting. Ranking outputs needs a
-    sort of everything, so it is done only when some document has several ok outputs (a cheap
-    check on the key columns alone).
-
-    Both sides are hash-partitioned on the join key into exactly `spark.sql.shuffle.partitions`
-    parts (a task each): adaptive execution would otherwise coalesce them by shuffled bytes into a
-    few uneven tasks, while the distiller's cost is CPU per character (on local[2], 8 parts
-    became 3, the last one running alone).
+    Texts cross the network once, in hash joins without sorting. Both sides are hash-partitioned
+    on the join key into exactly `spark.sql.shuffle.partitions` parts (a task each): adaptive
+    execution would otherwise coalesce them by shuffled bytes into a few uneven tasks, while the
+    distiller's cost is CPU per character (on local[2], 8 parts became 3, the last one running
+    alone). The newest output of a key is found on the key columns alone and joined back inside
+    those partitions, so no text is sorted or shuffled twice, and it takes no job of its own.
     """
     setting = ctx.spark.conf.get("spark.sql.shuffle.partitions")
     parts = [int(setting)] if setting.isdigit() else []  # Databricks' "auto": adaptive execution decides
     key = ["doc_id", "text_hash"]
     experts = (ctx.read("expert_outputs").where("status = 'ok'").withColumnRenamed("raw_text_hash", "text_hash")
                .repartition(*parts, *key))
-    if experts.groupBy(*key).count().where("count > 1").limit(1).count():
-        newest = Window.partitionBy(*key).orderBy(F.col("created_at").desc(), F.col("expert_model"))
-        experts = experts.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1")
-    experts = experts.select(*key, F.col("text").alias("expert_text"), "expert_model")
+    # Newest first; ties (one import with several prompt versions) go to the greatest model, then version.
+    rank = F.struct("created_at", "expert_model", "prompt_version")
+    newest = experts.groupBy(*key).agg(F.max(rank).alias("_newest"))
+    # `>=` (rank <= _newest always) rather than `==`, which the optimizer would make a join key
+    # and so shuffle the texts again by it.
+    experts = (experts.join(newest.hint("shuffle_hash"), key).where(rank >= F.col("_newest"))
+               .select(*key, F.col("text").alias("expert_text"), "expert_model"))
     raw = ctx.read("raw_docs").select(*key, "text").repartition(*parts, *key)
     done = ctx.read("distill_samples").where(F.col("fingerprint") == fingerprint).select("doc_id").distinct()
     return (raw.join(experts.hint("shuffle_hash"), key)
@@ -83,15 +83,14 @@ def run(ctx: RunContext) -> dict:
         info = ctx.append("distill_samples", samples, fingerprint=fingerprint)
     if info.version is not None:
         written = ctx.lake.read("distill_samples", version=info.version).where(F.col("run_id") == ctx.run_id)
-        # One job: samples per (kept, reason), and (grouping id 3) the distinct documents in all.
-        summary = written.rollup("kept", "drop_reason").agg(
-            F.grouping_id().alias("level"), F.count("*").alias("samples"), F.countDistinct("doc_id").alias("docs"))
-        for r in summary.where("level IN (0, 3)").collect():
-            if r["level"] == 3:
-                stats.counts["docs"] = r["docs"]
-            else:
-                key = "kept" if r["kept"] else f"dropped.{r['drop_reason']}"
-                stats.counts[f"samples.{key}"] += r["samples"]
+        # Every distilled document has exactly one row with chunk_index 0 (or -1, its error row), so
+        # one aggregation counts samples per (kept, reason) and documents, without a distinct.
+        summary = written.groupBy("kept", "drop_reason").agg(
+            F.count("*").alias("samples"), F.count_if(F.col("chunk_index") <= 0).alias("docs"))
+        for r in summary.collect():
+            stats.counts["docs"] += r["docs"]
+            key = "kept" if r["kept"] else f"dropped.{r['drop_reason']}"
+            stats.counts[f"samples.{key}"] += r["samples"]
     else:
         stats.counts["docs"] = 0
     stats.info["fingerprint"] = fingerprint
