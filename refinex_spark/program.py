@@ -215,38 +215,42 @@ _FAST_LINE = re.compile(
 
 
 _KEEP_ALL = Op("keep_all")
+_START, _END = _REMOVE_LINES
+_LINE, _TEXT = _REMOVE_STR
 
 
-def _fast_op(m: re.Match, cfg: ProgramConfig) -> Op:
+def _canonical_op(m: re.Match, line: str, cfg: ProgramConfig) -> tuple[Op, str | None]:
+    """The op of a line the fast pattern matched, and the line when it is the op's canonical text
+    (saves rendering it again). The pattern fixed the literal types; the values are still checked."""
     start, end, line_no, single, double, keep = m.groups()
     if keep:
-        return _KEEP_ALL
+        return _KEEP_ALL, line
     if start is not None:
-        return _make_op("remove_lines", _REMOVE_LINES, (int(start), int(end)), cfg)
-    return _make_op("remove_str", _REMOVE_STR, (int(line_no), single if single is not None else double), cfg)
+        return _in_order(Op("remove_lines", start=_line_number(int(start), _START, cfg),
+                            end=_line_number(int(end), _END, cfg))), line
+    op = Op("remove_str", line=_line_number(int(line_no), _LINE, cfg),
+            text=_text(single if single is not None else double, _TEXT, cfg))
+    # Canonical unless the string would render differently: double quotes, or a character repr()
+    # escapes (it escapes exactly the non-printable ones here).
+    return op, line if single is not None and single.isprintable() else None
 
 
 def _make_op(name: str, params: tuple[_Param, ...], values: Sequence[object], cfg: ProgramConfig) -> Op:
     """Check literal argument values against the op's parameters and build the Op."""
-    op = Op(name, **{p.field: _READ[p.kind](v, p, cfg) for p, v in zip(params, values)})
+    return _in_order(Op(name, **{p.field: _READ[p.kind](v, p, cfg) for p, v in zip(params, values)}))
+
+
+def _in_order(op: Op) -> Op:
     if op.start is not None and op.end is not None and op.start > op.end:
         raise _Reject("bad_argument", f"start {op.start} > end {op.end}")
     return op
 
 
-def _parse_line(line: str, signatures: dict[str, tuple[_Param, ...]], cfg: ProgramConfig) -> tuple[Op, str | None]:
-    """The op, and its canonical text when the line already is it (saves rendering it again)."""
+def _parse_line(line: str, signatures: dict[str, tuple[_Param, ...]], cfg: ProgramConfig) -> tuple[Op, None]:
+    """The op of a line in any other form, through `ast.parse` (no canonical text known)."""
     # Bound the input before ast sees it: its parser's cost and recursion grow with the line.
     if len(line) > _max_line_chars(cfg):
         raise _Reject("too_long", f"line has {len(line)} chars, limit {_max_line_chars(cfg)}")
-    fast = _FAST_LINE.fullmatch(line) if signatures is _SIGNATURES["refinex"] else None
-    if fast is not None:
-        op = _fast_op(fast, cfg)
-        # The line is canonical unless its string would render differently: double quotes, or a
-        # character repr() escapes (it escapes exactly the non-printable ones here).
-        single = fast.group(4)
-        canonical = op.kind != "remove_str" or (single is not None and single.isprintable())
-        return op, line if canonical else None
     try:
         # Invalid escapes like "C:\d" only warn; silence that (model output would flood the logs),
         # and pin the filter so a process-wide "-W error" cannot turn it into a rejection.
@@ -284,6 +288,7 @@ def _parse_entries(text: object, dialect: str, cfg: ProgramConfig) -> list[tuple
         return [(Rejection(text[:_SOURCE_CHARS], "too_long", f"program has {len(text)} chars"), None)]
     entries: list[tuple[Op | Rejection, str | None]] = []
     n_ops = 0
+    fast = _FAST_LINE.fullmatch if signatures is _SIGNATURES["refinex"] else None
     for raw_line in normalize_newlines(text).split("\n"):
         line = raw_line.strip()
         if not line or line.startswith("```"):  # blank lines and markdown fences around the program
@@ -292,7 +297,8 @@ def _parse_entries(text: object, dialect: str, cfg: ProgramConfig) -> list[tuple
             entries.append((Rejection(line[:_SOURCE_CHARS], "too_many_ops", f"more than {cfg.max_ops} ops"), None))
             continue
         try:
-            entries.append(_parse_line(line, signatures, cfg))
+            m = fast(line) if fast else None
+            entries.append(_canonical_op(m, line, cfg) if m else _parse_line(line, signatures, cfg))
             n_ops += 1
         except _Reject as r:
             entries.append((Rejection(line[:_SOURCE_CHARS], r.reason, r.detail), None))
