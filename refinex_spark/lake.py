@@ -263,7 +263,7 @@ class _DeltaRsEngine:
                                c.get("operation"), c.get("userMetadata"), c.get("operationMetrics"))
                 for c in DeltaTable(self.location(spec)).history()]
 
-    def _remove_stale_writes(self, uri: str, table_dir: str) -> None:
+    def _remove_stale_writes(self, table: DeltaTable | None, table_dir: str) -> None:
         """Leftovers of writes that never committed, from before this run and past the retention:
         staging dirs, and data files a commit that then failed had already moved into the table.
 
@@ -276,7 +276,6 @@ class _DeltaRsEngine:
             m = _STAGING_DIR.match(info.base_name)
             if info.type == pafs.FileType.Directory and m and int(m.group(1)) < cutoff:
                 self.fs.delete_dir(info.path)
-        table = DeltaTable(uri) if DeltaTable.is_deltatable(uri) else None
         live = {f.rsplit("/", 1)[-1] for f in table.file_uris()} if table is not None else set()
         orphans: dict[str, list[str]] = {}  # commit id -> its files that no snapshot lists now
         for info in self.fs.get_file_info(pafs.FileSelector(table_dir, allow_not_found=True)):
@@ -295,12 +294,14 @@ class _DeltaRsEngine:
         if spec.partition_by:
             raise LakeError(f"{spec.name} is partitioned; the delta-rs engine writes unpartitioned tables only")
         uri = self.location(spec)
-        if DeltaTable.is_deltatable(uri) and _txn_done(DeltaTable(uri), txn_app_id, txn_version):
+        # One snapshot for the whole append, brought up to date (not reloaded) when committing.
+        table = DeltaTable(uri) if DeltaTable.is_deltatable(uri) else None
+        if table is not None and _txn_done(table, txn_app_id, txn_version):
             # Checked before computing df: a retried stage costs nothing.
             return None, 0, _already(txn_app_id, txn_version)
         table_dir = f"{self.fs_root}/{spec.name}"
         if spec.name not in self._swept:  # leftovers predate this run: one sweep (a directory listing) is enough
-            self._remove_stale_writes(uri, table_dir)
+            self._remove_stale_writes(table, table_dir)
             self._swept.add(spec.name)
         commit_id = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex}"
         staging = f"{table_dir}/_staging/{commit_id}"
@@ -324,7 +325,7 @@ class _DeltaRsEngine:
                                                       "numOutputBytes": str(sum(a.size for a in adds))}},
                 app_transactions=[txn])
             try:
-                version = self._commit(spec, uri, adds, properties, commit_id, txn)
+                version = self._commit(spec, uri, table, adds, properties, commit_id, txn)
             except CommitFailedError:
                 # Delta's conflict check: a concurrent commit of the same app transaction won.
                 if not _txn_done(DeltaTable(uri), txn_app_id, txn_version):
@@ -359,11 +360,14 @@ class _DeltaRsEngine:
             out.append((info.path, info.size, meta.num_rows, nulls))
         return sorted(out)
 
-    def _commit(self, spec: TableSpec, uri: str, adds: list[AddAction], properties: CommitProperties,
-                commit_id: str, txn: Transaction) -> int | None:
-        """Commit adds as one transaction; the version committed, or None if the app transaction was there."""
+    def _commit(self, spec: TableSpec, uri: str, table: DeltaTable | None, adds: list[AddAction],
+                properties: CommitProperties, commit_id: str, txn: Transaction) -> int | None:
+        """Commit adds as one transaction; the version committed, or None if the app transaction was there.
+
+        `table` is the snapshot the append started from (None: there was no table then).
+        """
         schema = DeltaSchema.from_arrow(spec.arrow_schema())
-        if not DeltaTable.is_deltatable(uri):
+        if table is None and not DeltaTable.is_deltatable(uri):
             try:
                 create_table_with_add_actions(uri, schema, adds, mode="error", description=spec.doc,
                                               configuration=TABLE_PROPERTIES, commit_properties=properties)
@@ -372,7 +376,10 @@ class _DeltaRsEngine:
                 if not DeltaTable.is_deltatable(uri):
                     raise
                 # another writer created the table first: append to it
-        table = DeltaTable(uri)
+        if table is None:
+            table = DeltaTable(uri)
+        else:
+            table.update_incremental()  # other writers may have committed while df was computed
         # Checked on the snapshot the commit is based on; later commits of the same app id conflict.
         if _txn_done(table, txn.app_id, txn.version):
             return None
@@ -381,8 +388,8 @@ class _DeltaRsEngine:
         read_version = table.version()
         table.create_write_transaction(adds, mode="append", schema=schema, commit_properties=properties)
         # Our version is read_version + 1 unless other writers committed in between: find it by id.
-        latest = DeltaTable(uri)
-        for entry in latest.history(limit=latest.version() - read_version):
+        table.update_incremental()
+        for entry in table.history(limit=table.version() - read_version):
             if entry.get("refinexCommitId") == commit_id:
                 return int(entry["version"])
         raise LakeError(f"{spec.name}: commit {commit_id} succeeded but is not in the table history")
