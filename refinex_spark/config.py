@@ -120,7 +120,8 @@ class ModelConfig(_Section):
     api_key_env: str = "OPENAI_API_KEY"
     served_model: str | None = None
     request_timeout_s: float = Field(120.0, gt=0)
-    # Retries of a request on 408/409/429/500/502/503/504, timeouts and connection errors, backoff doubling.
+    # Retries of a request on 408/409/429/5xx, timeouts, connection errors and unusable replies; the
+    # backoff doubles (with jitter, at most 120 s a wait) and a longer Retry-After ends the attempts.
     max_retries: int = Field(3, ge=0)
     backoff_base_s: float = Field(1.0, ge=0)
 

@@ -1,9 +1,10 @@
-"""A fake expert for tests: an OpenAI-compatible chat-completions server on loopback.
+"""A fake expert for tests: an OpenAI-compatible chat-completions server on loopback, which also
+serves the plain completions endpoint (the `prompt` in, the answer as the choice's `text`).
 
 It is a real `http.server.ThreadingHTTPServer` in a thread, so the client and the Spark stage are
 exercised over real sockets, timeouts and status codes. It checks every request the way a server
-would (path, JSON body, model, user turn starting with the expert instruction, bearer key) and
-answers 400/401 when one is wrong.
+would (path, JSON body, model, user turn or prompt starting with the expert instruction, bearer
+key) and answers 400/401/404 when one is wrong.
 
 What it answers is deterministic per document piece (the text after the instruction): a marker
 line `[[expert:<mode>]]` in the piece picks a mode from `MODES`; a piece without a marker is
@@ -34,7 +35,7 @@ MODES = {
     "slow": "sleeps slow_s (past the client's timeout) before every answer",
     "malformed": "200 with a body that is not JSON",
     "empty_choices": "200 with an empty choices list",
-    "no_content": "200 with a message that has no content",
+    "no_content": "200 with a message that has no content (a choice without text)",
     "truncated": "200 with finish_reason 'length'",
     "bad_request": "400 on every attempt (e.g. a prompt over the context)",
 }
@@ -58,6 +59,7 @@ class FakeExpert:
         self.retry_after_s = retry_after_s
         self.slow_s = slow_s
         self.requests: Counter[str] = Counter()  # piece -> requests received
+        self.paths: Counter[str] = Counter()  # URL path -> valid requests received
         self.times: dict[str, list[float]] = defaultdict(list)  # piece -> arrival times (perf_counter)
         self.max_tokens: list[int] = []
         self.rejected: list[str] = []  # requests answered 400/401 because they were malformed
@@ -89,8 +91,9 @@ class FakeExpert:
         self._server.server_close()
         self._thread.join()
 
-    def reply(self, piece: str, attempt: int) -> tuple[int, dict[str, str], bytes]:
-        """(status, headers, body) for the `attempt`-th request (1-based) of a piece."""
+    def reply(self, piece: str, attempt: int, chat: bool = True) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body) for the `attempt`-th request (1-based) of a piece; `chat`: the
+        answer is the choice's message content, else its text (the completions endpoint)."""
         found = MARKER.search(piece)
         mode = found.group(1) if found else "clean"
         if mode == "slow":
@@ -107,28 +110,35 @@ class FakeExpert:
             return 200, {}, b'{"choices": [{"message": {"content": "cut off'
         if mode == "empty_choices":
             return 200, {}, json.dumps({"choices": []}).encode()
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant"}}
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
         text = paraphrase(piece) if mode == "paraphrase" else self.answers.get(piece, default_clean(piece))
-        if mode != "no_content":
-            choice["message"]["content"] = text
+        if chat:
+            choice["message"] = {"role": "assistant", **({} if mode == "no_content" else {"content": text})}
+        elif mode != "no_content":
+            choice["text"] = text
         if mode == "truncated":
             choice["finish_reason"] = "length"
-        body = {"id": f"cmpl-{attempt}", "object": "chat.completion", "model": self.model, "choices": [choice],
+        body = {"id": f"cmpl-{attempt}", "object": "chat.completion" if chat else "text_completion",
+                "model": self.model, "choices": [choice],
                 "usage": {"prompt_tokens": len(piece.split()), "completion_tokens": len(text.split()),
                           "total_tokens": len(piece.split()) + len(text.split())}}
         return 200, {}, json.dumps(body).encode()
 
     def _check(self, path: str, headers: Any, raw: bytes) -> tuple[int, str] | str:
         """The piece a valid request asks to clean, or (status, reason) for an invalid one."""
-        if path != "/v1/chat/completions":
+        if path not in ("/v1/chat/completions", "/v1/completions"):
             return 404, f"no route {path}"
         if self.api_key is not None and headers.get("Authorization") != f"Bearer {self.api_key}":
             return 401, "bad or missing bearer key"
         try:
             body = json.loads(raw)
-            content = body["messages"][0]["content"]
-            assert body["model"] == self.model and len(body["messages"]) == 1
-            assert body["messages"][0]["role"] == "user" and isinstance(body["max_tokens"], int)
+            if path == "/v1/chat/completions":
+                content = body["messages"][0]["content"]
+                assert len(body["messages"]) == 1 and body["messages"][0]["role"] == "user" and "prompt" not in body
+            else:
+                content = body["prompt"]
+                assert isinstance(content, str) and "messages" not in body
+            assert body["model"] == self.model and isinstance(body["max_tokens"], int)
         except (ValueError, KeyError, IndexError, TypeError, AssertionError) as e:
             return 400, f"bad request body: {e!r}"
         prefix = self.instruction + "\n\n"
@@ -136,6 +146,7 @@ class FakeExpert:
             return 400, "the user turn does not start with the expert instruction"
         with self._lock:
             self.max_tokens.append(body["max_tokens"])
+            self.paths[path] += 1
         return content[len(prefix):]
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -156,7 +167,7 @@ class FakeExpert:
                     expert.requests[checked] += 1
                     expert.times[checked].append(time.perf_counter())
                     attempt = expert.requests[checked]
-                self._send(*expert.reply(checked, attempt))
+                self._send(*expert.reply(checked, attempt, chat=self.path == "/v1/chat/completions"))
 
             def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
                 try:

@@ -1,5 +1,6 @@
-"""The expert chat-completions client against a real loopback server: answers, retries, backoff,
-Retry-After, budgets and unusable replies; plus its pure helpers (reply parsing, joining pieces)."""
+"""The HTTP client against a real loopback server: answers (chat and completions endpoints),
+retries, backoff, Retry-After, budgets and unusable or cut-off replies; plus its pure helpers
+(reply parsing, joining pieces)."""
 
 from __future__ import annotations
 
@@ -52,9 +53,29 @@ def test_clean_answer(server):
     assert done.ok and done.error is None
     assert done.text == "Title\nBody text"
     assert done.tokens == 3  # the server reports completion_tokens = words of the answer
+    assert done.prompt_tokens == 6  # and prompt_tokens = words of the piece
     assert (done.requests, done.retries, done.failures) == (1, 0, 0)
     assert done.latency_s is not None and done.latency_s > 0
     assert server.max_tokens == [64] and server.rejected == []
+    assert server.paths == {"/v1/chat/completions": 1}
+
+
+def test_completions_endpoint_sends_a_prompt_and_reads_text(server):
+    """The `prompt` field (the server rejects a body without it) to /completions; the answer is
+    the choice's `text`."""
+    done = ask(client_for(server, endpoint="completions"), "Title\nNOISE share this\nBody text")
+    assert done.ok and done.text == "Title\nBody text"
+    assert (done.tokens, done.prompt_tokens, done.requests) == (3, 6, 1)
+    assert server.paths == {"/v1/completions": 1} and server.rejected == []
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_truncated_ok_takes_an_answer_cut_at_max_tokens(server, endpoint):
+    piece = "[[expert:truncated]]\nkeep me"
+    done = ask(client_for(server, endpoint=endpoint, truncated_ok=True), piece)
+    assert done.ok and done.text == "keep me" and done.requests == 1
+    failed = ask(client_for(server, endpoint=endpoint), piece)  # the default: a permanent failure
+    assert failed.error.startswith("truncated: ") and failed.requests == 1
 
 
 @pytest.mark.parametrize("mode, kind, requests", [
@@ -82,6 +103,8 @@ def test_unusable_replies_name_the_reason(server):
     assert "malformed JSON" in reasons["malformed"]
     assert "no choices" in reasons["empty_choices"]
     assert "no message content" in reasons["no_content"]
+    completions = client_for(server, retry=RetryPolicy(max_retries=0), endpoint="completions")
+    assert ask(completions, "[[expert:no_content]]").error.startswith("bad_reply: no text")
 
 
 def test_transient_failure_is_retried(server):
@@ -152,28 +175,43 @@ def test_parse_retry_after():
 
 
 def test_parse_reply_reads_text_and_tokens():
-    body = {"choices": [{"message": {"content": "clean"}, "finish_reason": "stop"}], "usage": {"completion_tokens": 4}}
-    assert parse_reply(json.dumps(body).encode()) == ("clean", 4)
+    body = {"choices": [{"message": {"content": "clean"}, "finish_reason": "stop"}],
+            "usage": {"completion_tokens": 4, "prompt_tokens": 9}}
+    assert parse_reply(json.dumps(body).encode()) == Completion("clean", tokens=4, prompt_tokens=9)
     body["usage"] = {"completion_tokens": True}
-    assert parse_reply(json.dumps(body).encode()) == ("clean", None)
+    assert parse_reply(json.dumps(body).encode()) == Completion("clean")
+    plain = {"choices": [{"text": "clean", "finish_reason": "length"}], "usage": {"completion_tokens": 4}}
+    assert parse_reply(json.dumps(plain).encode(), "completions", truncated_ok=True) == Completion("clean", tokens=4)
+    with pytest.raises(ExpertFailure, match="no message content"):
+        parse_reply(json.dumps(plain).encode())  # read as a chat reply, it has no message
+
+
+@pytest.mark.parametrize("endpoint, choice", [("chat", {"message": {"content": "\ud800"}}),
+                                              ("completions", {"text": "\ud800"})])
+def test_parse_reply_lone_surrogate_is_permanent(endpoint, choice):
+    with pytest.raises(ExpertFailure) as failure:
+        parse_reply(json.dumps({"choices": [choice]}).encode(), endpoint, truncated_ok=True)
+    assert failure.value.kind == "bad_reply" and not failure.value.retryable
 
 
 _json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-                         st.sampled_from(["choices", "message", "content", "usage", "finish_reason", "x"]),
+                         st.sampled_from(["choices", "message", "content", "text", "usage", "finish_reason", "x"]),
                          inner, max_size=4), max_leaves=12)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.one_of(_json.map(lambda v: json.dumps(v).encode()), st.binary(max_size=40)))
-def test_parse_reply_never_fails_otherwise(body):
-    """Any body is a (str, int | None) reply or an ExpertFailure with a reason, never another error."""
+@given(st.one_of(_json.map(lambda v: json.dumps(v).encode()), st.binary(max_size=40)),
+       st.sampled_from(["chat", "completions"]), st.booleans())
+def test_parse_reply_never_fails_otherwise(body, endpoint, truncated_ok):
+    """Any body is a reply with a text or an ExpertFailure with a reason, never another error."""
     try:
-        text, tokens = parse_reply(body)
+        reply = parse_reply(body, endpoint, truncated_ok=truncated_ok)
     except ExpertFailure as e:
-        assert e.kind in ("bad_reply", "truncated")
+        assert e.kind in (("bad_reply",) if truncated_ok else ("bad_reply", "truncated"))
     else:
-        assert isinstance(text, str) and (tokens is None or isinstance(tokens, int))
+        assert isinstance(reply.text, str)
+        assert all(n is None or isinstance(n, int) for n in (reply.tokens, reply.prompt_tokens))
 
 
 @settings(max_examples=200, deadline=None)
@@ -191,11 +229,11 @@ def test_clean_pieces_skips_blank_pieces_and_stops_at_the_first_failure():
         sent.append(piece)
         if piece == "bad":
             return Completion.failed("http_500: no", requests=3, failures=3, retries=2)
-        return Completion(piece.upper(), latency_s=0.5, tokens=2, requests=1)
+        return Completion(piece.upper(), latency_s=0.5, tokens=2, prompt_tokens=3, requests=1)
 
     done = clean_pieces(["one", "  ", "two"], complete)
     assert done.text == "ONE\n  \nTWO" and sent == ["one", "two"]
-    assert (done.tokens, done.latency_s, done.requests) == (4, 1.0, 2)
+    assert (done.tokens, done.prompt_tokens, done.latency_s, done.requests) == (4, 6, 1.0, 2)
     sent.clear()
     failed = clean_pieces(["one", "bad", "three"], complete)
     assert sent == ["one", "bad"] and failed.text is None and failed.error == "http_500: no"
@@ -204,4 +242,4 @@ def test_clean_pieces_skips_blank_pieces_and_stops_at_the_first_failure():
 
 def test_join_pieces_without_reported_tokens():
     joined = join_pieces([Completion("a"), Completion("b", latency_s=0.2)])
-    assert joined.text == "a\nb" and joined.tokens is None and joined.latency_s == 0.2
+    assert joined.text == "a\nb" and joined.tokens is None and joined.prompt_tokens is None and joined.latency_s == 0.2

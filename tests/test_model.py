@@ -353,12 +353,14 @@ def test_worker_cache_loads_once(chaotic_model: Path) -> None:
 
 
 class _Server:
-    """A loopback OpenAI-compatible server with canned replies and injectable 503s."""
+    """A loopback OpenAI-compatible server with canned replies, injectable 503s and answers cut
+    at max_tokens (finish_reason "length")."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict, dict]] = []
         self.fail_next = 0
         self.status = 200
+        self.finish_reason = "stop"
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -373,6 +375,7 @@ class _Server:
                 prompt = body["messages"][0]["content"] if "messages" in body else body["prompt"]
                 program = f"remove_lines(start={len(prompt)}, end={len(prompt)})"
                 choice = {"message": {"role": "assistant", "content": program}} if "messages" in body else {"text": program}
+                choice["finish_reason"] = outer.finish_reason
                 self._send(200, {"choices": [choice], "usage": {"prompt_tokens": len(prompt), "completion_tokens": 9}})
 
             def _send(self, code: int, payload: dict) -> None:
@@ -413,6 +416,7 @@ def test_openai_backend_chat(server: _Server, monkeypatch: pytest.MonkeyPatch, t
     assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sk-local"
     assert body["temperature"] == 0 and body["max_tokens"] == 64 and body["model"] == "refine"
     assert backend.stats.prompts == 7 and backend.stats.output_tokens == 63
+    assert backend.stats.input_tokens == sum(len(p) for p in prompts)  # usage.prompt_tokens
     assert all(not parse_program(o).rejected for o in outputs)
 
 
@@ -424,20 +428,30 @@ def test_openai_backend_retries_then_fails(server: _Server) -> None:
     assert backend.format_prompt("Clean this.", "[000] a") == prompt
     assert backend.generate([prompt]) == [f"remove_lines(start={len(prompt)}, end={len(prompt)})"]
     assert len(server.requests) == 3 and server.requests[0][0] == "/v1/completions"
+    assert server.requests[0][2]["prompt"] == prompt and "messages" not in server.requests[0][2]
     server.fail_next = 3
-    with pytest.raises(RuntimeError, match="HTTP 503"):
+    with pytest.raises(RuntimeError, match=r"/v1/completions: http_503: .*busy.* \(after 3 requests\)"):
         backend.generate([prompt])
     server.requests.clear()
     server.status = 400
-    with pytest.raises(RuntimeError, match="HTTP 400"):  # a client error is not retried
+    with pytest.raises(RuntimeError, match=r"http_400: .*\(after 1 requests\)"):  # a client error is not retried
         backend.generate([prompt])
     assert len(server.requests) == 1
+
+
+def test_openai_backend_keeps_an_answer_cut_at_max_tokens(server: _Server) -> None:
+    """A program cut at max_new_tokens still has valid ops, so the refine backend takes it (the
+    expert, sharing the client, fails such an answer)."""
+    server.finish_reason = "length"
+    backend = OpenAIBackend(ModelConfig(backend="openai", base_url=server.url, max_retries=0))
+    assert backend.generate(["x"]) == ["remove_lines(start=1, end=1)"]
+    assert backend.stats.input_tokens == 1 and backend.stats.output_tokens == 9
 
 
 def test_openai_backend_unreachable() -> None:
     config = ModelConfig(backend="openai", base_url="http://127.0.0.1:9/v1", request_timeout_s=2, max_retries=1,
                          backoff_base_s=0.0)
-    with pytest.raises(RuntimeError, match="unreachable after 2 attempts"):
+    with pytest.raises(RuntimeError, match=r"connection: .*\(after 2 requests\)"):
         OpenAIBackend(config).generate(["x"])
     with pytest.raises(ValueError, match="base_url"):
         OpenAIBackend(ModelConfig(backend="openai"))

@@ -1,6 +1,6 @@
 """The expert pass without Spark: the versioned expert instruction, sampling and splitting
-(`sampling`), and the chat-completions client (`client`). `refinex_spark.jobs.expert_generate`
-maps these over Spark partitions.
+(`sampling`), and the HTTP client (`client`, shared with the `openai` refine backend).
+`refinex_spark.jobs.expert_generate` maps these over Spark partitions.
 
 The instruction text lives in `conf/prompts/<version>.txt` (see conf/prompts/README.md for why
 each sentence is there). Only the Spark driver reads it; executors get the text in the task.

@@ -1,12 +1,17 @@
-"""Chat-completions client for the expert: one user turn in, the model's answer out. Pure Python.
+"""OpenAI-compatible HTTP client: one prompt in, the model's answer out. Pure Python.
 
-Attempts that a retry can fix are retried with exponential backoff and jitter: HTTP 408, 429 and
+The one HTTP client of the project: the expert sends a user turn to the chat endpoint, the
+`openai` refine backend sends either a user turn or a plain prompt (the completions endpoint).
+
+Attempts that a retry can fix are retried with exponential backoff and jitter: HTTP 408, 409, 429 and
 5xx, timeouts, connection errors, and replies that are not a usable completion (malformed JSON,
-no choices, no message content), which overloaded servers and proxies do send. A `Retry-After`
+no choices, no answer text), which overloaded servers and proxies do send. A `Retry-After`
 header sets the least wait before the next attempt; one longer than `backoff_max_s` ends the
 document's attempts instead (a task slot must not sleep for an hour; the next run retries it).
 Other HTTP errors (400 for an over-long prompt, 401, 404) are permanent, and so is an answer cut
-off at `max_tokens` (finish_reason "length"): with greedy decoding it would be cut again.
+off at `max_tokens` (finish_reason "length"): with greedy decoding it would be cut again. A client
+made with `truncated_ok` takes such an answer instead (a refine program cut short still has
+valid ops; the program parser rejects the cut last line).
 
 Every attempt first takes one request from the `RequestBudget`, so a budget bounds what a run
 sends, retries included. Failures never raise: `complete` returns a `Completion` whose `error`
@@ -23,10 +28,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeVar
 
+Endpoint = Literal["chat", "completions"]
+N = TypeVar("N", int, float)
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx
 ERROR_KINDS = ("timeout", "connection", "bad_reply", "truncated", "rate_limited", "budget_exhausted", "internal")
 MAX_ERROR_CHARS = 500
@@ -81,6 +88,7 @@ class Completion:
     error: str | None = None
     latency_s: float | None = None  # seconds of the attempt that decided the outcome
     tokens: int | None = None  # completion tokens, when the server reports them
+    prompt_tokens: int | None = None  # prompt tokens, when the server reports them
     requests: int = 0  # attempts sent
     retries: int = 0  # attempts that were retries
     failures: int = 0  # attempts that failed
@@ -98,17 +106,22 @@ def join_pieces(parts: Sequence[Completion]) -> Completion:
     """A document's outcome from its pieces' outcomes, in order: texts joined by "\\n" (the pieces
     are line-aligned), latencies and tokens summed; the first failure fails the document."""
     error = next((p.error for p in parts if not p.ok), None)
-    reported = [p.tokens for p in parts if p.tokens is not None]
-    latencies = [p.latency_s for p in parts if p.latency_s is not None]
     return Completion(
         text=None if error else "\n".join(p.text or "" for p in parts),
         error=error,
-        latency_s=sum(latencies) if latencies else None,
-        tokens=sum(reported) if reported else None,
+        latency_s=_sum_reported(p.latency_s for p in parts),
+        tokens=_sum_reported(p.tokens for p in parts),
+        prompt_tokens=_sum_reported(p.prompt_tokens for p in parts),
         requests=sum(p.requests for p in parts),
         retries=sum(p.retries for p in parts),
         failures=sum(p.failures for p in parts),
     )
+
+
+def _sum_reported(values: Iterable[N | None]) -> N | None:
+    """The sum of the values that are not None; None when none is (nothing was reported)."""
+    reported = [v for v in values if v is not None]
+    return sum(reported) if reported else None
 
 
 def clean_pieces(pieces: Sequence[str], complete: Callable[[str], Completion]) -> Completion:
@@ -145,11 +158,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return seconds if seconds >= 0 and seconds == seconds and seconds != float("inf") else None
 
 
-def parse_reply(body: bytes) -> tuple[str, int | None]:
-    """(answer text, completion tokens) from a chat-completions response body.
+def parse_reply(body: bytes, endpoint: Endpoint = "chat", *, truncated_ok: bool = False) -> Completion:
+    """The answer text and reported token counts of a chat-completions or completions response body
+    (a `Completion` whose attempt counts the caller fills in).
 
-    Raises a retryable ExpertFailure(bad_reply) for anything that is not a usable completion and a
-    permanent ExpertFailure(truncated) for an answer that hit max_tokens.
+    Raises a retryable ExpertFailure(bad_reply) for anything that is not a usable completion and,
+    unless `truncated_ok`, a permanent ExpertFailure(truncated) for an answer that hit max_tokens.
     """
     try:
         reply = json.loads(body)
@@ -160,20 +174,28 @@ def parse_reply(body: bytes) -> tuple[str, int | None]:
     choices = reply.get("choices")
     if not isinstance(choices, list) or not choices:
         raise ExpertFailure("bad_reply", "no choices", retryable=True)
-    choice = choices[0]
-    message = choice.get("message") if isinstance(choice, dict) else None
-    content = message.get("content") if isinstance(message, dict) else None
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    if endpoint == "chat":
+        message = choice.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+    else:
+        content = choice.get("text")
     if not isinstance(content, str):
-        raise ExpertFailure("bad_reply", "no message content", retryable=True)
+        raise ExpertFailure("bad_reply", "no message content" if endpoint == "chat" else "no text", retryable=True)
     try:  # JSON can carry lone surrogates ("\ud800"), which no UTF-8 table can store
         content.encode("utf-8")
     except UnicodeEncodeError:
         raise ExpertFailure("bad_reply", "answer is not valid Unicode (lone surrogate)", retryable=False) from None
-    if choice.get("finish_reason") == "length":
+    if choice.get("finish_reason") == "length" and not truncated_ok:
         raise ExpertFailure("truncated", "the answer hit max_tokens (finish_reason=length)", retryable=False)
     usage = reply.get("usage")
-    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    return content, tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
+    usage = usage if isinstance(usage, dict) else {}
+    return Completion(content, tokens=_count(usage.get("completion_tokens")),
+                      prompt_tokens=_count(usage.get("prompt_tokens")))
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _snippet(error: urllib.error.HTTPError) -> str:
@@ -184,7 +206,9 @@ def _snippet(error: urllib.error.HTTPError) -> str:
 
 
 class ChatClient:
-    """POSTs to `<base_url>/chat/completions`; thread-safe (one urllib request per attempt).
+    """POSTs to `<base_url>/chat/completions` (the prompt as the user turn) or, with endpoint
+    "completions", to `<base_url>/completions` (the prompt as is); thread-safe (one urllib
+    request per attempt).
 
     `rng` (jitter) and `sleep` are parameters so that tests can pin the jitter and observe waits.
     """
@@ -198,11 +222,15 @@ class ChatClient:
         timeout_s: float = 60.0,
         retry: RetryPolicy = RetryPolicy(),
         temperature: float = 0.0,
+        endpoint: Endpoint = "chat",
+        truncated_ok: bool = False,
         budget: RequestBudget | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.url = base_url.rstrip("/") + ("/chat/completions" if endpoint == "chat" else "/completions")
+        self.endpoint = endpoint
+        self.truncated_ok = truncated_ok
         self.model = model
         self.timeout_s = timeout_s
         self.retry = retry
@@ -216,9 +244,11 @@ class ChatClient:
             self._headers["Authorization"] = f"Bearer {api_key}"
 
     def complete(self, content: str, max_tokens: int) -> Completion:
-        """Send `content` as the user turn; retry what can be retried; never raises."""
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": content}],
-                           "temperature": self.temperature, "max_tokens": max_tokens, "stream": False}).encode()
+        """Send `content` (the user turn, or the prompt); retry what can be retried; never raises."""
+        chat = self.endpoint == "chat"
+        prompt = {"messages": [{"role": "user", "content": content}]} if chat else {"prompt": content}
+        body = json.dumps({"model": self.model, **prompt, "temperature": self.temperature,
+                           "max_tokens": max_tokens, "stream": False}).encode()
         requests = retries = failures = 0
         latency: float | None = None
         for attempt in range(self.retry.max_retries + 1):
@@ -229,8 +259,9 @@ class ChatClient:
             requests += 1
             started = time.perf_counter()
             try:
-                text, tokens = self._attempt(body)
-                return Completion(text, None, time.perf_counter() - started, tokens, requests, retries, failures)
+                reply = self._attempt(body)
+                return replace(reply, latency_s=time.perf_counter() - started, requests=requests,
+                               retries=retries, failures=failures)
             except ExpertFailure as e:
                 failure = e
             latency = time.perf_counter() - started
@@ -242,7 +273,7 @@ class ChatClient:
             if failure.retry_after is not None:
                 if failure.retry_after > self.retry.backoff_max_s:
                     failure = ExpertFailure("rate_limited", f"Retry-After {failure.retry_after:g}s is over "
-                                            f"expert.backoff_max_s ({failure})", retryable=False)
+                                            f"backoff_max_s={self.retry.backoff_max_s:g}s ({failure})", retryable=False)
                     break
                 wait = max(wait, failure.retry_after)
             self._sleep(wait)
@@ -250,7 +281,7 @@ class ChatClient:
         return Completion.failed(f"{failure} (after {requests} requests)", latency_s=latency,
                                  requests=requests, retries=retries, failures=failures)
 
-    def _attempt(self, body: bytes) -> tuple[str, int | None]:
+    def _attempt(self, body: bytes) -> Completion:
         request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
@@ -267,4 +298,4 @@ class ChatClient:
             raise ExpertFailure("connection", str(e.reason), retryable=True) from None
         except (OSError, http.client.HTTPException) as e:  # reset, refused, incomplete read
             raise ExpertFailure("connection", f"{type(e).__name__}: {e}", retryable=True) from None
-        return parse_reply(payload)
+        return parse_reply(payload, self.endpoint, truncated_ok=self.truncated_ok)

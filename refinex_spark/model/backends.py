@@ -8,11 +8,8 @@ by the server for the chat endpoint.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -21,6 +18,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 
 from refinex_spark.config import ModelConfig
+from refinex_spark.expert.client import ChatClient, Completion, RetryPolicy
 from refinex_spark.model.prompt import build_prompt, user_message
 
 
@@ -209,9 +207,8 @@ class VLLMBackend:
 
 class OpenAIBackend:
     """An OpenAI-compatible HTTP server; `chat` sends the user turn and the server applies the
-    model's chat template, `completions` sends the plain-layout prompt as is."""
-
-    RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+    model's chat template, `completions` sends the plain-layout prompt as is. Requests, retries
+    and reply checks are those of `ChatClient`, the expert's client."""
 
     def __init__(
         self,
@@ -224,7 +221,10 @@ class OpenAIBackend:
         self.config = config
         self.endpoint = endpoint
         self.model_id = config.served_model or config.path
-        self.url = config.base_url.rstrip("/") + ("/chat/completions" if endpoint == "chat" else "/completions")
+        # truncated_ok: a program cut at max_new_tokens keeps its whole ops (the parser rejects the cut line).
+        retry = RetryPolicy(max_retries=config.max_retries, backoff_base_s=config.backoff_base_s)
+        self.client = ChatClient(config.base_url, self.model_id, api_key=os.environ.get(config.api_key_env),
+                                 timeout_s=config.request_timeout_s, retry=retry, endpoint=endpoint, truncated_ok=True)
         self.stats = GenerationStats()
 
     def with_config(self, config: ModelConfig) -> OpenAIBackend:
@@ -238,47 +238,18 @@ class OpenAIBackend:
         # Requests are independent; a thread per in-flight request keeps the server's batcher fed.
         with ThreadPoolExecutor(max_workers=min(self.config.batch_size, max(len(prompts), 1))) as pool:
             replies = list(pool.map(self._complete, prompts))
-        for _, usage in replies:
-            self.stats.input_tokens += int(usage.get("prompt_tokens", 0))
-            self.stats.output_tokens += int(usage.get("completion_tokens", 0))
+        for reply in replies:
+            self.stats.input_tokens += reply.prompt_tokens or 0
+            self.stats.output_tokens += reply.tokens or 0
         self.stats.prompts += len(prompts)
         self.stats.seconds += time.perf_counter() - started
-        return [text for text, _ in replies]
+        return [reply.text or "" for reply in replies]
 
-    def _payload(self, prompt: str) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model_id, "temperature": 0, "max_tokens": self.config.max_new_tokens}
-        if self.endpoint == "chat":
-            body["messages"] = [{"role": "user", "content": prompt}]
-        else:
-            body["prompt"] = prompt
-        return body
-
-    def _complete(self, prompt: str) -> tuple[str, dict[str, Any]]:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.config.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        data = json.dumps(self._payload(prompt)).encode("utf-8")
-        attempt = 0
-        while True:
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.config.request_timeout_s) as response:
-                    return self._parse(json.load(response))
-            except urllib.error.HTTPError as e:
-                if e.code not in self.RETRYABLE_STATUS or attempt == self.config.max_retries:
-                    detail = e.read()[:500].decode("utf-8", "replace")
-                    raise RuntimeError(f"{self.url} answered HTTP {e.code}: {detail}") from e
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                if attempt == self.config.max_retries:
-                    raise RuntimeError(f"{self.url} unreachable after {attempt + 1} attempts: {e}") from e
-            time.sleep(self.config.backoff_base_s * 2**attempt)
-            attempt += 1
-
-    def _parse(self, reply: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        choice = reply["choices"][0]
-        text = choice["message"]["content"] if self.endpoint == "chat" else choice["text"]
-        return text or "", reply.get("usage") or {}
+    def _complete(self, prompt: str) -> Completion:
+        done = self.client.complete(prompt, self.config.max_new_tokens)
+        if not done.ok:  # refine records the error on the document's row (or fails the task)
+            raise RuntimeError(f"{self.client.url}: {done.error}")
+        return done
 
 
 def make_backend(config: ModelConfig, model_path: str | None = None, **options: Any) -> Backend:
