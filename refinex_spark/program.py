@@ -175,7 +175,6 @@ def _text(value: object, param: _Param, cfg: ProgramConfig) -> str:
 
 
 _READ = {"line": _line_number, "text": _text}
-_REMOVE_LINES, _REMOVE_STR = _SIGNATURES["refinex"]["remove_lines"], _SIGNATURES["refinex"]["remove_str"]
 
 
 def _bind(call: ast.Call, params: tuple[_Param, ...]) -> dict[str, ast.expr]:
@@ -215,8 +214,9 @@ _FAST_LINE = re.compile(
 
 
 _KEEP_ALL = Op("keep_all")
-_START, _END = _REMOVE_LINES
-_LINE, _TEXT = _REMOVE_STR
+# The parameters of the canonical forms, for the checks their values still go through.
+_START, _END = _SIGNATURES["refinex"]["remove_lines"]
+_LINE, _TEXT = _SIGNATURES["refinex"]["remove_str"]
 
 
 def _canonical_op(m: re.Match, line: str, cfg: ProgramConfig) -> tuple[Op, str | None]:

@@ -117,6 +117,7 @@ def run(ctx: RunContext) -> dict:
     with stats.timer("plan"):
         n_pending = docs.select("doc_id").count()
     stats.counts["pending"] = n_pending
+    stats.counts["docs"] = 0  # this run's documents as committed, updated after each slice
     parts = slices(docs, n_pending, config.refine.docs_per_commit)
     for i, part in enumerate(parts):
         rows = (map_rows(part, _refine_rows(shipped, template), out_schema, profile=_gpu_profile(ctx.spark))
@@ -129,12 +130,12 @@ def run(ctx: RunContext) -> dict:
             info = ctx.append("refined_docs", rows, fingerprint=fp)
         if info.version is not None:  # this run's rows so far, as committed
             written = ctx.lake.read("refined_docs", version=info.version).where(F.col("run_id") == ctx.run_id)
-            for r in written.groupBy("status").count().collect():
-                stats.counts[f"status.{r['status']}"] = r["count"]
-        stats.counts["docs"] = sum(v for k, v in stats.counts.items() if k.startswith("status."))
+            by_status = {r["status"]: r["count"] for r in written.groupBy("status").count().collect()}
+            for status, n in by_status.items():  # all of this run's rows: set, not added (Counter.update adds)
+                stats.counts[f"status.{status}"] = n
+            stats.counts["docs"] = sum(by_status.values())
         print(f"[refine] slice {i + 1}/{len(parts)} committed: {stats.counts['docs']}/{n_pending} docs",
               file=sys.stderr, flush=True)
-    stats.counts["docs"] = sum(v for k, v in stats.counts.items() if k.startswith("status."))
     seconds = stats.timings.get("refine_and_write", 0.0)
     stats.info.update(model_id=model, fingerprint=fp, slices=len(parts),
                       docs_per_s=round(stats.counts["docs"] / seconds, 2) if seconds else None)
