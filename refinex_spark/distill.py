@@ -10,11 +10,12 @@ sample with the ops that fall inside it.
 Alignment is hierarchical, so that its cost follows the size of what changed rather than the
 square of the document size:
 
-1. lines, compared by their whitespace-collapsed content (interned to ints for
-   `Levenshtein.opcodes`); equal lines need nothing more;
+1. lines, compared by their whitespace-collapsed content, matching as many equal lines as
+   possible (rapidfuzz's Indel opcodes over lines interned to ints); equal lines need nothing more;
 2. each maximal run of unequal lines (a paragraph with an ad spliced in, lines the expert
-   re-wrapped or merged, a menu next to a paragraph) is aligned as joined text by words;
-3. each run of unequal words, by characters.
+   re-wrapped or merged, a menu next to a paragraph) is aligned as joined text by words, the same way;
+3. each run of unequal words, by characters (`Levenshtein.opcodes`: a changed character is a
+   replacement, illegal, rather than a legal deletion plus an insertion).
 
 An exact minimal alignment is not unique: when the expert only deleted, every embedding of the
 kept text in the raw text costs the same, and the aligner's pick may scatter a deletion into
@@ -40,6 +41,7 @@ from typing import Literal
 
 import Levenshtein
 import numpy as np
+from rapidfuzz.distance import Indel
 
 from refinex_spark.chunking import Chunk, chunk_lines, split_lines
 from refinex_spark.config import ChunkingConfig, DistillConfig, ProgramConfig
@@ -163,6 +165,16 @@ Run = Callable[[int, int, int, int], None]
 Opcodes = Callable[[list[int], list[int]], Iterable[tuple[str, int, int, int, int]]]
 
 
+def _lcs_opcodes(a: list[int], b: list[int]) -> list[tuple[str, int, int, int, int]]:
+    """An alignment matching as many tokens as possible (insertions and deletions only).
+
+    Lines and words are either equal or not: Levenshtein's one-cost substitution would rather pair
+    a deleted raw line with a different expert line than match the expert line to its equal copy
+    further on, turning a pure deletion into a rewrite.
+    """
+    return Indel.opcodes(a, b).as_list()
+
+
 def _longest_match_opcodes(a: list[int], b: list[int]) -> list[tuple[str, int, int, int, int]]:
     """difflib's alignment: longest common block first, then recursively on either side."""
     return SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
@@ -170,7 +182,7 @@ def _longest_match_opcodes(a: list[int], b: list[int]) -> list[tuple[str, int, i
 
 def _align_tokens(
     keys_a: list[str], bounds_a: list[int], keys_b: list[str], bounds_b: list[int],
-    edits: _Edits, delete: Callable[[int, int], None], refine: Run, opcodes: Opcodes = Levenshtein.opcodes,
+    edits: _Edits, delete: Callable[[int, int], None], refine: Run, opcodes: Opcodes = _lcs_opcodes,
     region: _Region | None = None, max_cells: int = _MAX_CELLS,
 ) -> None:
     """Align token sequences by key; token i spans [bounds[i], bounds[i+1]) of its text.
@@ -219,7 +231,7 @@ def _words(text: str, start: int, end: int) -> tuple[list[str], list[int]]:
     return keys, [start, *starts[1:len(keys)], end] if keys else [start]
 
 
-def _align_words(edits: _Edits, region: _Region, opcodes: Opcodes = Levenshtein.opcodes) -> None:
+def _align_words(edits: _Edits, region: _Region, opcodes: Opcodes = _lcs_opcodes) -> None:
     """Align a region by words, then by characters inside each run of unequal words.
 
     Characters alone would do, but a uniform-cost alignment of text with much deleted matches
@@ -553,7 +565,8 @@ def _region_plan(
     if region.expert is not None:
         scratch = _Edits(edits.raw, edits.expert)
         _align_words(scratch, scratch.region(region.start, region.end, region.expert), _longest_match_opcodes)
-        alternatives.insert(0, scratch.regions[0].deleted)
+        if not scratch.inserted + scratch.replaced:  # else its deletions need not keep the kept text
+            alternatives.insert(0, scratch.regions[0].deleted)
     best_score = (len(best_outcome), len(best.removed) + len(best.str_ops))
     for deleted in alternatives:
         other = _plan(lines, bounds, first, last, deleted, truncated, min_chars, pure)
@@ -679,7 +692,9 @@ def distill(
 
     edits = align(raw_text, raw_lines, expert_text, expert_lines, alignment)
     ranges, str_ops = _line_ops(raw_lines, edits, truncated, cfg)
-    limits = program or ProgramConfig()
+    # The run's program limits, but always the RefineX dialect: that is what distillation writes,
+    # whichever dialect the refine stage later runs (ProX models come trained).
+    limits = (program or ProgramConfig()).model_copy(update={"dialect": "refinex"})
     # Only ops the refine stage will accept under the run's program settings become training data.
     usable = lambda op: op.kind != "remove_str" or len(op.text or "") <= limits.max_text_chars  # noqa: E731
     chunk_ops = [[op for op in _ops_between(c.start, c.end, ranges, str_ops) if usable(op)] for c in chunks]

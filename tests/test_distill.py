@@ -169,6 +169,25 @@ def test_deleted_menu_sharing_words_with_the_paragraph_below() -> None:
     assert squash(run(raw, program)) == expert
 
 
+def test_a_deleted_line_is_not_paired_with_a_kept_line_that_has_an_equal_copy() -> None:
+    # Substitution-cost alignment ties "Skip to content" -> "The vote passed." with the true
+    # match, and reads a pure deletion as a rewrite (dropped as illegal_edits).
+    raw = "Skip to content\nThe vote passed.\nThe vote passed. Share this story"
+    expert = "The vote passed.\nThe vote passed."
+    result = distill(raw, expert)
+    assert ops_of(result.program) == [("remove_lines", 0, 0, None, None),
+                                      ("remove_str", None, None, 2, "Share this story")]
+    assert squash(run(raw, result.program)) == squash(expert)
+    assert (result.stats.inserted_chars, result.stats.replaced_chars, result.stats.kept) == (0, 0, True)
+
+
+def test_distilled_programs_are_refinex_whatever_the_runs_dialect() -> None:
+    raw, expert = "Title\nMenu | Home\nBody one.\nShare on X", "Title\nBody one."
+    result = distill(raw, expert, program=ProgramConfig(dialect="prox"))
+    assert ops_of(result.program) == [("remove_lines", 1, 1, None, None), ("remove_lines", 3, 3, None, None)]
+    assert (result.stats.deleted_chars, result.stats.fidelity) == (len(raw) - len(expert), 1.0)
+
+
 def test_rewrite_too_large_to_align_is_counted_as_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     import refinex_spark.distill as distill_module
 
@@ -388,6 +407,42 @@ def test_property_deletion_only_targets_are_reproduced(case: tuple[str, str]) ->
     result = distill(raw, target)
     assert squash(run(raw, result.program)) == squash(target)
     assert result.stats.inserted_chars == result.stats.replaced_chars == 0
+
+
+WORDS = ["Home", "News", "Share", "the", "vote", "passed", "|", "»", "Read more", "Click here!", "a", "é"]
+
+
+@st.composite
+def repetitive_deletions(draw: st.DrawFn) -> tuple[str, str, bool]:
+    """A raw text of repeated words and lines (\\n, \\r\\n or \\r), and a target made by deleting
+    any spans of it, however short, or (third value True) whole lines only."""
+    line = st.lists(st.sampled_from(WORDS), max_size=6).map(" ".join)
+    lines = draw(st.lists(st.sampled_from(draw(st.lists(line, min_size=1, max_size=4))), min_size=1, max_size=10))
+    raw = draw(st.sampled_from(["\n", "\r\n", "\r"])).join(lines)
+    if draw(st.booleans()):
+        return raw, "\n".join(ln for ln in lines if draw(st.booleans())), True
+    keep = draw(st.lists(st.booleans(), min_size=len(raw), max_size=len(raw)))
+    return raw, "".join(c for c, k in zip(raw, keep) if k or c in "\r\n"), False
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(repetitive_deletions())
+def test_property_deletion_only_targets_on_repetitive_text(case: tuple[str, str, bool]) -> None:
+    """Any deletion-only target, on text where remove_str cannot express every deletion (repeats,
+    deletions shorter than min_remove_str_chars). Line deletions are reproduced exactly. Otherwise
+    repeated lines can anchor the alignment in the wrong copy; it then sees insertions (and the
+    filters judge the document), but when it sees none the program deleted only what the expert
+    deleted: the target, spaces aside, is still a subsequence of the output."""
+    raw, target, whole_lines = case
+    result = distill(raw, target)
+    out = run(raw, result.program)
+    legal = result.stats.inserted_chars == result.stats.replaced_chars == 0
+    if whole_lines:
+        assert legal and squash(out) == squash(target)
+    elif legal:
+        nospace = lambda t: "".join(t.split())  # noqa: E731
+        it = iter(nospace(out))
+        assert all(ch in it for ch in nospace(target))
 
 
 @settings(max_examples=200, deadline=None)
