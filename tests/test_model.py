@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM, 
 
 from refinex_spark.config import ChunkingConfig, ModelConfig, TrainConfig
 from refinex_spark.distill import distill
+from refinex_spark.jobs.refine import model_revision
 from refinex_spark.model import cache
 from refinex_spark.model.backends import HFBackend, OpenAIBackend, is_oom, make_backend
 from refinex_spark.model.prompt import PLAIN_SUFFIX, PROMPT_VERSIONS, build_prompt, load_template
@@ -246,6 +247,31 @@ def test_resume_refuses_other_hyperparameters(trained: Trained, base_model: Path
     with pytest.raises(ValueError, match="belong to another run"):
         train_model(samples, changed, TRAIN_TEMPLATE, trained.out, base=str(base_model), data_version=7,
                     fingerprint="fp-test")
+
+
+def test_retraining_on_the_same_data_keeps_the_refine_revision(tmp_path: Path, samples) -> None:
+    """`train` rerun as the demo reruns it (tiny base rebuilt, then trained on the same samples)
+    rewrites the same bytes, so refine's model revision, and so its fingerprint, stays put and no
+    document is pending again. Retraining from scratch gives the same weights too (CPU)."""
+    few = samples[:48]
+    texts = [TRAIN_TEMPLATE, *(f"{chunk}\n{program}" for chunk, program in few)]
+    config = TRAIN.model_copy(update={"epochs": 1, "max_eval_samples": 4})
+    out = tmp_path / "model"
+
+    def train(**kwargs):  # type: ignore[no-untyped-def]
+        base = build_tiny_model(tmp_path / "base", texts, vocab_size=512, seed=0)
+        return train_model(few, config, TRAIN_TEMPLATE, out, base=str(base), data_version=3, fingerprint="fp",
+                           **kwargs)
+
+    first = train()
+    revision = model_revision(str(out))
+    again = train()
+    assert again.metrics["resumed_from_step"] == first.metrics["global_step"]  # nothing left to train
+    assert model_revision(str(out)) == revision
+    train(resume=False)
+    assert model_revision(str(out)) == revision
+    build_tiny_model(out, texts, vocab_size=512, seed=1)  # other weights in place: a new revision
+    assert model_revision(str(out)) != revision
 
 
 @pytest.fixture(scope="module")

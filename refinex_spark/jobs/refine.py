@@ -39,14 +39,27 @@ def model_id(config: Config) -> str:
     return os.path.abspath(m.path) if os.path.exists(m.path) else m.path
 
 
+# What a local model directory's revision covers: weights, configs and tokenizer files (the chat
+# template is its own file since transformers 5), not the card or the Trainer's pickled arguments.
+_REVISION_SUFFIXES = (".safetensors", ".bin", ".json", ".jinja")
+_REVISION_NAMES = frozenset({"tokenizer.model", "merges.txt", "vocab.txt"})
+_NOT_REVISION = frozenset({"training_args.bin"})
+
+
 def model_revision(path: str) -> str | None:
-    """Identity of a local model directory's weights (names, sizes, mtimes): a retrained model in
-    the same directory is a new revision, so its documents are refined again."""
+    """Identity of a local model directory: sha256 over the contents of its weight, config and
+    tokenizer files in name order. A retrained model with other weights is a new revision (its
+    documents are refined again); the same bytes rewritten (a rerun of `train`) are not."""
     if not os.path.isdir(path):
         return None
-    files = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin", ".json")))
-    stamp = [(f, os.stat(os.path.join(path, f)).st_size, os.stat(os.path.join(path, f)).st_mtime_ns) for f in files]
-    return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+    files = sorted(f for f in os.listdir(path)
+                   if (f.endswith(_REVISION_SUFFIXES) or f in _REVISION_NAMES) and f not in _NOT_REVISION
+                   and os.path.isfile(os.path.join(path, f)))
+    digest = hashlib.sha256()
+    for name in files:
+        with open(os.path.join(path, name), "rb") as f:  # file_digest streams: weights can be GBs
+            digest.update(f"{name}\0".encode() + hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()[:16]
 
 
 def fingerprint(config: Config) -> str:
