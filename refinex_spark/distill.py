@@ -49,7 +49,7 @@ from refinex_spark.program import ChunkProgram, Op, execute, render_program
 
 Alignment = Literal["hierarchical", "flat"]
 DOC_DROP_REASONS = ("illegal_edits", "deletes_everything")
-DROP_REASONS = (*DOC_DROP_REASONS, "too_many_ops", "keep_all_sampled_out")
+DROP_REASONS = (*DOC_DROP_REASONS, "too_many_ops", "unexpressible", "keep_all_sampled_out")
 
 # Largest alignments attempted (raw tokens x expert tokens; the bit-parallel aligner costs about
 # cells / 64 word operations). Lines: 100k x 100k lines is ~2 s. Words, or chars in a run of
@@ -679,7 +679,7 @@ def distill(
 
     Programs use the raw document's global 0-based line numbers; each sample holds only its
     chunk's ops. Doc-level filters (illegal_edits, deletes_everything) drop every sample of the
-    document; too_many_ops and keep_all sampling act per chunk. Never changes the raw text: the
+    document; too_many_ops, unexpressible and keep_all sampling act per chunk. Never changes the raw text: the
     stats are measured by executing the chunk programs on it.
     """
     if alignment not in ("hierarchical", "flat"):
@@ -721,16 +721,51 @@ def distill(
         fidelity=shingle_f1(refined.text, expert_text, cfg.shingle_size),
         kept=doc_reason is None, drop_reason=doc_reason,
     )
+    missed = _missed_deletions(raw_lines, edits, chunks, chunk_ops)
     samples = tuple(
-        _sample(c, ops, program, doc_reason, cfg) for c, ops, program in zip(chunks, chunk_ops, chunk_programs)
+        _sample(c, ops, program, doc_reason, m, cfg)
+        for c, ops, program, m in zip(chunks, chunk_ops, chunk_programs, missed)
     )
     return DistillResult(program=render_program(whole), samples=samples, stats=stats)
 
 
-def _sample(chunk: Chunk, ops: list[Op], program: str, doc_reason: str | None, cfg: DistillConfig) -> Sample:
+def _missed_deletions(lines: list[str], edits: _Edits, chunks: Sequence[Chunk], chunk_ops: list[list[Op]]) -> list[int]:
+    """Per chunk, the non-space chars the expert deleted (per the alignment) that its ops keep.
+
+    Deletions the language cannot express (repeated or too short for remove_str, inside a
+    truncated line, over the run's remove_str length) are what the program misses.
+    """
+    bounds = _line_bounds(lines)
+    starts = [bounds[c.start] for c in chunks]
+    aligned = [0] * len(chunks)
+    for region in edits.regions:
+        for a, b in region.deleted:
+            k = bisect_right(starts, a) - 1
+            while a < b:  # a span may cross into the next chunks
+                stop = min(b, starts[k + 1]) if k + 1 < len(chunks) else b
+                aligned[k] += _nonspace(edits.raw[a:stop])
+                a, k = stop, k + 1
+    missed = []
+    for count, ops in zip(aligned, chunk_ops):
+        edited: dict[int, str] = {}
+        for op in ops:
+            if op.kind == "remove_lines":
+                edited.update((i, "") for i in range(op.start, op.end + 1))
+            elif op.kind == "remove_str":
+                edited[op.line] = edited.get(op.line, lines[op.line]).replace(op.text, "")
+        done = sum(_nonspace(lines[i]) - _nonspace(text) for i, text in edited.items())
+        missed.append(max(0, count - done))
+    return missed
+
+
+def _sample(
+    chunk: Chunk, ops: list[Op], program: str, doc_reason: str | None, missed: int, cfg: DistillConfig
+) -> Sample:
     reason = (
         doc_reason if doc_reason is not None
         else "too_many_ops" if len(ops) > cfg.max_ops_per_chunk
+        # The program would teach the model to keep noise the expert removed.
+        else "unexpressible" if missed > cfg.max_missed_chars_per_chunk
         else "keep_all_sampled_out" if not ops and not keep_all_sampled(cfg.seed, chunk.text, cfg.keep_all_ratio)
         else None
     )

@@ -325,6 +325,23 @@ def test_too_many_ops_drops_only_that_chunk() -> None:
     assert result.stats.kept  # a doc-level verdict; only the chunk sample is dropped
 
 
+def test_chunks_missing_what_the_expert_deleted_are_dropped_as_unexpressible() -> None:
+    everything = DistillConfig(keep_all_ratio=1.0)
+    # One of two equal phrases deleted: remove_str would delete both, so the program keeps it.
+    result = distill("Intro. Click here! Results. Click here! The end.", "Intro. Results. Click here! The end.",
+                     everything)
+    assert [(s.program, s.kept, s.drop_reason) for s in result.samples] == [("keep_all()", False, "unexpressible")]
+    # The noise sits in the hidden part of a line too long to show whole.
+    raw = "word " * 700 + "BUY NOW CHEAP PILLS"
+    (sample,) = distill(raw, "word " * 700, everything).samples
+    assert (sample.program, sample.drop_reason) == ("keep_all()", "unexpressible")
+    # A few stray symbols (jitter below min_remove_str_chars) are tolerated, up to the setting.
+    raw, expert = "Home | News | Sports | Weather", "Home News Sports Weather"
+    assert distill(raw, expert, everything).samples[0].kept
+    strict = DistillConfig(keep_all_ratio=1.0, max_missed_chars_per_chunk=2)
+    assert distill(raw, expert, strict).samples[0].drop_reason == "unexpressible"
+
+
 def test_keep_all_sampling_is_deterministic_and_follows_the_ratio() -> None:
     prompts = [f"[000] clean text number {i}" for i in range(2000)]
     first = [keep_all_sampled(7, p, 0.3) for p in prompts]
@@ -354,7 +371,8 @@ def test_keep_all_chunks_are_sampled_and_op_chunks_always_kept() -> None:
 
 
 def test_drop_reasons_are_from_the_declared_set() -> None:
-    assert set(DROP_REASONS) == {"illegal_edits", "deletes_everything", "too_many_ops", "keep_all_sampled_out"}
+    assert set(DROP_REASONS) == {"illegal_edits", "deletes_everything", "too_many_ops", "unexpressible",
+                                 "keep_all_sampled_out"}
 
 
 def test_shingle_f1() -> None:
