@@ -68,6 +68,7 @@ class DistillConfig(_Section):
     max_ops_per_chunk: int = Field(24, ge=1)
     keep_all_ratio: float = Field(0.3, ge=0, le=1)
     min_remove_str_chars: int = Field(3, ge=1)
+    max_missed_chars_per_chunk: int = Field(8, ge=0)
     shingle_size: int = Field(3, ge=1)
     seed: int = 0
 
