@@ -20,6 +20,7 @@ A RefineX program can only delete, so its output is a subsequence of the newline
 from __future__ import annotations
 
 import ast
+import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -92,7 +93,9 @@ class OpOutcome:
 @dataclass(frozen=True, slots=True)
 class Refinement:
     text: str
-    status: str  # ok (text changed) | kept | fallback (a chunk fell back, text unchanged) | dropped
+    # ok (text changed) | kept (nothing rejected) | fallback (text unchanged: a chunk fell back, or nothing
+    # applied and something rejected) | dropped
+    status: str
     outcomes: tuple[OpOutcome, ...]  # every op and rejection in program order, chunk by chunk
     n_applied: int
     n_rejected: int
@@ -177,7 +180,13 @@ def _text(value: object, param: _Param, cfg: ProgramConfig) -> str:
 _READ = {"line": _line_number, "text": _text}
 
 
-def _bind(call: ast.Call, params: tuple[_Param, ...]) -> dict[str, ast.expr]:
+def _name_as_written(line: str, node: ast.Name | ast.keyword) -> str:
+    """The callee or keyword name as it appears in `line`, not as ast reports it: Python
+    NFKC-normalises identifiers, so a fullwidth "ｒｅｍｏｖｅ_ｌｉｎｅｓ" would pass the whitelist."""
+    return (ast.get_source_segment(line, node) or "").partition("=")[0].rstrip()
+
+
+def _bind(call: ast.Call, params: tuple[_Param, ...], line: str) -> dict[str, ast.expr]:
     """Map each parameter to its argument node: positionals in declared order, then keywords."""
     if len(call.args) > len(params):
         raise _Reject("bad_argument", f"takes {len(params)} arguments, got {len(call.args)} positional")
@@ -190,12 +199,13 @@ def _bind(call: ast.Call, params: tuple[_Param, ...]) -> dict[str, ast.expr]:
     for kw in call.keywords:
         if kw.arg is None:
             raise _Reject("bad_argument", "**kwargs is not allowed")
-        if kw.arg not in names:
+        arg = _name_as_written(line, kw)
+        if arg not in names:
             expected = ", ".join(p.name for p in params) or "no arguments"
-            raise _Reject("bad_argument", f"unknown argument {kw.arg!r} (expected {expected})")
-        if kw.arg in bound:
-            raise _Reject("bad_argument", f"argument {kw.arg!r} given twice")
-        bound[kw.arg] = kw.value
+            raise _Reject("bad_argument", f"unknown argument {arg!r} (expected {expected})")
+        if arg in bound:
+            raise _Reject("bad_argument", f"argument {arg!r} given twice")
+        bound[arg] = kw.value
     missing = [p.name for p in params if p.name not in bound]
     if missing:
         raise _Reject("bad_argument", f"missing argument(s) {', '.join(missing)}")
@@ -246,8 +256,8 @@ def _in_order(op: Op) -> Op:
     return op
 
 
-def _parse_line(line: str, signatures: dict[str, tuple[_Param, ...]], cfg: ProgramConfig) -> tuple[Op, None]:
-    """The op of a line in any other form, through `ast.parse` (no canonical text known)."""
+def _parse_line(line: str, signatures: dict[str, tuple[_Param, ...]], cfg: ProgramConfig) -> Op:
+    """The op of a line in any other form, through `ast.parse`."""
     # Bound the input before ast sees it: its parser's cost and recursion grow with the line.
     if len(line) > _max_line_chars(cfg):
         raise _Reject("too_long", f"line has {len(line)} chars, limit {_max_line_chars(cfg)}")
@@ -259,49 +269,63 @@ def _parse_line(line: str, signatures: dict[str, tuple[_Param, ...]], cfg: Progr
             tree = ast.parse(line, mode="eval")
     except Exception as e:  # SyntaxError, ValueError (NUL), RecursionError, MemoryError, UnicodeError
         raise _Reject("malformed", f"{type(e).__name__}: {e}"[:_SOURCE_CHARS]) from None
-    return _call_to_op(tree.body, signatures, cfg), None
+    return _call_to_op(tree.body, line, signatures, cfg)
 
 
-def _call_to_op(call: ast.expr, signatures: dict[str, tuple[_Param, ...]], cfg: ProgramConfig) -> Op:
+def _call_to_op(call: ast.expr, line: str, signatures: dict[str, tuple[_Param, ...]], cfg: ProgramConfig) -> Op:
     if not isinstance(call, ast.Call):
         raise _Reject("malformed", "not a function call")
     if not isinstance(call.func, ast.Name):
         raise _Reject("unknown_function", "callee is not a plain name")
-    name = call.func.id
+    name = _name_as_written(line, call.func)
     params = signatures.get(name)
     if params is None:
         if name in _KNOWN_NAMES:
             raise _Reject("not_in_dialect", f"{name}() belongs to another dialect")
         raise _Reject("unknown_function", f"{name}() (allowed: {', '.join(signatures)})")
-    bound = _bind(call, params)
+    bound = _bind(call, params, line)
     literal = lambda node: node.value if isinstance(node, ast.Constant) else None  # noqa: E731
     return _make_op(name, params, [literal(bound[p.name]) for p in params], cfg)
 
 
-def _parse_entries(text: object, dialect: str, cfg: ProgramConfig) -> list[tuple[Op | Rejection, str | None]]:
+def _rejection(source: str, reason: str, detail: str) -> tuple[Rejection, str]:
+    rejection = Rejection(source[:_SOURCE_CHARS], reason, detail)
+    return rejection, rejection.source
+
+
+def _parse_entries(text: object, dialect: str, cfg: ProgramConfig) -> list[tuple[Op | Rejection, str]]:
     """Ops and rejections in program order (execute reports outcomes in that order), each with
-    its canonical text when known without rendering."""
+    the text its outcome shows: an op's canonical text, a rejection's source."""
     signatures = _signatures(dialect)
     if not isinstance(text, str):
-        return [(Rejection(f"<{type(text).__name__}>", "malformed", "program is not a string"), None)]
+        return [_rejection(f"<{type(text).__name__}>", "malformed", "program is not a string")]
     if len(text) > cfg.max_program_chars:
-        return [(Rejection(text[:_SOURCE_CHARS], "too_long", f"program has {len(text)} chars"), None)]
-    entries: list[tuple[Op | Rejection, str | None]] = []
+        return [_rejection(text, "too_long", f"program has {len(text)} chars")]
+    entries: list[tuple[Op | Rejection, str]] = []
     n_ops = 0
+    # The canonical program must parse back to the same ops, so it is held to max_program_chars
+    # too: repr() may write one source char as ten ("\U000e0001"). +1: the last line has no newline.
+    room = cfg.max_program_chars + 1
     fast = _FAST_LINE.fullmatch if signatures is _SIGNATURES["refinex"] else None
     for raw_line in normalize_newlines(text).split("\n"):
         line = raw_line.strip()
         if not line or line.startswith("```"):  # blank lines and markdown fences around the program
             continue
         if n_ops >= cfg.max_ops:
-            entries.append((Rejection(line[:_SOURCE_CHARS], "too_many_ops", f"more than {cfg.max_ops} ops"), None))
+            entries.append(_rejection(line, "too_many_ops", f"more than {cfg.max_ops} ops"))
             continue
         try:
             m = fast(line) if fast else None
-            entries.append(_canonical_op(m, line, cfg) if m else _parse_line(line, signatures, cfg))
-            n_ops += 1
+            op, canonical = _canonical_op(m, line, cfg) if m else (_parse_line(line, signatures, cfg), None)
+            canonical = canonical or render_op(op, dialect)
+            if len(canonical) + 1 > room:
+                raise _Reject("too_long", f"canonical program would exceed {cfg.max_program_chars} chars")
         except _Reject as r:
-            entries.append((Rejection(line[:_SOURCE_CHARS], r.reason, r.detail), None))
+            entries.append(_rejection(line, r.reason, r.detail))
+            continue
+        room -= len(canonical) + 1
+        n_ops += 1
+        entries.append((op, canonical))
     return entries
 
 
@@ -430,27 +454,34 @@ class _ChunkRun:
 def execute(
     raw_text: str, programs: str | Sequence[ChunkProgram], config: ProgramConfig | None = None
 ) -> Refinement:
-    """Run chunk programs over `raw_text` (a str program covers the whole document); never raises.
+    """Run chunk programs over `raw_text` (a str program covers the whole document); never raises
+    on program text (a list or tuple holding anything but ChunkProgram is a TypeError).
 
     Ops refer to global 0-based lines of the newline-normalised text. Each chunk is validated and
     applied in program order; a chunk with `max_rejected_per_chunk` or more rejections applies none
-    of its ops. The dialect is `config.dialect`.
+    of its ops. The dialect is `config.dialect`. `max_program_chars` and `max_ops` bound one chunk's
+    program; a whole-document program gets both times ceil(len(normalised text) / max_program_chars),
+    so it may be about as long as its document.
     """
     cfg = config or ProgramConfig()
     norm = normalize_newlines(raw_text)
     doc = _Document(norm)
     if not isinstance(programs, (list, tuple)):  # one program text (parse_program vets its type)
+        scale = math.ceil(len(norm) / cfg.max_program_chars)
+        if scale > 1:
+            cfg = cfg.model_copy(
+                update={"max_program_chars": scale * cfg.max_program_chars, "max_ops": scale * cfg.max_ops}
+            )
         programs = [ChunkProgram(0, len(doc.lines) - 1, programs)]
+    elif not all(isinstance(c, ChunkProgram) for c in programs):  # a caller error, not model output
+        raise TypeError("programs must be one program str or a sequence of ChunkProgram")
     outcomes: list[OpOutcome] = []
     fallback: list[int] = []
     for position, chunk in enumerate(programs):
         run = _ChunkRun(doc, chunk)
         verdicts: list[tuple[str, str]] = []  # (shown op, rejection reason or "")
-        for entry, canonical in _parse_entries(chunk.program, cfg.dialect, cfg):
-            if isinstance(entry, Rejection):
-                verdicts.append((entry.source, entry.reason))
-            else:
-                verdicts.append((canonical or render_op(entry, cfg.dialect), run.apply(entry)))
+        for entry, shown in _parse_entries(chunk.program, cfg.dialect, cfg):
+            verdicts.append((shown, entry.reason if isinstance(entry, Rejection) else run.apply(entry)))
         held = sum(1 for _, reason in verdicts if reason) < cfg.max_rejected_per_chunk
         if held:
             run.commit()
@@ -459,24 +490,27 @@ def execute(
         for shown, reason in verdicts:
             outcomes.append(OpOutcome(shown, held and not reason, reason or ("" if held else CHUNK_FALLBACK)))
 
+    n_applied = sum(o.applied for o in outcomes)
+    n_rejected = sum(1 for o in outcomes if o.reason and o.reason != CHUNK_FALLBACK)
     text = "" if doc.dropped else doc.render()
     if doc.dropped:
         status = "dropped"
     elif text != norm:
         status = "ok"
-    else:
-        status = "fallback" if fallback else "kept"
+    else:  # unchanged: "kept" only when the program said so, not when all of it was rejected
+        status = "fallback" if fallback or (n_rejected and not n_applied) else "kept"
     return Refinement(
         text=text,
         status=status,
         outcomes=tuple(outcomes),
-        n_applied=sum(o.applied for o in outcomes),
-        n_rejected=sum(1 for o in outcomes if o.reason and o.reason != CHUNK_FALLBACK),
+        n_applied=n_applied,
+        n_rejected=n_rejected,
         fallback_chunks=tuple(fallback),
         deleted_chars=len(norm) - len(text),
     )
 
 
 def apply_program(raw_text: str, program_text: str, config: ProgramConfig | None = None) -> str:
-    """Refined text of `raw_text` under one whole-document program (RefineX dialect by default)."""
+    """Refined text of `raw_text` under one whole-document program (RefineX dialect by default); the
+    program's size caps scale with the document as in `execute`."""
     return execute(raw_text, program_text, config).text

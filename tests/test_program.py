@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from refinex_spark.chunking import chunk_document, normalize_newlines, split_lines
 from refinex_spark.config import ChunkingConfig, ProgramConfig
+from refinex_spark.distill import distill_program
 from refinex_spark.program import (
     CHUNK_FALLBACK,
     REJECT_REASONS,
@@ -129,6 +130,9 @@ PARSE_REJECTIONS = [
     ("refinex", "a" + "[0]" * 10_000, "malformed", {}),  # RecursionError in ast construction, caught
     ("refinex", "remove_lines(start=" + "9" * 5000 + ", end=1)", "malformed", {}),  # int digit limit
     ("refinex", "delete_lines(start=1, end=2)", "unknown_function", {}),
+    # Python NFKC-normalises identifiers: fullwidth names would otherwise pass the whitelist.
+    ("refinex", "ｒｅｍｏｖｅ_ｌｉｎｅｓ(start=1, end=2)", "unknown_function", {}),
+    ("prox", "ｄｒｏｐ_ｄｏｃ()", "unknown_function", {}),
     ("refinex", "os.system('rm -rf /')", "unknown_function", {}),
     ("refinex", "__import__('os').system('x')", "unknown_function", {}),
     ("refinex", "keep_all()()", "unknown_function", {}),
@@ -153,6 +157,9 @@ PARSE_REJECTIONS = [
     ("refinex", "remove_lines(**rows)", "bad_argument", {}),
     ("refinex", "remove_lines(start=5, end=2)", "bad_argument", {}),
     ("refinex", "remove_lines(line_start=1, line_end=2)", "bad_argument", {}),
+    ("refinex", "remove_lines(ｓｔａｒｔ=1, end=2)", "bad_argument", {}),
+    ("refinex", "remove_str(text='x', ｌｉｎｅ=1)", "bad_argument", {}),
+    ("prox", "normalize(source_str='a', ｔａｒｇｅｔ_ｓｔｒ='b')", "bad_argument", {}),
     ("refinex", "keep_all(1)", "bad_argument", {}),
     ("refinex", "remove_str(line=1, text=b'x')", "bad_argument", {}),
     ("refinex", "remove_str(line=1, text=f'{x}')", "bad_argument", {}),
@@ -201,6 +208,19 @@ def test_ops_beyond_max_ops_are_rejected_without_parsing() -> None:
     assert [r.reason for r in parsed.rejected] == ["malformed", "too_many_ops", "too_many_ops"]
 
 
+def test_ops_whose_canonical_form_would_overflow_the_program_are_too_long() -> None:
+    # Invisible chars are written raw but rendered escaped ("\U000e0001", 10 chars each): the
+    # canonical program must still fit max_program_chars, or it would not parse back.
+    text = "\U000e0001" * 1900
+    program = "\n".join(f"remove_str(line={i}, text='{text}')" for i in range(50))
+    assert len(program) <= ProgramConfig().max_program_chars
+    parsed = parse_program(program)
+    assert (len(parsed.ops), {r.reason for r in parsed.rejected}) == (5, {"too_long"})
+    canonical = render_program(parsed)
+    assert len(canonical) <= ProgramConfig().max_program_chars
+    assert parse_program(canonical) == Program(parsed.ops, (), "refinex")
+
+
 # (config, raw text, chunk program, expected reason); one rejection stays under the fallback threshold
 EXECUTE_REJECTIONS = [
     (None, DOC, ChunkProgram(0, 3, "remove_lines(start=3, end=4)"), "out_of_range"),
@@ -224,7 +244,7 @@ def test_execute_rejection_reason(
 ) -> None:
     result = execute(raw, [chunk], config)
     assert result.outcomes == (OpOutcome(chunk.program, applied=False, reason=reason),)
-    assert (result.text, result.status, result.n_rejected, result.n_applied) == (raw, "kept", 1, 0)
+    assert (result.text, result.status, result.n_rejected, result.n_applied) == (raw, "fallback", 1, 0)
 
 
 def test_every_reject_reason_is_tested() -> None:
@@ -243,6 +263,14 @@ def test_hostile_programs_never_raise(hostile: object, dialect: str) -> None:
     assert [r.reason for r in parsed.rejected] == ["malformed"]
     if not isinstance(hostile, list):  # a list is read as chunk programs
         assert execute(DOC, hostile, ProgramConfig(dialect=dialect)).text == DOC  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("programs", [["keep_all()"], (ChunkProgram(0, 3, "keep_all()"), None)])
+def test_chunk_programs_of_the_wrong_type_are_a_caller_error(programs: object) -> None:
+    with pytest.raises(TypeError, match="ChunkProgram"):
+        execute(DOC, programs)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ChunkProgram"):
+        apply_program(DOC, programs)  # type: ignore[arg-type]
 
 
 def test_unknown_dialect_is_a_caller_error() -> None:
@@ -316,9 +344,19 @@ def test_fallback_threshold_is_configurable(threshold: int, falls_back: bool) ->
     assert result.fallback_chunks == ((0,) if falls_back else ())
 
 
-def test_a_single_rejection_without_ops_is_kept() -> None:
-    result = execute(DOC, "foo()")
-    assert (result.status, result.fallback_chunks, result.n_rejected) == ("kept", (), 1)
+@pytest.mark.parametrize(
+    ("program", "reason"), [("foo()", "unknown_function"), ("Sure, here is the program:", "malformed"),
+                            ("keep_all()\n" * 10_000, "too_long")]
+)
+def test_a_program_with_only_rejections_falls_back(program: str, reason: str) -> None:
+    result = execute(DOC, [ChunkProgram(0, 3, program)])  # one chunk: no whole-document allowance
+    assert (result.text, result.status, result.fallback_chunks) == (DOC, "fallback", ())
+    assert (result.n_applied, [o.reason for o in result.outcomes]) == (0, [reason])
+
+
+def test_a_valid_no_op_beside_a_rejection_is_kept() -> None:
+    result = execute(DOC, "keep_all()\nfoo()")
+    assert (result.status, result.n_applied, result.n_rejected) == ("kept", 1, 1)
 
 
 @pytest.mark.parametrize("program", ["", "keep_all()", "```\n```", "keep_all()\nkeep_all()"])
@@ -407,6 +445,34 @@ def test_apply_program_on_a_large_document() -> None:
     del expected[40000]
     del expected[5:901]
     assert apply_program(doc, program) == "\n".join(expected)
+
+
+# Small caps stand in for the defaults (100 kB, 512 ops), which a 1 MB document's program exceeds.
+SMALL_CAPS = ProgramConfig(max_program_chars=2_000, max_ops=50)
+
+
+def test_a_whole_document_program_may_be_about_as_long_as_its_document() -> None:
+    lines = [f"line {i} of the page" for i in range(300)]
+    raw, expert = "\n".join(lines), "\n".join(lines[::2])  # 6189 chars: caps scale by 4
+    program = distill_program(raw, expert)
+    assert (len(program.splitlines()), len(program)) == (150, 4839)  # over both plain caps
+    result = execute(raw, program, SMALL_CAPS)
+    assert (result.text, result.status, result.n_applied, result.n_rejected) == (expert, "ok", 150, 0)
+    assert apply_program(raw, program, SMALL_CAPS) == expert
+    # Chunk programs and parse_program keep the plain caps.
+    assert execute(raw, [ChunkProgram(0, 299, program)], SMALL_CAPS).status == "fallback"
+    assert [r.reason for r in parse_program(program, config=SMALL_CAPS).rejected] == ["too_long"]
+
+
+def test_a_whole_document_program_past_its_scaled_caps_is_still_rejected() -> None:
+    raw = "x" * 6189  # caps scale by 4: 8000 chars, 200 ops
+    assert execute(raw, "keep_all()\n" * 800, SMALL_CAPS).outcomes[0].reason == "too_long"  # 8800 chars
+    reasons = [o.reason for o in execute(raw, "keep_all()\n" * 201, SMALL_CAPS).outcomes]
+    assert reasons == [""] * 200 + ["too_many_ops"]
+    # A hostile program for a short document gets the plain caps.
+    huge = "remove_lines(start=0, end=0)\n" * 4_000
+    assert [o.reason for o in execute(DOC, huge).outcomes] == ["too_long"]
+    assert execute(DOC, huge).text == DOC
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -551,7 +617,8 @@ def test_refinex_output_is_a_subsequence_of_the_input(raw: str, data: st.DataObj
     assert result.n_applied == sum(o.applied for o in result.outcomes)
     assert result.deleted_chars == len(norm) - len(result.text) >= 0
     changed = result.text != norm
-    assert result.status == ("ok" if changed else "fallback" if result.fallback_chunks else "kept")
+    all_rejected = result.n_rejected and not result.n_applied
+    assert result.status == ("ok" if changed else "fallback" if result.fallback_chunks or all_rejected else "kept")
 
 
 @settings(max_examples=200, deadline=None)
@@ -598,10 +665,14 @@ def test_parse_program_never_raises(program: object, dialect: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(raw=raw_texts, dialect=st.sampled_from(["refinex", "prox"]), data=st.data())
 def test_render_is_idempotent(raw: str, dialect: str, data: st.DataObject) -> None:
+    # Tight program caps too (the dialects' no-ops are 12 chars at most), where escaping overflows.
+    config = ProgramConfig(max_program_chars=data.draw(st.sampled_from([100_000, 12, 40, 100, 300])))
     program = data.draw(any_program(split_lines(raw), dialect))
-    canonical = render_program(parse_program(program, dialect))
-    reparsed = parse_program(canonical, dialect)
+    parsed = parse_program(program, dialect, config)
+    canonical = render_program(parsed)
+    reparsed = parse_program(canonical, dialect, config)
     assert reparsed.rejected == ()
+    assert reparsed.ops == parsed.ops or not parsed.ops  # no ops render as the dialect's no-op
     assert render_program(reparsed) == canonical
 
 

@@ -46,4 +46,4 @@ def test_lone_surrogates_in_model_output_are_made_storable():
     rows = refine_batch(DOCS[:1], RuleBackend('remove_str(line=0, text="\ud800")'), "", CONFIG)
     rows[0]["program"].encode("utf-8")
     rows[0]["op_outcomes"].encode("utf-8")
-    assert rows[0]["status"] == "kept"  # the op was rejected (text not in line); the text is unchanged
+    assert rows[0]["status"] == "fallback"  # the op was rejected (text not in line): nothing applied
