@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("openai", "hf"), default=None, help="default: expert.backend")
 
     add("distill", _distill, "raw_docs x expert_outputs -> distill_samples")
-    p = add("export-sft", _export_sft, "kept distill_samples -> chat-format SFT file")
+    p = add("export-sft", _export_sft, "kept distill_samples -> a directory of chat-format SFT part files")
     p.add_argument("output")
     p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
     p = add("train", _train, "fine-tune the refine model on distill_samples")
@@ -149,13 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv)  # usage errors first, then the config error
         parser.exit(2, f"refinex-spark: config error: {e}\n")
     args = parser.parse_args(rest)
+    from .lake import LakeError
     from .runtime import ConcurrentRunError, open_run
 
-    ctx = open_run(config, args.stage)
     try:
+        ctx = open_run(config, args.stage)  # refuses bad Spark settings and lakes (ConfigError, LakeError)
         result = args.fn(ctx, args)
-    except (ValueError, FileNotFoundError, ConcurrentRunError) as e:
-        print(f"refinex-spark {args.stage}: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, ConcurrentRunError, LakeError) as e:
+        message = " ".join(str(e).split())  # one line, whatever the underlying library put in the message
+        print(f"refinex-spark {args.stage}: error: {message}", file=sys.stderr)
         return 1
     if isinstance(result, dict):
         ctx.stats.report()

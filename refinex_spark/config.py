@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 def _conf_dir() -> Path:
     """conf/ of a source checkout, else the copy the wheel installs under <prefix>/share."""
@@ -34,6 +34,13 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _not_blank(value: str, what: str) -> str:
+    """An empty `--set key=` is a slip, not a setting: no such field means "nothing"."""
+    if not value.strip():
+        raise ValueError(f"must be {what}, not empty")
+    return value
 
 
 def _http_url(value: str | None) -> str | None:
@@ -85,6 +92,15 @@ class LakeConfig(_Section):
     # input file) would otherwise be read by one task while the other cores wait.
     row_group_mb: int = Field(32, ge=1, le=1024)
 
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a directory path or a storage URI (hdfs://, s3://, abfss://, dbfs:/), not empty")
+        if any(c in v for c in "*?[]{}\x00\n\r"):
+            raise ValueError("must not contain glob characters (*?[]{}), which Spark would expand, or NUL/newlines")
+        return v
+
     @field_validator("catalog_schema")
     @classmethod
     def _identifier(cls, v: str | None) -> str | None:
@@ -95,16 +111,38 @@ class LakeConfig(_Section):
 
 class IngestConfig(_Section):
     format: Literal["auto", "jsonl", "parquet", "text"] = "auto"
-    id_field: str | None = "id"
     text_field: str = "text"
+    # Declared after text_field so its validator can compare the two.
+    id_field: str | None = "id"
     source_field: str | None = None
     max_doc_chars: int = Field(2_000_000, ge=1)
+
+    _check_text_field = field_validator("text_field")(classmethod(lambda cls, v: _not_blank(v, "a field name")))
+
+    @field_validator("id_field")
+    @classmethod
+    def _id_field(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a field name, or null (doc_id is then the sha256 of the text)")
+        if v is not None and v == info.data.get("text_field"):
+            raise ValueError(f"must differ from ingest.text_field ({v!r}): the id and the text are separate fields")
+        return v
 
 
 class SparkConfig(_Section):
     master: str | None = "local[2]"
     app_name: str = "refinex-spark"
     conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("conf")
+    @classmethod
+    def _spark_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        # Spark ignores other keys without a word (a misplaced `sql.shuffle.partitions` would do nothing).
+        bad = sorted(k for k in v if not k.startswith("spark."))
+        if bad:
+            raise ValueError(f"keys must be Spark settings starting with 'spark.' (Hadoop ones as spark.hadoop.*), "
+                             f"got {', '.join(map(repr, bad))}")
+        return v
 
 
 class ModelConfig(_Section):
@@ -115,6 +153,7 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(16, ge=1)
+    # The name of a prompt file, conf/prompts/<prompt_version>.txt: no path separators or '..'.
     prompt_version: str = "refine-v1"
     # openai backend: a served model over HTTP; the key is read from this environment variable.
     base_url: str | None = None
@@ -127,6 +166,14 @@ class ModelConfig(_Section):
     backoff_base_s: float = Field(1.0, ge=0)
 
     _check_base_url = field_validator("base_url")(classmethod(lambda cls, v: _http_url(v)))
+
+    @field_validator("prompt_version")
+    @classmethod
+    def _prompt_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v) or ".." in v:
+            raise ValueError("must name a prompt file in conf/prompts (e.g. refine-v1): letters, digits, '.', '_' "
+                             "and '-', starting with a letter or digit, no '..'")
+        return v
 
 
 class RefineConfig(_Section):
@@ -147,6 +194,8 @@ class TrainConfig(_Section):
     max_eval_samples: int = Field(200, ge=0)
     save_steps: int = Field(500, ge=1)
     seed: int = 0
+
+    _check_output_dir = field_validator("output_dir")(classmethod(lambda cls, v: _not_blank(v, "a directory path")))
 
 
 class ExpertConfig(_Section):

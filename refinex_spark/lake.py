@@ -35,7 +35,7 @@ from pyspark.sql import functions as F
 
 from .config import LakeConfig
 from .schemas import TABLES, TableSpec
-from .spark_session import DELTA_PACKAGE, delta_classes_available
+from .spark_session import DELTA_PACKAGE, delta_classes_available, spark_master
 
 Engine = Literal["spark", "delta-rs"]
 # Set on every table either engine creates. Column mapping is off unless asked for, in both.
@@ -60,8 +60,12 @@ class CommitInfo:
     reason: str = ""
 
 
-def resolve_root(path: str) -> str:
-    """lake.path as the engines need it: an absolute local path, or a remote URI left as is."""
+def resolve_root(path: str, master: str = "local") -> str:
+    """lake.path as the engines need it: an absolute local path, or a remote URI left as is.
+
+    A relative path is refused unless Spark runs locally (`master` local[...]): on a cluster it names
+    a directory on the driver's disk, which the executors cannot see, so their files would be lost.
+    """
     if not path or not path.strip():
         raise LakeError("lake.path is empty")
     if any(c in path for c in "\x00\n\r"):
@@ -76,7 +80,12 @@ def resolve_root(path: str) -> str:
         local = re.sub(r"^file:(//(localhost)?)?", "", path, flags=re.IGNORECASE)
         if not local.startswith("/"):
             raise LakeError(f"lake.path {path!r}: only absolute local file URIs (file:///path) are supported")
-    return str(Path(os.path.expanduser(local)).resolve())  # an unknown ~user stays a relative name
+    local = os.path.expanduser(local)  # an unknown ~user stays a relative name
+    if not os.path.isabs(local) and not master.startswith("local"):
+        raise LakeError(f"lake.path {path!r} is relative, but Spark master {master!r} runs executors on other "
+                        "machines, which cannot see the driver's directory: set lake.path to shared storage "
+                        "(hdfs://, s3://, abfss://, dbfs:/) or an absolute path on a mount every node shares")
+    return str(Path(local).resolve())
 
 
 def _is_local(uri: str) -> bool:
@@ -140,13 +149,14 @@ class Lake:
         spark.conf.set("parquet.block.size", str(config.row_group_mb << 20))
         self._engine: _Engine
         if self.engine == "spark":
-            root = None if config.catalog_schema else resolve_root(config.path)
+            root = None if config.catalog_schema else resolve_root(config.path, spark_master(spark))
             self._engine = _SparkEngine(spark, root, config.catalog_schema)
         else:
             # Spark's default INT96 Parquet timestamps are not a type delta-rs accepts for `timestamp`;
             # get_spark sets this, a caller-built session may not have.
             spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-            self._engine = _DeltaRsEngine(resolve_root(config.path), config.staging_retention_hours)
+            self._engine = _DeltaRsEngine(resolve_root(config.path, spark_master(spark)),
+                                          config.staging_retention_hours)
 
     @staticmethod
     def spec(table: str) -> TableSpec:

@@ -61,8 +61,20 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
+def _local_name(path: str) -> str:
+    """One spelling per local file (`file:///x/a`, `/x/a`, `a` from /x, through a symlinked directory), so the
+    rejects of a file re-ingested under another spelling match the first ones. The file's own name is kept, not
+    a symlink's target: the format and `source` come from it, and links such as Hugging Face cache snapshots
+    point at blobs with no extension."""
+    head, name = os.path.split(path)
+    return os.path.join(os.path.realpath(head), name)
+
+
 def list_input_files(paths: list[str]) -> list[str]:
-    """Files under the given files/directories, sorted, hidden files and `_SUCCESS`-style markers skipped."""
+    """Files under the given files/directories, sorted, hidden files and `_SUCCESS`-style markers skipped.
+
+    Local files come back as plain absolute paths (see _local_name); remote URIs (s3://, hdfs://) as given.
+    """
     out: list[str] = []
     for p in paths:
         fs, root = resolve(p)
@@ -77,8 +89,11 @@ def list_input_files(paths: list[str]) -> list[str]:
                      if not any(part.startswith((".", "_")) for part in os.path.relpath(i.path, root).split(os.sep))]
         else:
             names = [root]
-        prefix = p.split("://")[0] + "://" if "://" in p else ""
-        out += [prefix + n if prefix and not n.startswith(prefix) else n for n in names]
+        if isinstance(fs, pafs.LocalFileSystem):
+            out += [_local_name(n) for n in names]
+        else:
+            prefix = p.split("://")[0] + "://"
+            out += [n if n.startswith(prefix) else prefix + n for n in names]
     return sorted(set(out))
 
 
@@ -101,9 +116,12 @@ def _is_utf8_safe(value: Any) -> bool:
         return False
 
 
-def _document(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestConfig) -> dict:
+def _document(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestConfig, require_id: bool) -> dict:
     if not isinstance(obj, dict):
         return _reject(source_file, line_no, "not_an_object", raw)
+    given_id = obj.get(cfg.id_field) if cfg.id_field else None
+    if require_id and given_id in (None, ""):
+        return _reject(source_file, line_no, "missing_doc_id", raw, f"no field {cfg.id_field!r}")
     if cfg.text_field not in obj or obj[cfg.text_field] is None:
         return _reject(source_file, line_no, "missing_text", raw, f"no field {cfg.text_field!r}")
     text = obj[cfg.text_field]
@@ -123,7 +141,6 @@ def _document(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestCon
         return _reject(source_file, line_no, "too_large", raw[:1000] if isinstance(raw, (str, bytes)) else "",
                        f"{len(text)} chars > ingest.max_doc_chars={cfg.max_doc_chars}")
     digest = text_hash(text)
-    given_id = obj.get(cfg.id_field) if cfg.id_field else None
     doc_id = str(given_id) if given_id not in (None, "") else digest
     source = obj.get(cfg.source_field) if cfg.source_field else None
     reserved = {cfg.text_field, cfg.id_field, cfg.source_field}
@@ -134,7 +151,7 @@ def _document(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestCon
             "text_hash": digest, "n_chars": len(text), "source_file": source_file, "line_no": line_no}
 
 
-def _jsonl(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig) -> Iterator[dict]:
+def _jsonl(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, require_id: bool) -> Iterator[dict]:
     with fs.open_input_stream(path, compression="detect") as stream:
         for line_no, raw in enumerate(io.BufferedReader(stream), start=1):
             if not raw.strip():
@@ -149,33 +166,38 @@ def _jsonl(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig) 
             except (json.JSONDecodeError, RecursionError) as e:
                 yield _reject(source_file, line_no, "malformed_json", line, str(e))
                 continue
-            yield _document(obj, source_file, line_no, line, cfg)
+            yield _document(obj, source_file, line_no, line, cfg, require_id)
 
 
-def _parquet(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig) -> Iterator[dict]:
+def _parquet(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig,
+             require_id: bool) -> Iterator[dict]:
     with fs.open_input_file(path) as f:
         parquet = pq.ParquetFile(f)
         row = 1
         for batch in parquet.iter_batches(batch_size=1024):
             for obj in batch.to_pylist():
-                yield _document(obj, source_file, row, obj, cfg)
+                yield _document(obj, source_file, row, obj, cfg, require_id)
                 row += 1
 
 
-def _text(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig) -> Iterator[dict]:
+def _text(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, require_id: bool) -> Iterator[dict]:
     with fs.open_input_stream(path, compression="detect") as stream:
         data = stream.read()
-    yield _document({cfg.text_field: data}, source_file, 1, data[:1000], cfg)
+    yield _document({cfg.text_field: data}, source_file, 1, data[:1000], cfg, require_id)
 
 
 _READERS = {"jsonl": _jsonl, "parquet": _parquet, "text": _text}
 
 
-def read_file(source_file: str, cfg: IngestConfig) -> Iterator[dict]:
-    """Every record of one file as a `doc` or a `reject` dict; an unreadable file is one reject."""
+def read_file(source_file: str, cfg: IngestConfig, *, require_id: bool = False) -> Iterator[dict]:
+    """Every record of one file as a `doc` or a `reject` dict; an unreadable file is one reject.
+
+    require_id (expert import: an output must name its document): a record without `cfg.id_field` is a
+    `missing_doc_id` reject instead of getting its text's hash as id.
+    """
     try:
         fmt = detect_format(source_file, cfg.format)
         fs, path = resolve(source_file)
-        yield from _READERS[fmt](fs, path, source_file, cfg)
+        yield from _READERS[fmt](fs, path, source_file, cfg, require_id)
     except Exception as e:  # noqa: BLE001 - a broken file must not fail the job; it is recorded
         yield _reject(source_file, None, "unreadable_file", "", f"{type(e).__name__}: {e}")

@@ -52,11 +52,29 @@ def test_later_layers_win(tmp_path):
     ("lake.catalog_schema=x;DROP TABLE y", "bad value for 'lake.catalog_schema'"),
     ("model.base_url=file:///etc/passwd", "bad value for 'model.base_url'"),
     ("expert.base_url=ftp://host/v1", "bad value for 'expert.base_url'"),
+    ("lake.path=", "bad value for 'lake.path': Value error, must be a directory path or a storage URI"),
+    ("lake.path=/data/lake*", "bad value for 'lake.path': Value error, must not contain glob characters"),
+    ("model.prompt_version=../../etc/x", "bad value for 'model.prompt_version': Value error, must name a prompt file"),
+    ("model.prompt_version=refine..v1", "bad value for 'model.prompt_version'"),
+    ("model.prompt_version=", "bad value for 'model.prompt_version'"),
+    ("ingest.text_field=", "bad value for 'ingest.text_field': Value error, must be a field name, not empty"),
+    ("ingest.id_field=", "bad value for 'ingest.id_field': Value error, must be a field name, or null"),
+    ("ingest.id_field=text", "bad value for 'ingest.id_field': Value error, must differ from ingest.text_field"),
+    ("spark.conf.sql.shuffle.partitions=4", "bad value for 'spark.conf': Value error, keys must be Spark settings "
+                                            "starting with 'spark.'"),
+    ("train.output_dir=", "bad value for 'train.output_dir': Value error, must be a directory path, not empty"),
 ])
 def test_errors_name_the_key(item, needle):
     with pytest.raises(ConfigError) as err:
         load_config(overrides=[item])
     assert needle in str(err.value)
+
+
+def test_valid_names_still_load():
+    cfg = load_config(overrides=["model.prompt_version=refine-v2.1_b", "ingest.text_field=body",
+                                 "ingest.id_field=text", "lake.path=s3://bucket/lake"])
+    assert (cfg.model.prompt_version, cfg.ingest.id_field) == ("refine-v2.1_b", "text")
+    assert cfg.lake.path == "s3://bucket/lake"
 
 
 def test_bad_override_syntax():

@@ -170,6 +170,21 @@ def test_resolve_root_refuses(path, needle):
         resolve_root(path)
 
 
+@pytest.mark.parametrize("master", ["yarn", "spark://host:7077", "k8s://https://api:6443", "connect"])
+def test_a_relative_lake_path_is_refused_off_local_masters(master):
+    for relative in ("./lake", "lake", "data/lake"):
+        with pytest.raises(LakeError, match=r"lake.path .* is relative.*hdfs://, s3://, abfss://, dbfs:/"):
+            resolve_root(relative, master)
+    assert resolve_root("/mnt/shared/lake", master) == "/mnt/shared/lake"  # a shared mount
+    assert resolve_root("hdfs:///data/lake", master) == "hdfs:///data/lake"
+
+
+@pytest.mark.parametrize("master", ["local", "local[2]", "local[*]", "local-cluster[2,1,1024]"])
+def test_a_relative_lake_path_is_fine_on_local_masters(master, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_root("./lake", master) == str(tmp_path.resolve() / "lake")
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\n\r*?[]{}:"),
                min_size=1).filter(lambda s: s.strip()))

@@ -86,3 +86,27 @@ def test_listing_and_format_detection(tmp_path):
         detect_format("data.csv")
     with pytest.raises(FileNotFoundError):
         list_input_files([str(tmp_path / "missing")])
+
+
+def test_require_id_rejects_records_without_one(tmp_path):
+    path = tmp_path / "expert.jsonl"
+    path.write_text('{"doc_id": "d1", "text": "a"}\n{"text": "no id"}\n{"doc_id": null, "text": "b"}\n'
+                    '{"doc_id": "", "text": "c"}\n')
+    cfg = IngestConfig(id_field="doc_id")
+    got = [(r["kind"], r.get("doc_id"), r["reason"] if r["kind"] == "reject" else None)
+           for r in read_file(str(path), cfg, require_id=True)]
+    assert got == [("doc", "d1", None)] + [("reject", None, "missing_doc_id")] * 3
+    assert [r["kind"] for r in read_file(str(path), cfg)] == ["doc"] * 4  # ingest: the text hash is the id
+
+
+def test_local_files_have_one_spelling(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text("{}\n")
+    (tmp_path / "current").symlink_to(data)
+    (data / "link.jsonl").symlink_to(data / "a.jsonl")
+    monkeypatch.chdir(tmp_path)
+    real = str(data.resolve() / "a.jsonl")
+    for spelling in [real, f"file://{real}", "data/a.jsonl", "current/a.jsonl", "./current/../data/a.jsonl"]:
+        assert list_input_files([spelling]) == [real], spelling
+    assert list_input_files([f"file://{tmp_path}/current"]) == [real, str(data.resolve() / "link.jsonl")]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
+from refinex_spark import cli
 from refinex_spark.config import IngestConfig
 from refinex_spark.jobs import distill, expert_import, export_sft, ingest, sql
 from refinex_spark.jobs.demo import BAD_RECORDS, write_docs
@@ -61,7 +63,7 @@ def test_ingest_counts_reconcile_and_rerun_adds_nothing(make_ctx, corpus):
     assert DeltaTable(ctx.lake.location("raw_docs")).to_pyarrow_table().num_rows == len(raw)
 
     again = make_ctx("ingest", "ingest.max_doc_chars=4000")
-    c2 = ingest.run(again, [str(raw_dir)])["counts"]
+    c2 = ingest.run(again, [f"file://{raw_dir}"])["counts"]  # another spelling of the same files
     assert c2["accepted"] == 0 and c2["already_present"] == c["accepted"] and c2["read"] == c["read"]
     assert len(_rows(again, "raw_docs")) == len(raw) and len(_rows(again, "rejects")) == len(rejects)
     history = again.lake.history("raw_docs")
@@ -88,9 +90,18 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path):
     ingest.run(make_ctx("ingest"), [str(raw_dir)])
     with open(expert_path, "a") as f:
         f.write(json.dumps({"doc_id": "not-ingested", "text": "x", "model": "m"}) + "\n")
+        f.write(json.dumps({"text": "an output that names no document", "model": "m"}) + "\n")
     ex = expert_import.run(make_ctx("expert"), str(expert_path))["counts"]
-    assert ex["accepted"] == len(DOCS) and ex["rejected.unknown_doc_id"] == 1
+    assert ex["accepted"] == len(DOCS) and ex["rejected.unknown_doc_id"] == 1 and ex["rejected.missing_doc_id"] == 1
+    missing = _rows(make_ctx("x"), "rejects").query("reason == 'missing_doc_id'")
+    assert list(missing["detail"]) == ["no field 'doc_id'"] and list(missing["stage"]) == ["expert"]
     assert expert_import.run(make_ctx("expert"), str(expert_path))["counts"]["accepted"] == 0
+    # ingest.format applies to expert import too: a name `auto` cannot place is read as told
+    renamed = shutil.copy(expert_path, expert_path.with_suffix(".out"))
+    with pytest.raises(ValueError, match="set ingest.format"):
+        expert_import.run(make_ctx("expert"), str(renamed))
+    assert expert_import.run(make_ctx("expert", "ingest.format=jsonl"), str(renamed))["counts"]["already_present"] \
+        == len(DOCS)
 
     d = distill.run(make_ctx("distill"))["counts"]
     assert d["docs"] == len(DOCS)
@@ -110,6 +121,12 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path):
     assert [m["role"] for m in lines[0]["messages"]] == ["user", "assistant"]
     with pytest.raises(ValueError, match="already exists"):
         export_sft.run(make_ctx("export-sft"), str(out))
+    # settings nothing was distilled under: a message naming what is there, not a Spark error
+    never = make_ctx("export-sft", "distill.max_ops_per_chunk=5")
+    with pytest.raises(ValueError, match="no kept distill_samples under fingerprint") as err:
+        export_sft.run(never, str(tmp_path / "sft-none"))
+    assert never.config.fingerprint("program", "chunking", "distill") in str(err.value)
+    assert samples["fingerprint"].iloc[0] in str(err.value) and not (tmp_path / "sft-none").exists()
 
 
 def test_distill_uses_the_newest_ok_output_of_each_document(make_ctx, tmp_path):
@@ -168,6 +185,24 @@ def test_sql_time_travel_and_history(make_ctx, corpus, tmp_path, capsys):
     assert [e["version"] for e in entries] == [1, 0] and entries[0]["rows_added"] == 1
     with pytest.raises(ValueError, match="unknown table"):
         sql.history(ctx, "bogus")
+
+
+def test_cli_errors_are_one_line(spark, tmp_path, capsys):
+    lake = ["--set", f"lake.path={tmp_path / 'lake'}"]
+    (tmp_path / "a.jsonl").write_text('{"id": "a", "text": "one"}\n')
+    assert cli.main(["ingest", str(tmp_path / "a.jsonl"), *lake]) == 0
+    capsys.readouterr()
+    for argv, needle in [
+        (["sql", "SELEC 1"], "sql: error: query failed: [PARSE_SYNTAX_ERROR]"),
+        (["sql", "SELECT nope FROM raw_docs"], "sql: error: query failed: [UNRESOLVED_COLUMN"),
+        (["sql", "SELECT 1", "--as-of-version", "raw_docs=99"], "sql: error: cannot load raw_docs at version 99"),
+        (["sql", "SELECT 1", "--as-of-version", "nosuch=1"], "sql: error: --as-of-version expects TABLE=N"),
+        (["sql", "SELECT 1", "--set", "spark.conf.spark.sql.session.timeZone=CET"],
+         "sql: error: spark.conf.spark.sql.session.timeZone must be 'UTC'"),
+    ]:
+        assert cli.main([*argv, *lake]) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"refinex-spark {needle}") and err.count("\n") == 1, err
 
 
 def test_demo_bad_records_are_each_rejected(tmp_path):

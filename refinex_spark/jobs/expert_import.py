@@ -1,8 +1,9 @@
 """expert import: a file of precomputed expert outputs (doc_id, text, model) -> `expert_outputs`.
 
-Records are read by the same `readers` as ingest (so bad JSON, bad UTF-8 and missing text
-become rejects). A doc_id that is not in `raw_docs` is rejected; an output already imported
-for the same doc, model and prompt version is skipped, so importing a file twice adds nothing.
+Records are read by the same `readers` as ingest, in `ingest.format` (so bad JSON, bad UTF-8 and
+missing text become rejects). A record without a doc_id is rejected as `missing_doc_id`, one whose
+doc_id is not in `raw_docs` as `unknown_doc_id`; an output already imported for the same doc, model
+and prompt version is skipped, so importing a file twice adds nothing.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ KEY = ["doc_id", "expert_model", "prompt_version"]
 
 def run(ctx: RunContext, path: str, default_model: str | None = None) -> dict:
     stats = ctx.stats
-    reader_cfg = IngestConfig(format="auto", id_field="doc_id", text_field="text",
+    reader_cfg = IngestConfig(format=ctx.config.ingest.format, id_field="doc_id", text_field="text",
                               source_field=None, max_doc_chars=ctx.config.ingest.max_doc_chars)
     files = readers.list_input_files([path])
     fingerprint = ctx.config.fingerprint("ingest")
     with stats.timer("read"):
-        records = read_records(ctx.spark, files, reader_cfg).persist()
+        records = read_records(ctx.spark, files, reader_cfg, require_id=True).persist()
         meta = lambda key: F.get_json_object("metadata", f"$.{key}")  # noqa: E731 - a column shorthand
         outputs = records.where("kind = 'doc'").select(
             "doc_id", "text", "source_file", "line_no",

@@ -1,5 +1,7 @@
-"""export-sft: kept `distill_samples` -> a chat-format SFT file (jsonl or parquet).
+"""export-sft: kept `distill_samples` -> a directory of chat-format SFT part files (jsonl or parquet).
 
+OUT is written by Spark: `OUT/part-*.json` (one JSON object a line) or `OUT/part-*.parquet`, plus
+`_SUCCESS`; load the part files, e.g. `datasets.load_dataset("json", data_files="OUT/*.json")`.
 Each row is `{"messages": [{"role": "user", ...}, {"role": "assistant", ...}], "doc_id": ...,
 "chunk_index": ...}`, the layout TRL's SFTTrainer, axolotl and LLaMA-Factory read. The user
 turn is built by `model.prompt.user_message`, the same function training and inference use.
@@ -24,7 +26,14 @@ def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
     template = load_template(config.model.prompt_version)
     fingerprint = config.fingerprint("program", "chunking", "distill")
     as_user = F.udf(lambda chunk: user_message(template, chunk), "string")
-    samples = ctx.read("distill_samples").where(F.col("kept") & (F.col("fingerprint") == fingerprint))
+    kept = ctx.read("distill_samples").where(F.col("kept"))
+    samples = kept.where(F.col("fingerprint") == fingerprint)
+    n = samples.count()
+    if not n:
+        present = sorted(r["fingerprint"] for r in kept.select("fingerprint").distinct().collect())
+        raise ValueError(f"no kept distill_samples under fingerprint {fingerprint} (fingerprints with kept samples: "
+                         f"{', '.join(present) or 'none'}): run `distill` with these program/chunking/distill "
+                         "settings first")
     rows = samples.select(
         F.array(
             F.struct(F.lit("user").alias("role"), as_user("prompt").alias("content")),
@@ -35,6 +44,6 @@ def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
     with stats.timer("write"):
         writer = rows.coalesce(1).write.mode("errorifexists")
         (writer.json if fmt == "jsonl" else writer.parquet)(output)
-    stats.counts["samples"] = ctx.spark.read.format("json" if fmt == "jsonl" else "parquet").load(output).count()
+    stats.counts["samples"] = n
     stats.info.update(output=os.path.abspath(output), format=fmt, fingerprint=fingerprint)
     return stats.as_dict()

@@ -30,19 +30,19 @@ _RECORD = StructType([
 ])
 
 
-def _read_files(cfg) -> RowsFn:
+def _read_files(cfg, require_id: bool) -> RowsFn:
     def read(rows: list[dict]) -> Iterator[dict]:
-        return (record for row in rows for record in readers.read_file(row["path"], cfg))
+        return (record for row in rows for record in readers.read_file(row["path"], cfg, require_id=require_id))
 
     return read
 
 
-def read_records(spark, files: list[str], cfg) -> DataFrame:
+def read_records(spark, files: list[str], cfg, *, require_id: bool = False) -> DataFrame:
     """One task per file; each yields its `doc` and `reject` records (see readers.read_file)."""
     for f in files:
         readers.detect_format(f, cfg.format)  # fail fast, before any Spark work, on an unknown extension
     paths_df = spark.createDataFrame([(f,) for f in files], "path string").repartition(max(1, len(files)))
-    return map_rows(paths_df, _read_files(cfg), _RECORD)
+    return map_rows(paths_df, _read_files(cfg, require_id), _RECORD)
 
 
 def run(ctx: RunContext, paths: list[str]) -> dict:

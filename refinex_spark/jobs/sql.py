@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pyspark.errors import PySparkException
+from pyspark.logger import PySparkLogger
 
 from ..runtime import RunContext
 from ..schemas import TABLES
@@ -26,9 +32,32 @@ def register(ctx: RunContext, as_of: dict[str, int] | None = None) -> list[str]:
     return ctx.lake.register_views(ctx.spark, as_of) + register_views(ctx.spark)
 
 
+@contextmanager
+def _user_query_errors() -> Iterator[None]:
+    """Spark's errors about the user's query (or a version it cannot time-travel to) as a one-line ValueError.
+
+    PySpark also logs such an error with its JVM stack trace; that log is muted here, the caller reports it.
+    """
+    # PySpark's own logger class: it logs with keyword arguments a plain logging.Logger would refuse.
+    loggers = [PySparkLogger.getLogger(n) for n in ("SQLQueryContextLogger", "DataFrameQueryContextLogger")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except PySparkException as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ValueError(f"query failed: {first.strip()}") from e
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def run(ctx: RunContext, query: str, limit: int = 50, as_of: list[str] | None = None) -> None:
-    register(ctx, parse_as_of(as_of or []))
-    ctx.spark.sql(query).show(n=limit, truncate=80, vertical=False)
+    versions = parse_as_of(as_of or [])
+    with _user_query_errors():
+        register(ctx, versions)
+        ctx.spark.sql(query).show(n=limit, truncate=80, vertical=False)
 
 
 def history(ctx: RunContext, table: str) -> None:
