@@ -474,12 +474,13 @@ def _partial_line_texts(line: str, spans: list[tuple[int, int]], min_chars: int,
 class _Plan:
     """Ops for the lines of one region: lines removed whole, and remove_str texts per line."""
 
-    __slots__ = ("removed", "blank", "str_ops")
+    __slots__ = ("removed", "blank", "str_ops", "exact")
 
     def __init__(self) -> None:
         self.removed: list[int] = []  # lines whose non-whitespace content is all deleted
         self.blank: list[int] = []  # whitespace-only lines the alignment deleted
         self.str_ops: list[tuple[int, str]] = []
+        self.exact = False  # known to delete every non-space char the alignment deleted
 
     def outcome(self, lines: list[str], first: int, last: int) -> str:
         """Lines first..last after the ops, whitespace collapsed (what fidelity compares)."""
@@ -552,11 +553,14 @@ def _region_plan(
     pure = not region.illegal  # alternatives only help pure deletions; rewrites are dropped or rare
     best = _plan(lines, bounds, first, last, region.deleted, truncated, min_chars, pure)
     if not pure or region.deleted == [(region.start, region.end)]:
+        best.exact = pure
         return best
     text = edits.raw[region.start:region.end]
     kept = _kept_text(text, region.deleted, region.start)
+    target = _squash(kept)
     best_outcome = best.outcome(lines, first, last)
-    if best_outcome == _squash(kept):
+    if best_outcome == target:
+        best.exact = True
         return best
     alternatives = [
         [(a + region.start, b + region.start) for a, b in _embedding_gaps(text, kept, from_left)]
@@ -573,22 +577,25 @@ def _region_plan(
         score = (len(other.outcome(lines, first, last)), len(other.removed) + len(other.str_ops))
         if score < best_score:
             best, best_score = other, score
+    best.exact = best.outcome(lines, first, last) == target
     return best
 
 
 def _line_ops(
-    lines: list[str], edits: _Edits, truncated: frozenset[int], config: DistillConfig
-) -> tuple[list[tuple[int, int]], list[tuple[int, str]]]:
-    """Merged remove_lines ranges and (line, text) remove_str ops, both in line order."""
-    bounds = _line_bounds(lines)
+    lines: list[str], bounds: list[int], edits: _Edits, truncated: frozenset[int], config: DistillConfig
+) -> tuple[list[tuple[int, int]], list[tuple[int, str]], bool]:
+    """Merged remove_lines ranges and (line, text) remove_str ops, both in line order, and whether
+    they are known to delete everything the alignment deleted (spaces aside)."""
     removed: set[int] = set()
     blank: set[int] = set()
     str_ops: list[tuple[int, str]] = []
+    exact = True
     for region in edits.regions:
         plan = _region_plan(edits, lines, bounds, region, truncated, config.min_remove_str_chars)
         removed.update(plan.removed)
         blank.update(plan.blank)
         str_ops.extend(plan.str_ops)
+        exact &= plan.exact
     # Deleted blank lines join the ranges around them (no extra ops) but never stand alone.
     ranges: list[tuple[int, int]] = []
     run: list[int] = []
@@ -598,7 +605,7 @@ def _line_ops(
             run = []
         run.append(i)
     _close_run(run, removed, ranges)
-    return ranges, str_ops
+    return ranges, str_ops, exact
 
 
 def _close_run(run: list[int], removed: set[int], ranges: list[tuple[int, int]]) -> None:
@@ -691,13 +698,15 @@ def distill(
     truncated = frozenset().union(*(c.truncated for c in chunks))
 
     edits = align(raw_text, raw_lines, expert_text, expert_lines, alignment)
-    ranges, str_ops = _line_ops(raw_lines, edits, truncated, cfg)
+    bounds = _line_bounds(raw_lines)
+    ranges, str_ops, exact = _line_ops(raw_lines, bounds, edits, truncated, cfg)
     # The run's program limits, but always the RefineX dialect: that is what distillation writes,
     # whichever dialect the refine stage later runs (ProX models come trained).
     limits = (program or ProgramConfig()).model_copy(update={"dialect": "refinex"})
     # Only ops the refine stage will accept under the run's program settings become training data.
     usable = lambda op: op.kind != "remove_str" or len(op.text or "") <= limits.max_text_chars  # noqa: E731
-    chunk_ops = [[op for op in _ops_between(c.start, c.end, ranges, str_ops) if usable(op)] for c in chunks]
+    all_ops = [_ops_between(c.start, c.end, ranges, str_ops) for c in chunks]
+    chunk_ops = [[op for op in ops if usable(op)] for ops in all_ops]
     chunk_programs = [render_program(ops) for ops in chunk_ops]
     refined = execute(
         raw_text, [ChunkProgram(c.start, c.end, p, c.truncated) for c, p in zip(chunks, chunk_programs)], limits
@@ -721,7 +730,9 @@ def distill(
         fidelity=shingle_f1(refined.text, expert_text, cfg.shingle_size),
         kept=doc_reason is None, drop_reason=doc_reason,
     )
-    missed = _missed_deletions(raw_lines, edits, chunks, chunk_ops)
+    # Counting what each chunk misses is needed only where the ops are not known to be exact.
+    exact = exact and all(len(ops) == len(kept) for ops, kept in zip(all_ops, chunk_ops))
+    missed = [0] * len(chunks) if exact else _missed_deletions(raw_lines, bounds, edits, chunks, chunk_ops)
     samples = tuple(
         _sample(c, ops, program, doc_reason, m, cfg)
         for c, ops, program, m in zip(chunks, chunk_ops, chunk_programs, missed)
@@ -729,24 +740,24 @@ def distill(
     return DistillResult(program=render_program(whole), samples=samples, stats=stats)
 
 
-def _missed_deletions(lines: list[str], edits: _Edits, chunks: Sequence[Chunk], chunk_ops: list[list[Op]]) -> list[int]:
+def _missed_deletions(
+    lines: list[str], bounds: list[int], edits: _Edits, chunks: Sequence[Chunk], chunk_ops: list[list[Op]]
+) -> list[int]:
     """Per chunk, the non-space chars the expert deleted (per the alignment) that its ops keep.
 
     Deletions the language cannot express (repeated or too short for remove_str, inside a
     truncated line, over the run's remove_str length) are what the program misses.
     """
-    bounds = _line_bounds(lines)
     starts = [bounds[c.start] for c in chunks]
-    aligned = [0] * len(chunks)
-    for region in edits.regions:
-        for a, b in region.deleted:
-            k = bisect_right(starts, a) - 1
-            while a < b:  # a span may cross into the next chunks
-                stop = min(b, starts[k + 1]) if k + 1 < len(chunks) else b
-                aligned[k] += _nonspace(edits.raw[a:stop])
-                a, k = stop, k + 1
+    aligned_by_chunk = [0] * len(chunks)
+    for a, b in (span for region in edits.regions for span in region.deleted):
+        k = bisect_right(starts, a) - 1
+        while a < b:  # a span may cross into the next chunks
+            stop = min(b, starts[k + 1]) if k + 1 < len(chunks) else b
+            aligned_by_chunk[k] += _nonspace(edits.raw[a:stop])
+            a, k = stop, k + 1
     missed = []
-    for count, ops in zip(aligned, chunk_ops):
+    for aligned, ops in zip(aligned_by_chunk, chunk_ops):
         edited: dict[int, str] = {}
         for op in ops:
             if op.kind == "remove_lines":
@@ -754,7 +765,7 @@ def _missed_deletions(lines: list[str], edits: _Edits, chunks: Sequence[Chunk], 
             elif op.kind == "remove_str":
                 edited[op.line] = edited.get(op.line, lines[op.line]).replace(op.text, "")
         done = sum(_nonspace(lines[i]) - _nonspace(text) for i, text in edited.items())
-        missed.append(max(0, count - done))
+        missed.append(max(0, aligned - done))
     return missed
 
 
