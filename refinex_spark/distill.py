@@ -745,27 +745,32 @@ def _missed_deletions(
 ) -> list[int]:
     """Per chunk, the non-space chars the expert deleted (per the alignment) that its ops keep.
 
-    Deletions the language cannot express (repeated or too short for remove_str, inside a
-    truncated line, over the run's remove_str length) are what the program misses.
+    Deletions the language cannot express (repeated or too short for remove_str, over the run's
+    remove_str length) are what the program misses. A truncated line that stays counts for
+    nothing: the model sees only part of it and may only remove it whole, so keeping it is right.
     """
-    starts = [bounds[c.start] for c in chunks]
-    aligned_by_chunk = [0] * len(chunks)
+    aligned: dict[int, int] = {}  # line -> non-space chars the alignment deleted there
     for a, b in (span for region in edits.regions for span in region.deleted):
-        k = bisect_right(starts, a) - 1
-        while a < b:  # a span may cross into the next chunks
-            stop = min(b, starts[k + 1]) if k + 1 < len(chunks) else b
-            aligned_by_chunk[k] += _nonspace(edits.raw[a:stop])
-            a, k = stop, k + 1
+        i = bisect_right(bounds, a) - 1
+        while a < b:  # a span may run over several lines
+            stop = min(b, bounds[i + 1]) if i + 1 < len(lines) else b
+            aligned[i] = aligned.get(i, 0) + _nonspace(edits.raw[a:stop])
+            a, i = stop, i + 1
+    firsts = [c.start for c in chunks]
+    by_chunk: list[list[int]] = [[] for _ in chunks]
+    for i in aligned:
+        by_chunk[bisect_right(firsts, i) - 1].append(i)
     missed = []
-    for aligned, ops in zip(aligned_by_chunk, chunk_ops):
+    for chunk, ops, touched in zip(chunks, chunk_ops, by_chunk):
         edited: dict[int, str] = {}
         for op in ops:
             if op.kind == "remove_lines":
                 edited.update((i, "") for i in range(op.start, op.end + 1))
             elif op.kind == "remove_str":
                 edited[op.line] = edited.get(op.line, lines[op.line]).replace(op.text, "")
+        expected = sum(aligned[i] for i in touched if i not in chunk.truncated or i in edited)
         done = sum(_nonspace(lines[i]) - _nonspace(text) for i, text in edited.items())
-        missed.append(max(0, aligned - done))
+        missed.append(max(0, expected - done))
     return missed
 
 

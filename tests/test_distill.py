@@ -331,10 +331,11 @@ def test_chunks_missing_what_the_expert_deleted_are_dropped_as_unexpressible() -
     result = distill("Intro. Click here! Results. Click here! The end.", "Intro. Results. Click here! The end.",
                      everything)
     assert [(s.program, s.kept, s.drop_reason) for s in result.samples] == [("keep_all()", False, "unexpressible")]
-    # The noise sits in the hidden part of a line too long to show whole.
+    # A line too long to show whole may only be removed whole: keeping it misses nothing the
+    # model could have done (here the noise is even in its hidden part).
     raw = "word " * 700 + "BUY NOW CHEAP PILLS"
     (sample,) = distill(raw, "word " * 700, everything).samples
-    assert (sample.program, sample.drop_reason) == ("keep_all()", "unexpressible")
+    assert (sample.program, sample.kept) == ("keep_all()", True)
     # A few stray symbols (jitter below min_remove_str_chars) are tolerated, up to the setting.
     raw, expert = "Home | News | Sports | Weather", "Home News Sports Weather"
     assert distill(raw, expert, everything).samples[0].kept
