@@ -35,6 +35,8 @@ case "${1:-}" in
     rm -rf dist && mkdir -p dist
     "$PY" -m build --wheel --outdir dist .
     # A relocatable environment for spark-submit --archives dist/refinex-env.tar.gz#env (YARN).
+    # venv-pack does not ship the interpreter: env/bin/python links to this python3, so every node
+    # needs the same Python 3.11 at the same path (otherwise use conda-pack or a container image).
     # GPU executors need a CUDA build of torch: TORCH_SPEC="torch==2.13.0" on a CUDA index, and
     # EXTRAS=gpu for vLLM. The default is the CPU wheel this machine has.
     rm -rf build/pack-venv && python3 -m venv build/pack-venv

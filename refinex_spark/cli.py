@@ -13,6 +13,16 @@ from collections.abc import Callable, Sequence
 from .config import ENVIRONMENTS, Config, ConfigError, load_config
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", choices=ENVIRONMENTS, default=None,
                    help="layer conf/<env>.yaml over conf/refinex.yaml")
@@ -118,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("refine", _refine, "raw_docs -> refined_docs with the refine model")
     p = add("sql", _sql, "run SQL over the lake tables (each registered as a view)")
     p.add_argument("query")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive_int, default=50, help="rows to show (default 50)")
     p.add_argument("--as-of-version", action="append", default=[], metavar="TABLE=N",
                    help="read TABLE at Delta version N (repeatable)")
     p = add("history", _history, "commit history of a lake table")

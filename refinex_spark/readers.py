@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from .config import IngestConfig
 
 MAX_RECORD_CHARS = 65_536  # the offending record is kept in `rejects` up to this size
+PREFIX_CHARS = 1000  # of a too_large record, and of a text file, only this long a prefix is kept
 
 # Every reason a reject of ingest can carry (README lists them; tests keep the two in step).
 REJECT_REASONS = (
@@ -97,14 +98,25 @@ def list_input_files(paths: list[str]) -> list[str]:
     return sorted(set(out))
 
 
-def _reject(source_file: str, line_no: int | None, reason: str, record: Any, detail: str = "") -> dict:
+def _record_text(record: Any) -> str:
+    """A record as `rejects.record` keeps it: a line as read, a parquet row as JSON; valid UTF-8, cut to size."""
     if isinstance(record, bytes):
         record = record.decode("utf-8", errors="backslashreplace")
     elif not isinstance(record, str):
         record = json.dumps(record, ensure_ascii=False, default=str)
-    record = record.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return record.encode("utf-8", errors="backslashreplace").decode("utf-8")[:MAX_RECORD_CHARS]
+
+
+def _reject(source_file: str, line_no: int | None, reason: str, record: Any, detail: str = "") -> dict:
     return {"kind": "reject", "reason": reason, "source_file": source_file, "line_no": line_no,
-            "record": record[:MAX_RECORD_CHARS], "detail": detail}
+            "record": _record_text(record), "detail": detail}
+
+
+def _prefix(raw: Any, text_field: str, text: str) -> str | bytes:
+    """The first PREFIX_CHARS of a record: of its line (jsonl), or of the row with its text cut (parquet)."""
+    if isinstance(raw, (str, bytes)):
+        return raw[:PREFIX_CHARS]
+    return json.dumps({**raw, text_field: text[:PREFIX_CHARS]}, ensure_ascii=False, default=str)[:PREFIX_CHARS]
 
 
 def _is_utf8_safe(value: Any) -> bool:
@@ -116,7 +128,9 @@ def _is_utf8_safe(value: Any) -> bool:
         return False
 
 
-def _document(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestConfig, require_id: bool) -> dict:
+def _document(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestConfig, require_id: bool,
+              keep_record: bool = False) -> dict:
+    """A `doc` or a `reject` dict; keep_record: a doc carries its raw record too, as a reject would."""
     if not isinstance(obj, dict):
         return _reject(source_file, line_no, "not_an_object", raw)
     given_id = obj.get(cfg.id_field) if cfg.id_field else None
@@ -138,20 +152,24 @@ def _document(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestCon
     if not text.strip():
         return _reject(source_file, line_no, "empty_text", raw)
     if len(text) > cfg.max_doc_chars:
-        return _reject(source_file, line_no, "too_large", raw[:1000] if isinstance(raw, (str, bytes)) else "",
+        return _reject(source_file, line_no, "too_large", _prefix(raw, cfg.text_field, text),
                        f"{len(text)} chars > ingest.max_doc_chars={cfg.max_doc_chars}")
     digest = text_hash(text)
     doc_id = str(given_id) if given_id not in (None, "") else digest
     source = obj.get(cfg.source_field) if cfg.source_field else None
     reserved = {cfg.text_field, cfg.id_field, cfg.source_field}
     metadata = {k: v for k, v in obj.items() if k not in reserved}
-    return {"kind": "doc", "doc_id": doc_id, "text": text,
-            "source": str(source) if source is not None else os.path.basename(source_file),
-            "metadata": json.dumps(metadata, ensure_ascii=False, sort_keys=True, default=str),
-            "text_hash": digest, "n_chars": len(text), "source_file": source_file, "line_no": line_no}
+    doc = {"kind": "doc", "doc_id": doc_id, "text": text,
+           "source": str(source) if source is not None else os.path.basename(source_file),
+           "metadata": json.dumps(metadata, ensure_ascii=False, sort_keys=True, default=str),
+           "text_hash": digest, "n_chars": len(text), "source_file": source_file, "line_no": line_no}
+    if keep_record:
+        doc["record"] = _record_text(raw)
+    return doc
 
 
-def _jsonl(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, require_id: bool) -> Iterator[dict]:
+def _jsonl(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, require_id: bool,
+           keep_record: bool) -> Iterator[dict]:
     with fs.open_input_stream(path, compression="detect") as stream:
         for line_no, raw in enumerate(io.BufferedReader(stream), start=1):
             if not raw.strip():
@@ -166,38 +184,41 @@ def _jsonl(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, 
             except (json.JSONDecodeError, RecursionError) as e:
                 yield _reject(source_file, line_no, "malformed_json", line, str(e))
                 continue
-            yield _document(obj, source_file, line_no, line, cfg, require_id)
+            yield _document(obj, source_file, line_no, line, cfg, require_id, keep_record)
 
 
 def _parquet(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig,
-             require_id: bool) -> Iterator[dict]:
+             require_id: bool, keep_record: bool) -> Iterator[dict]:
     with fs.open_input_file(path) as f:
         parquet = pq.ParquetFile(f)
         row = 1
         for batch in parquet.iter_batches(batch_size=1024):
             for obj in batch.to_pylist():
-                yield _document(obj, source_file, row, obj, cfg, require_id)
+                yield _document(obj, source_file, row, obj, cfg, require_id, keep_record)
                 row += 1
 
 
-def _text(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, require_id: bool) -> Iterator[dict]:
+def _text(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, require_id: bool,
+          keep_record: bool) -> Iterator[dict]:
     with fs.open_input_stream(path, compression="detect") as stream:
         data = stream.read()
-    yield _document({cfg.text_field: data}, source_file, 1, data[:1000], cfg, require_id)
+    yield _document({cfg.text_field: data}, source_file, 1, data[:PREFIX_CHARS], cfg, require_id, keep_record)
 
 
 _READERS = {"jsonl": _jsonl, "parquet": _parquet, "text": _text}
 
 
-def read_file(source_file: str, cfg: IngestConfig, *, require_id: bool = False) -> Iterator[dict]:
+def read_file(source_file: str, cfg: IngestConfig, *, require_id: bool = False,
+              keep_record: bool = False) -> Iterator[dict]:
     """Every record of one file as a `doc` or a `reject` dict; an unreadable file is one reject.
 
     require_id (expert import: an output must name its document): a record without `cfg.id_field` is a
-    `missing_doc_id` reject instead of getting its text's hash as id.
+    `missing_doc_id` reject instead of getting its text's hash as id. keep_record: docs carry their raw
+    record in `record` (as rejects do), for a stage that rejects some of them later (duplicate ids).
     """
     try:
         fmt = detect_format(source_file, cfg.format)
         fs, path = resolve(source_file)
-        yield from _READERS[fmt](fs, path, source_file, cfg, require_id)
+        yield from _READERS[fmt](fs, path, source_file, cfg, require_id, keep_record)
     except Exception as e:  # noqa: BLE001 - a broken file must not fail the job; it is recorded
         yield _reject(source_file, None, "unreadable_file", "", f"{type(e).__name__}: {e}")

@@ -67,6 +67,28 @@ def test_parquet_and_text(tmp_path):
     assert t["text"] == "plain\r\ntext file" and t["doc_id"] == text_hash(t["text"])
 
 
+def test_too_large_rejects_keep_a_bounded_prefix_of_the_record(tmp_path):
+    big = "x" * 5000
+    pq.write_table(pa.table({"id": ["pq-big"], "text": [big], "lang": ["en"]}), tmp_path / "p.parquet")
+    (tmp_path / "j.jsonl").write_text(json.dumps({"id": "j-big", "text": big}) + "\n")
+    (tmp_path / "t.txt").write_text(big)
+    cfg = IngestConfig(max_doc_chars=1000)
+    for name, starts in [("p.parquet", '{"id": "pq-big", "text": "xxx'), ("j.jsonl", '{"id": "j-big", "text": "xxx'),
+                         ("t.txt", "xxx")]:
+        (r,) = read_file(str(tmp_path / name), cfg)
+        assert r["reason"] == "too_large" and r["record"].startswith(starts) and len(r["record"]) == 1000, name
+
+
+def test_keep_record_gives_docs_their_record_as_read(tmp_path):
+    line = '{"text": "hello",  "id": "a", "n": 1}'
+    (tmp_path / "j.jsonl").write_text(line + "\n")
+    pq.write_table(pa.table({"id": ["b"], "text": ["world"]}), tmp_path / "p.parquet")
+    assert [d["record"] for d in read_file(str(tmp_path / "j.jsonl"), IngestConfig(), keep_record=True)] == [line]
+    (doc,) = read_file(str(tmp_path / "p.parquet"), IngestConfig(), keep_record=True)
+    assert json.loads(doc["record"]) == {"id": "b", "text": "world"}
+    assert "record" not in next(read_file(str(tmp_path / "j.jsonl"), IngestConfig()))
+
+
 def test_unreadable_file_is_one_reject(tmp_path):
     broken = tmp_path / "broken.jsonl.gz"
     broken.write_bytes(b"not gzip at all")

@@ -14,8 +14,9 @@ from deltalake import DeltaTable
 from refinex_spark import cli
 from refinex_spark.config import IngestConfig
 from refinex_spark.jobs import distill, expert_import, export_sft, ingest, sql
-from refinex_spark.jobs.demo import BAD_RECORDS, write_docs
+from refinex_spark.jobs.demo import BAD_RECORDS, EXPERT_MODEL, write_docs
 from refinex_spark.readers import read_file
+from refinex_spark.schemas import TABLES
 from refinex_spark.synth import generate_corpus
 
 pytestmark = pytest.mark.spark
@@ -25,6 +26,12 @@ DOCS = list(generate_corpus(24, seed=5, target_chars=(600, 2500)))
 
 def _rows(ctx, table):
     return ctx.lake.read(table).toPandas()
+
+
+def _counts(make_ctx, *tables):
+    """Row counts of lake tables at their latest versions, read through a fresh Lake."""
+    lake = make_ctx("x").lake
+    return tuple(lake.read(t).count() for t in tables)
 
 
 @pytest.fixture
@@ -59,6 +66,11 @@ def test_ingest_counts_reconcile_and_rerun_adds_nothing(make_ctx, corpus):
     assert set(raw.loc[raw.doc_id == "dup-in-batch", "text"]) == {"first"}
     rejects = _rows(ctx, "rejects")
     assert len(rejects) == c["rejected"] and set(rejects["stage"]) == {"ingest"}
+    # a duplicate_id reject keeps the whole record as read, id and all, like the readers' rejects
+    duplicates = rejects.query("reason == 'duplicate_id'")
+    assert sorted(map(json.loads, duplicates["record"]), key=lambda r: r["id"]) == sorted(
+        [{"id": DOCS[0].doc_id, "text": "a different text, same id"}, {"id": "dup-in-batch", "text": "second"}],
+        key=lambda r: r["id"])
     # read back through delta-rs too: same rows
     assert DeltaTable(ctx.lake.location("raw_docs")).to_pyarrow_table().num_rows == len(raw)
 
@@ -87,15 +99,30 @@ def test_overlapping_runs_from_one_snapshot_commit_once_and_the_other_is_told_to
 
 def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path):
     raw_dir, expert_path = corpus
-    ingest.run(make_ctx("ingest"), [str(raw_dir)])
+    ingested = ingest.run(make_ctx("ingest"), [str(raw_dir)])["counts"]
     with open(expert_path, "a") as f:
         f.write(json.dumps({"doc_id": "not-ingested", "text": "x", "model": "m"}) + "\n")
         f.write(json.dumps({"text": "an output that names no document", "model": "m"}) + "\n")
+        f.write(json.dumps({"doc_id": DOCS[1].doc_id, "text": "no model named, no --model given"}) + "\n")
+        # a second output of DOCS[2] for the same model and prompt version in this batch: the first one wins
+        f.write(json.dumps({"doc_id": DOCS[2].doc_id, "text": "a later output", "model": EXPERT_MODEL}) + "\n")
     ex = expert_import.run(make_ctx("expert"), str(expert_path))["counts"]
     assert ex["accepted"] == len(DOCS) and ex["rejected.unknown_doc_id"] == 1 and ex["rejected.missing_doc_id"] == 1
-    missing = _rows(make_ctx("x"), "rejects").query("reason == 'missing_doc_id'")
-    assert list(missing["detail"]) == ["no field 'doc_id'"] and list(missing["stage"]) == ["expert"]
-    assert expert_import.run(make_ctx("expert"), str(expert_path))["counts"]["accepted"] == 0
+    assert ex["rejected.missing_model"] == 1 and ex["rejected.duplicate_id"] == 1 and ex["rejected"] == 4
+    assert ex["read"] == ex["accepted"] + ex["rejected"] + ex["already_present"]
+    expert_rejects = _rows(make_ctx("x"), "rejects").query("stage == 'expert'")
+    missing = expert_rejects.query("reason == 'missing_doc_id'")
+    assert list(missing["detail"]) == ["no field 'doc_id'"]
+    assert list(expert_rejects.query("reason == 'missing_model'")["detail"]) == [f"doc_id {DOCS[1].doc_id}"]
+    assert list(expert_rejects.query("reason == 'duplicate_id'")["detail"]) == [f"doc_id {DOCS[2].doc_id}"]
+    outputs = _rows(make_ctx("x"), "expert_outputs").set_index("doc_id")
+    assert outputs.loc[DOCS[2].doc_id, "text"] == DOCS[2].expert and outputs.loc[DOCS[1].doc_id, "expert_model"] \
+        == EXPERT_MODEL
+    before = _counts(make_ctx, "expert_outputs", "rejects")
+    assert before == (len(DOCS), ingested["rejected"] + ex["rejected"])
+    rerun = expert_import.run(make_ctx("expert"), str(expert_path))["counts"]
+    assert rerun["accepted"] == 0 and rerun["already_present"] == len(DOCS)
+    assert _counts(make_ctx, "expert_outputs", "rejects") == before  # the rerun added no rows
     # ingest.format applies to expert import too: a name `auto` cannot place is read as told
     renamed = shutil.copy(expert_path, expert_path.with_suffix(".out"))
     with pytest.raises(ValueError, match="set ingest.format"):
@@ -110,7 +137,9 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path):
     assert (samples["kept"] | samples["drop_reason"].notna()).all()
     heavy = {doc.doc_id for doc in DOCS if "heavy_rewrite" in doc.faults}
     assert all(not k for k in samples.loc[samples.doc_id.isin(heavy), "kept"])
+    assert _counts(make_ctx, "distill_samples") == (len(samples),)
     assert distill.run(make_ctx("distill"))["counts"]["docs"] == 0  # rerun: nothing pending
+    assert _counts(make_ctx, "distill_samples") == (len(samples),)  # and no rows added
     # a result-relevant setting change distils again under a new fingerprint
     assert distill.run(make_ctx("distill", "distill.max_ops_per_chunk=3"))["counts"]["docs"] == len(DOCS)
 
@@ -187,12 +216,46 @@ def test_sql_time_travel_and_history(make_ctx, corpus, tmp_path, capsys):
         sql.history(ctx, "bogus")
 
 
-def test_cli_errors_are_one_line(spark, tmp_path, capsys):
-    lake = ["--set", f"lake.path={tmp_path / 'lake'}"]
-    (tmp_path / "a.jsonl").write_text('{"id": "a", "text": "one"}\n')
-    assert cli.main(["ingest", str(tmp_path / "a.jsonl"), *lake]) == 0
+@pytest.fixture(scope="module")
+def cli_lake(spark, tmp_path_factory):
+    """A lake made through the CLI by two ingests (raw_docs versions 0 and 1); the --set naming it."""
+    root = tmp_path_factory.mktemp("cli")
+    lake = ["--set", f"lake.path={root / 'lake'}"]
+    for doc_id, text in (("a", "one"), ("b", "two")):
+        (root / f"{doc_id}.jsonl").write_text(json.dumps({"id": doc_id, "text": text}) + "\n")
+        assert cli.main(["ingest", str(root / f"{doc_id}.jsonl"), *lake]) == 0
+    return lake
+
+
+def _table_rows(out: str) -> list[list[str]]:
+    """The header and rows of the table Spark's show() printed."""
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("|")]
+
+
+def test_cli_sql_history_and_as_of_version(cli_lake, capsys):
+    capsys.readouterr()
+    assert cli.main(["sql", "SELECT doc_id, text FROM raw_docs ORDER BY doc_id", *cli_lake]) == 0
+    assert _table_rows(capsys.readouterr().out) == [["doc_id", "text"], ["a", "one"], ["b", "two"]]
+    assert cli.main(["sql", "SELECT doc_id FROM raw_docs", "--as-of-version", "raw_docs=0", *cli_lake]) == 0
+    assert _table_rows(capsys.readouterr().out) == [["doc_id"], ["a"]]  # before the second ingest
+    assert cli.main(["sql", "SELECT doc_id FROM raw_docs ORDER BY doc_id", "--limit", "1", *cli_lake]) == 0
+    assert _table_rows(capsys.readouterr().out) == [["doc_id"], ["a"]]
+    assert cli.main(["history", "raw_docs", *cli_lake]) == 0
+    entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["version"] for e in entries] == [1, 0] and [e["rows_added"] for e in entries] == [1, 1]
+    assert {e["user_metadata"]["stage"] for e in entries} == {"ingest"}
+    for limit in ("0", "-3"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["sql", "SELECT 1", "--limit", limit, *cli_lake])
+        assert exit_.value.code == 2 and "--limit: must be a positive integer" in capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line(cli_lake, capsys):
+    lake = cli_lake
     capsys.readouterr()
     for argv, needle in [
+        (["history", "refined_docs"], "history: error: table 'refined_docs' does not exist yet at "),
+        (["history", "bogus"], "history: error: unknown table 'bogus' (tables: raw_docs, rejects, "),
         (["sql", "SELEC 1"], "sql: error: query failed: [PARSE_SYNTAX_ERROR]"),
         (["sql", "SELECT nope FROM raw_docs"], "sql: error: query failed: [UNRESOLVED_COLUMN"),
         (["sql", "SELECT 1", "--as-of-version", "raw_docs=99"], "sql: error: cannot load raw_docs at version 99"),
@@ -203,6 +266,8 @@ def test_cli_errors_are_one_line(spark, tmp_path, capsys):
         assert cli.main([*argv, *lake]) == 1, argv
         err = capsys.readouterr().err
         assert err.startswith(f"refinex-spark {needle}") and err.count("\n") == 1, err
+        if argv[0] == "history":  # names the declared tables, and which of them this lake has
+            assert f"tables: {', '.join(TABLES)}" in err and ("in this lake: raw_docs)" in err) == (argv[1] != "bogus")
 
 
 def test_demo_bad_records_are_each_rejected(tmp_path):

@@ -3,7 +3,8 @@
 One Spark task per input file reads it with `readers.read_file`. Within the batch the first
 record of a doc_id wins; a doc_id already in `raw_docs` with the same text is skipped (so
 ingesting the same files again adds nothing), with different text it is a `duplicate_id`
-reject. Rejects already recorded for the same file, line and reason are not written again.
+reject, which keeps the offending record as read (re-read from just the files that hold one).
+Rejects already recorded for the same file, line and reason are not written again.
 read = accepted + rejected + already_present.
 """
 
@@ -30,19 +31,35 @@ _RECORD = StructType([
 ])
 
 
-def _read_files(cfg, require_id: bool) -> RowsFn:
+def _read_files(cfg, require_id: bool, keep_record: bool) -> RowsFn:
     def read(rows: list[dict]) -> Iterator[dict]:
-        return (record for row in rows for record in readers.read_file(row["path"], cfg, require_id=require_id))
+        return (record for row in rows
+                for record in readers.read_file(row["path"], cfg, require_id=require_id, keep_record=keep_record))
 
     return read
 
 
-def read_records(spark, files: list[str], cfg, *, require_id: bool = False) -> DataFrame:
+def read_records(spark, files: list[str], cfg, *, require_id: bool = False, keep_record: bool = False) -> DataFrame:
     """One task per file; each yields its `doc` and `reject` records (see readers.read_file)."""
     for f in files:
         readers.detect_format(f, cfg.format)  # fail fast, before any Spark work, on an unknown extension
     paths_df = spark.createDataFrame([(f,) for f in files], "path string").repartition(max(1, len(files)))
-    return map_rows(paths_df, _read_files(cfg, require_id), _RECORD)
+    return map_rows(paths_df, _read_files(cfg, require_id, keep_record), _RECORD)
+
+
+def with_original_records(spark, rejected: DataFrame, cfg) -> DataFrame:
+    """Rejected docs (reason, source_file, line_no, record, detail, text_hash) with `record` set to the
+    record as its file holds it, like the readers' own rejects keep it.
+
+    Docs are read without their raw record (it would double what a run holds), so the few files that
+    hold a rejected doc are read again. A record whose file changed since (other text at that line)
+    keeps the `record` it came with.
+    """
+    files = sorted(r["source_file"] for r in rejected.select("source_file").distinct().collect())
+    originals = (read_records(spark, files, cfg, keep_record=True).where("kind = 'doc'")
+                 .select("source_file", "line_no", "text_hash", F.col("record").alias("_original")))
+    return (rejected.join(originals, ["source_file", "line_no", "text_hash"], "left")
+            .select("reason", "source_file", "line_no", F.coalesce("_original", "record").alias("record"), "detail"))
 
 
 def run(ctx: RunContext, paths: list[str]) -> dict:
@@ -67,13 +84,17 @@ def run(ctx: RunContext, paths: list[str]) -> dict:
             F.substring("text", 1, readers.MAX_RECORD_CHARS).alias("record"),
             F.concat(F.lit("doc_id "), F.col("doc_id"),
                      F.when(is_dup_in_batch, F.lit(" repeats an earlier record in this batch"))
-                     .otherwise(F.lit(" already in raw_docs with different text"))).alias("detail"))
-        rejects = records.where("kind = 'reject'").select("reason", "source_file", "line_no", "record", "detail")
-        rejects = rejects.unionByName(duplicates)
+                     .otherwise(F.lit(" already in raw_docs with different text"))).alias("detail"),
+            "text_hash")
         counts = {r["k"]: r["n"] for r in docs.select(
             F.when(is_dup_in_batch | conflicts, "rejected").when(present, "already_present")
             .otherwise("accepted").alias("k")).groupBy("k").agg(F.count("*").alias("n")).collect()}
+        rejects = records.where("kind = 'reject'").select("reason", "source_file", "line_no", "record", "detail")
         by_reason = {r["reason"]: r["n"] for r in rejects.groupBy("reason").agg(F.count("*").alias("n")).collect()}
+        if counts.get("rejected"):
+            by_reason["duplicate_id"] = counts["rejected"]  # a reason only this stage gives, not the readers
+            duplicates = with_original_records(spark, duplicates, cfg)
+        rejects = rejects.unionByName(duplicates.drop("text_hash"))
 
     stats.counts["read"] = records.count()
     stats.counts["accepted"] = counts.get("accepted", 0)

@@ -63,5 +63,10 @@ def run(ctx: RunContext, query: str, limit: int = 50, as_of: list[str] | None = 
 def history(ctx: RunContext, table: str) -> None:
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r} (tables: {', '.join(TABLES)})")
-    for entry in ctx.lake.history(table):
+    entries = ctx.lake.history(table)
+    if not entries:  # a declared table no stage has written yet: say so rather than print nothing
+        existing = [t for t in TABLES if ctx.lake.exists(t)]
+        raise ValueError(f"table {table!r} does not exist yet at {ctx.lake.location(table)} "
+                         f"(tables: {', '.join(TABLES)}; in this lake: {', '.join(existing) or 'none'})")
+    for entry in entries:
         print(json.dumps(entry, default=str))
