@@ -461,17 +461,20 @@ def execute(
     applied in program order; a chunk with `max_rejected_per_chunk` or more rejections applies none
     of its ops. The dialect is `config.dialect`. `max_program_chars` and `max_ops` bound one chunk's
     program; a whole-document program gets both times ceil(len(normalised text) / max_program_chars),
-    so it may be about as long as its document.
+    and at least 2 ops per line and the text's length plus 64 chars per line.
     """
     cfg = config or ProgramConfig()
     norm = normalize_newlines(raw_text)
     doc = _Document(norm)
     if not isinstance(programs, (list, tuple)):  # one program text (parse_program vets its type)
-        scale = math.ceil(len(norm) / cfg.max_program_chars)
-        if scale > 1:
-            cfg = cfg.model_copy(
-                update={"max_program_chars": scale * cfg.max_program_chars, "max_ops": scale * cfg.max_ops}
-            )
+        # A deletion program needs at most a couple of ops per line, and its text is about the
+        # deleted text plus one call per op: caps that grow with the document, as its chunks' would.
+        scale = max(1, math.ceil(len(norm) / cfg.max_program_chars))  # never below one chunk's caps
+        n_lines = len(doc.lines)
+        max_ops = max(scale * cfg.max_ops, 2 * n_lines)
+        max_chars = max(scale * cfg.max_program_chars, len(norm) + 64 * n_lines)
+        if (max_ops, max_chars) != (cfg.max_ops, cfg.max_program_chars):
+            cfg = cfg.model_copy(update={"max_program_chars": max_chars, "max_ops": max_ops})
         programs = [ChunkProgram(0, len(doc.lines) - 1, programs)]
     elif not all(isinstance(c, ChunkProgram) for c in programs):  # a caller error, not model output
         raise TypeError("programs must be one program str or a sequence of ChunkProgram")

@@ -464,6 +464,15 @@ def test_a_whole_document_program_may_be_about_as_long_as_its_document() -> None
     assert [r.reason for r in parse_program(program, config=SMALL_CAPS).rejected] == ["too_long"]
 
 
+def test_a_short_document_with_many_deleted_lines_gets_ops_per_line() -> None:
+    lines = [f"{'keep' if i % 2 == 0 else 'menu'} {i}" for i in range(300)]  # 2189 chars: no char scaling
+    raw, expert = "\n".join(lines), "\n".join(lines[::2])
+    program = distill_program(raw, expert)
+    assert len(program.splitlines()) == 150  # three times the plain max_ops
+    assert execute(raw, program, SMALL_CAPS).n_applied == 150
+    assert apply_program(raw, program, SMALL_CAPS) == expert
+
+
 def test_a_whole_document_program_past_its_scaled_caps_is_still_rejected() -> None:
     raw = "x" * 6189  # caps scale by 4: 8000 chars, 200 ops
     assert execute(raw, "keep_all()\n" * 800, SMALL_CAPS).outcomes[0].reason == "too_long"  # 8800 chars

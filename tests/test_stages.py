@@ -115,6 +115,11 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path):
     assert list(missing["detail"]) == ["no field 'doc_id'"]
     assert list(expert_rejects.query("reason == 'missing_model'")["detail"]) == [f"doc_id {DOCS[1].doc_id}"]
     assert list(expert_rejects.query("reason == 'duplicate_id'")["detail"]) == [f"doc_id {DOCS[2].doc_id}"]
+    # every reject keeps its record as the file holds it, model and all
+    unknown = expert_rejects.query("reason == 'unknown_doc_id'")["record"]
+    assert list(map(json.loads, unknown)) == [{"doc_id": "not-ingested", "text": "x", "model": "m"}]
+    duplicate = json.loads(expert_rejects.query("reason == 'duplicate_id'")["record"].iloc[0])
+    assert duplicate == {"doc_id": DOCS[2].doc_id, "text": "a later output", "model": EXPERT_MODEL}
     outputs = _rows(make_ctx("x"), "expert_outputs").set_index("doc_id")
     assert outputs.loc[DOCS[2].doc_id, "text"] == DOCS[2].expert and outputs.loc[DOCS[1].doc_id, "expert_model"] \
         == EXPERT_MODEL

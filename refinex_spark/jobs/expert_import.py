@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from .. import readers
 from ..config import IngestConfig
 from ..runtime import RunContext
-from .ingest import read_records
+from .ingest import read_records, with_original_records
 from .rejects import write_rejects
 
 IMPORTED_PROMPT_VERSION = "imported"
@@ -31,7 +31,7 @@ def run(ctx: RunContext, path: str, default_model: str | None = None) -> dict:
         records = read_records(ctx.spark, files, reader_cfg, require_id=True).persist()
         meta = lambda key: F.get_json_object("metadata", f"$.{key}")  # noqa: E731 - a column shorthand
         outputs = records.where("kind = 'doc'").select(
-            "doc_id", "text", "source_file", "line_no",
+            "doc_id", "text", "text_hash", "source_file", "line_no",
             F.coalesce(meta("model"), F.lit(default_model)).alias("expert_model"),
             F.coalesce(meta("prompt_version"), F.lit(IMPORTED_PROMPT_VERSION)).alias("prompt_version"))
         raw = ctx.read("raw_docs").select("doc_id", F.col("text_hash").alias("raw_text_hash"))
@@ -45,16 +45,20 @@ def run(ctx: RunContext, path: str, default_model: str | None = None) -> dict:
         bad = outputs.where(F.col("_reason").isNotNull()).select(
             F.col("_reason").alias("reason"), "source_file", "line_no",
             F.substring("text", 1, readers.MAX_RECORD_CHARS).alias("record"),
-            F.concat(F.lit("doc_id "), F.col("doc_id")).alias("detail"))
+            F.concat(F.lit("doc_id "), F.col("doc_id")).alias("detail"), "text_hash")
         rejects = records.where("kind = 'reject'").select("reason", "source_file", "line_no", "record", "detail")
-        rejects = rejects.unionByName(bad)
         done = ctx.read("expert_outputs").where("status = 'ok'").select(*KEY)
         good = outputs.where(F.col("_reason").isNull())
         new = good.join(done, KEY, "left_anti")
 
     stats.counts["read"] = records.count()
     stats.counts["already_present"] = good.count() - new.count()
-    by_reason = {r["reason"]: r["n"] for r in rejects.groupBy("reason").count().withColumnRenamed("count", "n").collect()}
+    by_reason = {r["reason"]: r["n"] for r in rejects.unionByName(bad.select(*rejects.columns))
+                 .groupBy("reason").count().withColumnRenamed("count", "n").collect()}
+    # The readers' rejects hold the record as read; outputs rejected here get theirs from a re-read.
+    if by_reason.keys() & {"missing_model", "unknown_doc_id", "duplicate_id"}:
+        bad = with_original_records(ctx.spark, bad, reader_cfg)
+    rejects = rejects.unionByName(bad.select(*rejects.columns))
     stats.counts["rejected"] = sum(by_reason.values())
     stats.counts.update({f"rejected.{k}": v for k, v in by_reason.items()})
     rows = new.select(*KEY, "text", F.lit("ok").alias("status"), F.lit(None).cast("string").alias("error"),
