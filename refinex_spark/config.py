@@ -26,6 +26,8 @@ def _conf_dir() -> Path:
 
 CONF_DIR = _conf_dir()
 ENVIRONMENTS = ("local", "yarn", "databricks")
+# Every released refine prompt (conf/prompts/<version>.txt), newest last.
+REFINE_PROMPT_VERSIONS: tuple[str, ...] = ("refine-v1",)
 
 
 class ConfigError(ValueError):
@@ -80,6 +82,17 @@ class DistillConfig(_Section):
     seed: int = 0
 
 
+def lake_path_problem(path: str) -> str | None:
+    """Why `path` cannot be lake.path, or None (checked when loading the config and by the lake)."""
+    if not path.strip():
+        return "must be a directory path or a storage URI (hdfs://, s3://, abfss://, dbfs:/), not empty"
+    if any(c in path for c in "\x00\n\r"):
+        return "must not contain a NUL or newline character"
+    if any(c in path for c in "*?[]{}"):
+        return "must not contain glob characters (*?[]{}), which Spark would expand"
+    return None
+
+
 class LakeConfig(_Section):
     path: str = "./lake"
     engine: Literal["auto", "spark", "delta-rs"] = "auto"
@@ -95,10 +108,9 @@ class LakeConfig(_Section):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must be a directory path or a storage URI (hdfs://, s3://, abfss://, dbfs:/), not empty")
-        if any(c in v for c in "*?[]{}\x00\n\r"):
-            raise ValueError("must not contain glob characters (*?[]{}), which Spark would expand, or NUL/newlines")
+        problem = lake_path_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("catalog_schema")
@@ -137,7 +149,8 @@ class SparkConfig(_Section):
     @field_validator("conf")
     @classmethod
     def _spark_keys(cls, v: dict[str, str]) -> dict[str, str]:
-        # Spark ignores other keys without a word (a misplaced `sql.shuffle.partitions` would do nothing).
+        # A typo (`sprak.`, a misplaced `sql.shuffle.partitions`) would pass silently; Hadoop and
+        # Parquet settings have their own prefix, spark.hadoop.*, so nothing needs a bare key.
         bad = sorted(k for k in v if not k.startswith("spark."))
         if bad:
             raise ValueError(f"keys must be Spark settings starting with 'spark.' (Hadoop ones as spark.hadoop.*), "
@@ -153,8 +166,8 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(16, ge=1)
-    # The name of a prompt file, conf/prompts/<prompt_version>.txt: no path separators or '..'.
-    prompt_version: str = "refine-v1"
+    # A released prompt, conf/prompts/<prompt_version>.txt (a trained model records its version).
+    prompt_version: str = REFINE_PROMPT_VERSIONS[-1]
     # openai backend: a served model over HTTP; the key is read from this environment variable.
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
@@ -170,9 +183,8 @@ class ModelConfig(_Section):
     @field_validator("prompt_version")
     @classmethod
     def _prompt_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v) or ".." in v:
-            raise ValueError("must name a prompt file in conf/prompts (e.g. refine-v1): letters, digits, '.', '_' "
-                             "and '-', starting with a letter or digit, no '..'")
+        if v not in REFINE_PROMPT_VERSIONS:
+            raise ValueError(f"must be a released refine prompt version: {', '.join(REFINE_PROMPT_VERSIONS)}")
         return v
 
 

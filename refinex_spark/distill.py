@@ -57,6 +57,7 @@ DROP_REASONS = (*DOC_DROP_REASONS, "too_many_ops", "unexpressible", "keep_all_sa
 # and its edits are illegal anyway.
 _MAX_LINE_CELLS = 10**10
 _MAX_CELLS = 250_000_000
+_MAX_LCS_CELLS = 400_000_000
 # remove_str text longer than the parser accepts would be rejected at execution.
 _MAX_REMOVE_STR_CHARS = ProgramConfig().max_text_chars
 _SPACES = re.compile(r"(\s+)")  # \s is str.isspace(), as str.split() uses
@@ -170,8 +171,12 @@ def _lcs_opcodes(a: list[int], b: list[int]) -> list[tuple[str, int, int, int, i
 
     Lines and words are either equal or not: Levenshtein's one-cost substitution would rather pair
     a deleted raw line with a different expert line than match the expert line to its equal copy
-    further on, turning a pure deletion into a rewrite.
+    further on, turning a pure deletion into a rewrite. Indel keeps a bit matrix of len(a) x len(b)
+    (50 MB at the cap); larger inputs (tens of thousands of lines a side) take Levenshtein's
+    alignment, whose memory is linear.
     """
+    if len(a) * len(b) > _MAX_LCS_CELLS:
+        return Levenshtein.opcodes(a, b)
     return Indel.opcodes(a, b).as_list()
 
 
@@ -474,13 +479,14 @@ def _partial_line_texts(line: str, spans: list[tuple[int, int]], min_chars: int,
 class _Plan:
     """Ops for the lines of one region: lines removed whole, and remove_str texts per line."""
 
-    __slots__ = ("removed", "blank", "str_ops", "exact")
+    __slots__ = ("removed", "blank", "str_ops", "exact", "lines")
 
     def __init__(self) -> None:
         self.removed: list[int] = []  # lines whose non-whitespace content is all deleted
         self.blank: list[int] = []  # whitespace-only lines the alignment deleted
         self.str_ops: list[tuple[int, str]] = []
         self.exact = False  # known to delete every non-space char the alignment deleted
+        self.lines = (0, -1)  # the region's first and last line
 
     def outcome(self, lines: list[str], first: int, last: int) -> str:
         """Lines first..last after the ops, whitespace collapsed (what fidelity compares)."""
@@ -552,6 +558,7 @@ def _region_plan(
     last = len(lines) - 1 if region.end == len(edits.raw) else bisect_right(bounds, region.end - 1, 0, len(lines)) - 1
     pure = not region.illegal  # alternatives only help pure deletions; rewrites are dropped or rare
     best = _plan(lines, bounds, first, last, region.deleted, truncated, min_chars, pure)
+    best.lines = (first, last)
     if not pure or region.deleted == [(region.start, region.end)]:
         best.exact = pure
         return best
@@ -577,25 +584,26 @@ def _region_plan(
         score = (len(other.outcome(lines, first, last)), len(other.removed) + len(other.str_ops))
         if score < best_score:
             best, best_score = other, score
+    best.lines = (first, last)
     best.exact = best.outcome(lines, first, last) == target
     return best
 
 
 def _line_ops(
     lines: list[str], bounds: list[int], edits: _Edits, truncated: frozenset[int], config: DistillConfig
-) -> tuple[list[tuple[int, int]], list[tuple[int, str]], bool]:
-    """Merged remove_lines ranges and (line, text) remove_str ops, both in line order, and whether
-    they are known to delete everything the alignment deleted (spaces aside)."""
+) -> tuple[list[tuple[int, int]], list[tuple[int, str]], list[tuple[_Region, _Plan]]]:
+    """Merged remove_lines ranges and (line, text) remove_str ops, both in line order, and each
+    region with its plan."""
     removed: set[int] = set()
     blank: set[int] = set()
     str_ops: list[tuple[int, str]] = []
-    exact = True
+    plans = []
     for region in edits.regions:
         plan = _region_plan(edits, lines, bounds, region, truncated, config.min_remove_str_chars)
         removed.update(plan.removed)
         blank.update(plan.blank)
         str_ops.extend(plan.str_ops)
-        exact &= plan.exact
+        plans.append((region, plan))
     # Deleted blank lines join the ranges around them (no extra ops) but never stand alone.
     ranges: list[tuple[int, int]] = []
     run: list[int] = []
@@ -605,7 +613,7 @@ def _line_ops(
             run = []
         run.append(i)
     _close_run(run, removed, ranges)
-    return ranges, str_ops, exact
+    return ranges, str_ops, plans
 
 
 def _close_run(run: list[int], removed: set[int], ranges: list[tuple[int, int]]) -> None:
@@ -699,7 +707,7 @@ def distill(
 
     edits = align(raw_text, raw_lines, expert_text, expert_lines, alignment)
     bounds = _line_bounds(raw_lines)
-    ranges, str_ops, exact = _line_ops(raw_lines, bounds, edits, truncated, cfg)
+    ranges, str_ops, plans = _line_ops(raw_lines, bounds, edits, truncated, cfg)
     # The run's program limits, but always the RefineX dialect: that is what distillation writes,
     # whichever dialect the refine stage later runs (ProX models come trained).
     limits = (program or ProgramConfig()).model_copy(update={"dialect": "refinex"})
@@ -731,8 +739,11 @@ def distill(
         kept=doc_reason is None, drop_reason=doc_reason,
     )
     # Counting what each chunk misses is needed only where the ops are not known to be exact.
-    exact = exact and all(len(ops) == len(kept) for ops, kept in zip(all_ops, chunk_ops))
-    missed = [0] * len(chunks) if exact else _missed_deletions(raw_lines, bounds, edits, chunks, chunk_ops)
+    # Counted only in regions whose ops are not known to reproduce the alignment (all of them when
+    # the program settings dropped an op).
+    filtered = any(len(ops) != len(kept) for ops, kept in zip(all_ops, chunk_ops))
+    inexact = [(region, plan.lines) for region, plan in plans if filtered or not plan.exact]
+    missed = _missed_deletions(raw_lines, bounds, edits.raw, inexact, chunks, chunk_ops)
     samples = tuple(
         _sample(c, ops, program, doc_reason, m, cfg)
         for c, ops, program, m in zip(chunks, chunk_ops, chunk_programs, missed)
@@ -741,21 +752,27 @@ def distill(
 
 
 def _missed_deletions(
-    lines: list[str], bounds: list[int], edits: _Edits, chunks: Sequence[Chunk], chunk_ops: list[list[Op]]
+    lines: list[str], bounds: list[int], raw: str, regions: list[tuple[_Region, tuple[int, int]]],
+    chunks: Sequence[Chunk], chunk_ops: list[list[Op]],
 ) -> list[int]:
-    """Per chunk, the non-space chars the expert deleted (per the alignment) that its ops keep.
+    """Per chunk, the non-space chars the expert deleted (per the alignment) in `regions` (with
+    their first and last lines) that its ops keep.
 
     Deletions the language cannot express (repeated or too short for remove_str, over the run's
     remove_str length) are what the program misses. A truncated line that stays counts for
     nothing: the model sees only part of it and may only remove it whole, so keeping it is right.
     """
     aligned: dict[int, int] = {}  # line -> non-space chars the alignment deleted there
-    for a, b in (span for region in edits.regions for span in region.deleted):
-        i = bisect_right(bounds, a) - 1
-        while a < b:  # a span may run over several lines
-            stop = min(b, bounds[i + 1]) if i + 1 < len(lines) else b
-            aligned[i] = aligned.get(i, 0) + _nonspace(edits.raw[a:stop])
-            a, i = stop, i + 1
+    for region, (first, last) in regions:
+        aligned.update((i, 0) for i in range(first, last + 1))
+        for a, b in region.deleted:
+            i = bisect_right(bounds, a) - 1
+            while a < b:  # a span may run over several lines
+                stop = min(b, bounds[i + 1]) if i + 1 < len(lines) else b
+                aligned[i] += _nonspace(raw[a:stop])
+                a, i = stop, i + 1
+    if not aligned:
+        return [0] * len(chunks)
     firsts = [c.start for c in chunks]
     by_chunk: list[list[int]] = [[] for _ in chunks]
     for i in aligned:
@@ -769,7 +786,7 @@ def _missed_deletions(
             elif op.kind == "remove_str":
                 edited[op.line] = edited.get(op.line, lines[op.line]).replace(op.text, "")
         expected = sum(aligned[i] for i in touched if i not in chunk.truncated or i in edited)
-        done = sum(_nonspace(lines[i]) - _nonspace(text) for i, text in edited.items())
+        done = sum(_nonspace(lines[i]) - _nonspace(text) for i, text in edited.items() if i in aligned)
         missed.append(max(0, expected - done))
     return missed
 

@@ -33,7 +33,7 @@ from deltalake.transaction import AddAction, CommitProperties, Transaction, crea
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .config import LakeConfig
+from .config import LakeConfig, lake_path_problem
 from .schemas import TABLES, TableSpec
 from .spark_session import DELTA_PACKAGE, delta_classes_available, spark_master
 
@@ -66,12 +66,9 @@ def resolve_root(path: str, master: str = "local") -> str:
     A relative path is refused unless Spark runs locally (`master` local[...]): on a cluster it names
     a directory on the driver's disk, which the executors cannot see, so their files would be lost.
     """
-    if not path or not path.strip():
-        raise LakeError("lake.path is empty")
-    if any(c in path for c in "\x00\n\r"):
-        raise LakeError(f"lake.path contains a NUL or newline character: {path!r}")
-    if any(c in path for c in "*?[]{}"):
-        raise LakeError(f"lake.path contains a glob character (*?[]{{}}), which Spark would expand: {path!r}")
+    problem = lake_path_problem(path or "")
+    if problem:
+        raise LakeError(f"lake.path {path!r} {problem}")
     m = _SCHEME.match(path)
     if m and m.group(1).lower() != "file":
         return path.rstrip("/")  # s3://, abfss://, dbfs:/, hdfs://: the storage layer resolves these

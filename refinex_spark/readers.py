@@ -112,10 +112,15 @@ def _reject(source_file: str, line_no: int | None, reason: str, record: Any, det
             "record": _record_text(record), "detail": detail}
 
 
-def _prefix(raw: Any, text_field: str, text: str) -> str | bytes:
+def _head(raw: str | bytes) -> str:
+    """The first PREFIX_CHARS characters (bytes are decoded first: a cut never splits a character)."""
+    return (raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw)[:PREFIX_CHARS]
+
+
+def _prefix(raw: Any, text_field: str, text: str) -> str:
     """The first PREFIX_CHARS of a record: of its line (jsonl), or of the row with its text cut (parquet)."""
     if isinstance(raw, (str, bytes)):
-        return raw[:PREFIX_CHARS]
+        return _head(raw)
     return json.dumps({**raw, text_field: text[:PREFIX_CHARS]}, ensure_ascii=False, default=str)[:PREFIX_CHARS]
 
 
@@ -202,7 +207,7 @@ def _text(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, r
           keep_record: bool) -> Iterator[dict]:
     with fs.open_input_stream(path, compression="detect") as stream:
         data = stream.read()
-    yield _document({cfg.text_field: data}, source_file, 1, data[:PREFIX_CHARS], cfg, require_id, keep_record)
+    yield _document({cfg.text_field: data}, source_file, 1, _head(data), cfg, require_id, keep_record)
 
 
 _READERS = {"jsonl": _jsonl, "parquet": _parquet, "text": _text}

@@ -54,7 +54,7 @@ def test_later_layers_win(tmp_path):
     ("expert.base_url=ftp://host/v1", "bad value for 'expert.base_url'"),
     ("lake.path=", "bad value for 'lake.path': Value error, must be a directory path or a storage URI"),
     ("lake.path=/data/lake*", "bad value for 'lake.path': Value error, must not contain glob characters"),
-    ("model.prompt_version=../../etc/x", "bad value for 'model.prompt_version': Value error, must name a prompt file"),
+    ("model.prompt_version=../../etc/x", "bad value for 'model.prompt_version': Value error, must be a released"),
     ("model.prompt_version=refine..v1", "bad value for 'model.prompt_version'"),
     ("model.prompt_version=", "bad value for 'model.prompt_version'"),
     ("ingest.text_field=", "bad value for 'ingest.text_field': Value error, must be a field name, not empty"),
@@ -71,9 +71,9 @@ def test_errors_name_the_key(item, needle):
 
 
 def test_valid_names_still_load():
-    cfg = load_config(overrides=["model.prompt_version=refine-v2.1_b", "ingest.text_field=body",
+    cfg = load_config(overrides=["model.prompt_version=refine-v1", "ingest.text_field=body",
                                  "ingest.id_field=text", "lake.path=s3://bucket/lake"])
-    assert (cfg.model.prompt_version, cfg.ingest.id_field) == ("refine-v2.1_b", "text")
+    assert (cfg.model.prompt_version, cfg.ingest.id_field) == ("refine-v1", "text")
     assert cfg.lake.path == "s3://bucket/lake"
 
 

@@ -343,6 +343,23 @@ def test_chunks_missing_what_the_expert_deleted_are_dropped_as_unexpressible() -
     assert distill(raw, expert, strict).samples[0].drop_reason == "unexpressible"
 
 
+def test_a_chunk_is_judged_unexpressible_on_its_own_deletions_only() -> None:
+    # The expert joins two lines; the ops delete the same text from the other side of the break,
+    # which is exact. A second chunk misses a deletion it cannot express: only it is dropped.
+    cfg, chunking = DistillConfig(keep_all_ratio=1.0), ChunkingConfig(token_budget=64)
+    fill = "This opening paragraph is plain text that the expert keeps exactly as it was written, word for word."
+    joined = ("Then the council said Share NEWSDESKXYZ",
+              "NEWSDESKXYZ junk Share rest of the report on the vote, which passed late on Tuesday evening.")
+    pad = "Another plain paragraph in between, kept as it is by the expert, so that chunks split here."
+    last = "Intro. Click here now! Results were read out. Click here now! The end of the evening session."
+    expert_joined = ("Then the council said Share NEWSDESKXYZhare rest of the report on the vote, which passed "
+                     "late on Tuesday evening.")
+    raw = "\n".join([fill, *joined, pad, pad, last])
+    expert = "\n".join([fill, expert_joined, pad, pad, last.replace("Click here now! ", "", 1)])
+    reasons = [(s.start_line, s.end_line, s.drop_reason) for s in distill(raw, expert, cfg, chunking).samples]
+    assert reasons == [(0, 1, None), (2, 3, None), (4, 5, "unexpressible")]
+
+
 def test_keep_all_sampling_is_deterministic_and_follows_the_ratio() -> None:
     prompts = [f"[000] clean text number {i}" for i in range(2000)]
     first = [keep_all_sampled(7, p, 0.3) for p in prompts]

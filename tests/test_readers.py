@@ -69,6 +69,10 @@ def test_parquet_and_text(tmp_path):
 
 def test_too_large_rejects_keep_a_bounded_prefix_of_the_record(tmp_path):
     big = "x" * 5000
+    # Characters, not bytes: a cut never leaves half of a multi-byte character.
+    (tmp_path / "accents.txt").write_text("é" * 5000)
+    (accents,) = read_file(str(tmp_path / "accents.txt"), IngestConfig(max_doc_chars=1000))
+    assert accents["record"] == "é" * 1000
     pq.write_table(pa.table({"id": ["pq-big"], "text": [big], "lang": ["en"]}), tmp_path / "p.parquet")
     (tmp_path / "j.jsonl").write_text(json.dumps({"id": "j-big", "text": big}) + "\n")
     (tmp_path / "t.txt").write_text(big)

@@ -13,10 +13,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from refinex_spark.config import CONF_DIR
+from refinex_spark.config import CONF_DIR, REFINE_PROMPT_VERSIONS
 
 # Every released prompt version; a trained model records the one it was trained with.
-PROMPT_VERSIONS: tuple[str, ...] = ("refine-v1",)
+PROMPT_VERSIONS = REFINE_PROMPT_VERSIONS
 PROMPT_VERSION = PROMPT_VERSIONS[-1]
 
 # Layout for tokenizers without a chat template (raw base models, plain completion endpoints).
