@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,9 +14,11 @@ from deltalake import DeltaTable
 
 from refinex_spark import cli
 from refinex_spark.config import IngestConfig
-from refinex_spark.jobs import distill, expert_import, export_sft, ingest, sql
+from refinex_spark.jobs import demo, distill, expert_import, export_sft, ingest, sql
 from refinex_spark.jobs.demo import BAD_RECORDS, EXPERT_MODEL, write_docs
+from refinex_spark.lake import Lake
 from refinex_spark.readers import read_file
+from refinex_spark.runtime import RunContext, StageStats, new_run_id
 from refinex_spark.schemas import TABLES
 from refinex_spark.synth import generate_corpus
 
@@ -309,3 +312,15 @@ def test_spark_submit_entry_point(tmp_path):
     summary = json.loads(done.stdout[done.stdout.index("{"):])
     assert summary["counts"]["accepted"] == 3 and summary["spark_master"] == "local[1]"
     assert DeltaTable(str(tmp_path / "lake" / "raw_docs")).to_pyarrow_table().num_rows == 3
+
+
+def test_rerunning_the_demo_adds_no_rows(spark, demo_lake):
+    """Every stage again on the demo's lake, train included (which rewrites the model): no table grows."""
+    lake = Lake(spark, demo_lake.lake)
+    before = {t: lake.read(t).count() for t in TABLES if lake.exists(t)}
+    assert before["refined_docs"] > 0
+    ctx = RunContext(demo_lake, spark, lake, StageStats("demo", new_run_id("demo")))
+    data = Path(demo_lake.lake.path).parent / "data"  # the demo_lake fixture's corpus, reused
+    stages = demo.run(ctx, n_docs=60, workdir=str(data))["stages"]
+    assert stages["refine"]["pending"] == 0 and stages["distill"]["docs"] == 0
+    assert {t: Lake(spark, demo_lake.lake).read(t).count() for t in before} == before
