@@ -535,8 +535,27 @@ def _plan(
         elif local == [(0, len(line))] or sum(map(_nonspace, (line[a:b] for a, b in local))) == _nonspace(line):
             plan.removed.append(i)
         elif local and i not in truncated:  # the model sees only part of a truncated line
-            plan.str_ops.extend((i, t) for t in _partial_line_texts(line, local, min_chars, search))
+            texts = _partial_line_texts(line, local, min_chars, search)
+            plan.str_ops.extend((i, t) for t in (texts if search else _whole_words(line, texts)))
     return plan
+
+
+def _whole_words(line: str, texts: list[str]) -> list[str]:
+    """The texts that, run in order, start and end at word boundaries of the line as it then is.
+
+    Where the expert also rewrote, a deletion that cuts a word ("Cookie Se|ttings") is the char
+    alignment matching letters of the rewrite, not noise the expert removed.
+    """
+    kept, current = [], line
+    for text in texts:
+        i = current.find(text)
+        j = i + len(text)
+        if i < 0 or (i and current[i - 1].isalnum() and text[0].isalnum()) \
+                or (j < len(current) and current[j].isalnum() and text[-1].isalnum()):
+            continue
+        kept.append(text)
+        current = current.replace(text, "")
+    return kept
 
 
 def _region_plan(

@@ -188,6 +188,18 @@ def test_distilled_programs_are_refinex_whatever_the_runs_dialect() -> None:
     assert (result.stats.deleted_chars, result.stats.fidelity) == (len(raw) - len(expert), 1.0)
 
 
+def test_where_the_expert_also_rewrote_no_deletion_cuts_a_word() -> None:
+    # "Cookie Settings" -> "Cookies": letters of the rewrite matched inside "Settings" would
+    # make remove_str(" Setting"), which teaches cutting words, not removing noise.
+    raw = "Intro line that is kept.\nYou can change this any time in Cookie Settings.\nBody text kept here."
+    expert = "Intro line that is kept.\nYou may change this at any time in Cookies.\nBody text kept here."
+    result = distill(raw, expert)
+    assert result.stats.replaced_chars > 0 and ops_of(result.program) == []
+    # A pure deletion keeps its ops, at word boundaries or not.
+    assert ops_of(distill("Price: 12 EURxxx today", "Price: 12 EUR today").program) == [
+        ("remove_str", None, None, 0, "xxx")]
+
+
 def test_rewrite_too_large_to_align_is_counted_as_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     import refinex_spark.distill as distill_module
 
