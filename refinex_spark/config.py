@@ -134,9 +134,10 @@ class IngestConfig(_Section):
     @field_validator("id_field")
     @classmethod
     def _id_field(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("must be a field name, or null (doc_id is then the sha256 of the text)")
-        if v is not None and v == info.data.get("text_field"):
+        if v is None:
+            return v
+        _not_blank(v, "a field name, or null (doc_id is then the sha256 of the text)")
+        if v == info.data.get("text_field"):
             raise ValueError(f"must differ from ingest.text_field ({v!r}): the id and the text are separate fields")
         return v
 

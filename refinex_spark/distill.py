@@ -479,22 +479,22 @@ def _partial_line_texts(line: str, spans: list[tuple[int, int]], min_chars: int,
 class _Plan:
     """Ops for the lines of one region: lines removed whole, and remove_str texts per line."""
 
-    __slots__ = ("removed", "blank", "str_ops", "exact", "lines")
+    __slots__ = ("first", "last", "removed", "blank", "str_ops", "exact")
 
-    def __init__(self) -> None:
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last  # the region's lines
         self.removed: list[int] = []  # lines whose non-whitespace content is all deleted
         self.blank: list[int] = []  # whitespace-only lines the alignment deleted
         self.str_ops: list[tuple[int, str]] = []
         self.exact = False  # known to delete every non-space char the alignment deleted
-        self.lines = (0, -1)  # the region's first and last line
 
-    def outcome(self, lines: list[str], first: int, last: int) -> str:
-        """Lines first..last after the ops, whitespace collapsed (what fidelity compares)."""
+    def outcome(self, lines: list[str]) -> str:
+        """The region's lines after the ops, whitespace collapsed (what fidelity compares)."""
         gone = set(self.removed)
         edited: dict[int, str] = {}
         for i, text in self.str_ops:
             edited[i] = edited.get(i, lines[i]).replace(text, "")
-        return _squash(" ".join(edited.get(i, lines[i]) for i in range(first, last + 1) if i not in gone))
+        return _squash(" ".join(edited.get(i, lines[i]) for i in range(self.first, self.last + 1) if i not in gone))
 
 
 def _squash(text: str) -> str:
@@ -523,7 +523,7 @@ def _plan(
             if i < final and s <= stop < e:
                 newline_deleted.add(i)
             i += 1
-    plan = _Plan()
+    plan = _Plan(first, last)
     # A blank final line has no "\n" of its own: it goes with the one before it.
     tail = {final} if final - 1 in newline_deleted and last == final else set()
     for i in sorted(spans.keys() | newline_deleted | tail):
@@ -577,14 +577,13 @@ def _region_plan(
     last = len(lines) - 1 if region.end == len(edits.raw) else bisect_right(bounds, region.end - 1, 0, len(lines)) - 1
     pure = not region.illegal  # alternatives only help pure deletions; rewrites are dropped or rare
     best = _plan(lines, bounds, first, last, region.deleted, truncated, min_chars, pure)
-    best.lines = (first, last)
     if not pure or region.deleted == [(region.start, region.end)]:
         best.exact = pure
         return best
     text = edits.raw[region.start:region.end]
     kept = _kept_text(text, region.deleted, region.start)
     target = _squash(kept)
-    best_outcome = best.outcome(lines, first, last)
+    best_outcome = best.outcome(lines)
     if best_outcome == target:
         best.exact = True
         return best
@@ -600,11 +599,11 @@ def _region_plan(
     best_score = (len(best_outcome), len(best.removed) + len(best.str_ops))
     for deleted in alternatives:
         other = _plan(lines, bounds, first, last, deleted, truncated, min_chars, pure)
-        score = (len(other.outcome(lines, first, last)), len(other.removed) + len(other.str_ops))
+        outcome = other.outcome(lines)
+        score = (len(outcome), len(other.removed) + len(other.str_ops))
         if score < best_score:
-            best, best_score = other, score
-    best.lines = (first, last)
-    best.exact = best.outcome(lines, first, last) == target
+            best, best_score, best_outcome = other, score, outcome
+    best.exact = best_outcome == target
     return best
 
 
@@ -729,7 +728,9 @@ def distill(
     ranges, str_ops, plans = _line_ops(raw_lines, bounds, edits, truncated, cfg)
     # The run's program limits, but always the RefineX dialect: that is what distillation writes,
     # whichever dialect the refine stage later runs (ProX models come trained).
-    limits = (program or ProgramConfig()).model_copy(update={"dialect": "refinex"})
+    limits = program or ProgramConfig()
+    if limits.dialect != "refinex":
+        limits = limits.model_copy(update={"dialect": "refinex"})
     # Only ops the refine stage will accept under the run's program settings become training data.
     usable = lambda op: op.kind != "remove_str" or len(op.text or "") <= limits.max_text_chars  # noqa: E731
     all_ops = [_ops_between(c.start, c.end, ranges, str_ops) for c in chunks]
@@ -757,11 +758,10 @@ def distill(
         fidelity=shingle_f1(refined.text, expert_text, cfg.shingle_size),
         kept=doc_reason is None, drop_reason=doc_reason,
     )
-    # Counting what each chunk misses is needed only where the ops are not known to be exact.
     # Counted only in regions whose ops are not known to reproduce the alignment (all of them when
     # the program settings dropped an op).
     filtered = any(len(ops) != len(kept) for ops, kept in zip(all_ops, chunk_ops))
-    inexact = [(region, plan.lines) for region, plan in plans if filtered or not plan.exact]
+    inexact = [(region, plan) for region, plan in plans if filtered or not plan.exact]
     missed = _missed_deletions(raw_lines, bounds, edits.raw, inexact, chunks, chunk_ops)
     samples = tuple(
         _sample(c, ops, program, doc_reason, m, cfg)
@@ -771,19 +771,19 @@ def distill(
 
 
 def _missed_deletions(
-    lines: list[str], bounds: list[int], raw: str, regions: list[tuple[_Region, tuple[int, int]]],
+    lines: list[str], bounds: list[int], raw: str, regions: list[tuple[_Region, _Plan]],
     chunks: Sequence[Chunk], chunk_ops: list[list[Op]],
 ) -> list[int]:
-    """Per chunk, the non-space chars the expert deleted (per the alignment) in `regions` (with
-    their first and last lines) that its ops keep.
+    """Per chunk, the non-space chars the expert deleted (per the alignment) in `regions` (each
+    with its plan, which knows the region's lines) that its ops keep.
 
     Deletions the language cannot express (repeated or too short for remove_str, over the run's
     remove_str length) are what the program misses. A truncated line that stays counts for
     nothing: the model sees only part of it and may only remove it whole, so keeping it is right.
     """
     aligned: dict[int, int] = {}  # line -> non-space chars the alignment deleted there
-    for region, (first, last) in regions:
-        aligned.update((i, 0) for i in range(first, last + 1))
+    for region, plan in regions:
+        aligned.update((i, 0) for i in range(plan.first, plan.last + 1))
         for a, b in region.deleted:
             i = bisect_right(bounds, a) - 1
             while a < b:  # a span may run over several lines

@@ -451,6 +451,20 @@ class _ChunkRun:
         self.doc.dropped |= self.drop
 
 
+def _whole_document_caps(cfg: ProgramConfig, n_chars: int, n_lines: int) -> ProgramConfig:
+    """The caps of one chunk's program, grown for a whole document's, as its chunks' would add up.
+
+    A deletion program needs at most a couple of ops per line, and its text is about the deleted
+    text plus one call per op; never below one chunk's caps.
+    """
+    scale = max(1, math.ceil(n_chars / cfg.max_program_chars))
+    max_ops = max(scale * cfg.max_ops, 2 * n_lines)
+    max_chars = max(scale * cfg.max_program_chars, n_chars + 64 * n_lines)
+    if (max_ops, max_chars) == (cfg.max_ops, cfg.max_program_chars):
+        return cfg
+    return cfg.model_copy(update={"max_program_chars": max_chars, "max_ops": max_ops})
+
+
 def execute(
     raw_text: str, programs: str | Sequence[ChunkProgram], config: ProgramConfig | None = None
 ) -> Refinement:
@@ -467,14 +481,7 @@ def execute(
     norm = normalize_newlines(raw_text)
     doc = _Document(norm)
     if not isinstance(programs, (list, tuple)):  # one program text (parse_program vets its type)
-        # A deletion program needs at most a couple of ops per line, and its text is about the
-        # deleted text plus one call per op: caps that grow with the document, as its chunks' would.
-        scale = max(1, math.ceil(len(norm) / cfg.max_program_chars))  # never below one chunk's caps
-        n_lines = len(doc.lines)
-        max_ops = max(scale * cfg.max_ops, 2 * n_lines)
-        max_chars = max(scale * cfg.max_program_chars, len(norm) + 64 * n_lines)
-        if (max_ops, max_chars) != (cfg.max_ops, cfg.max_program_chars):
-            cfg = cfg.model_copy(update={"max_program_chars": max_chars, "max_ops": max_ops})
+        cfg = _whole_document_caps(cfg, len(norm), len(doc.lines))
         programs = [ChunkProgram(0, len(doc.lines) - 1, programs)]
     elif not all(isinstance(c, ChunkProgram) for c in programs):  # a caller error, not model output
         raise TypeError("programs must be one program str or a sequence of ChunkProgram")
