@@ -161,11 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(rest)
     from .lake import LakeError
     from .runtime import ConcurrentRunError, open_run
+    from .spark_session import SparkStartError
 
     try:
         ctx = open_run(config, args.stage)  # refuses bad Spark settings and lakes (ConfigError, LakeError)
         result = args.fn(ctx, args)
-    except (ValueError, FileNotFoundError, ConcurrentRunError, LakeError) as e:
+    except (ValueError, FileNotFoundError, ConcurrentRunError, LakeError, SparkStartError) as e:
         message = " ".join(str(e).split())  # one line, whatever the underlying library put in the message
         print(f"refinex-spark {args.stage}: error: {message}", file=sys.stderr)
         return 1

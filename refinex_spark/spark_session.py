@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import sys
 from pathlib import Path
 
+from pyspark.errors import PySparkRuntimeError
 from pyspark.sql import SparkSession
 
 from .config import Config, ConfigError
@@ -63,6 +65,10 @@ def session_conf(config: Config) -> dict[str, str]:
     return conf
 
 
+class SparkStartError(RuntimeError):
+    """The JVM behind a classic session did not start (no Java, a bad JAVA_HOME)."""
+
+
 def launched_by_spark_submit() -> bool:
     """spark-submit starts the JVM first and hands its gateway to Python through this variable."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -80,7 +86,16 @@ def get_spark(config: Config) -> SparkSession:
         builder = builder.master(master)
     for key, value in session_conf(config).items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except PySparkRuntimeError as e:
+        if e.getCondition() != "JAVA_GATEWAY_EXITED":
+            raise
+        java_home = os.environ.get("JAVA_HOME")
+        raise SparkStartError(
+            f"Spark could not start its JVM (master {master}): its own message is printed above. "
+            f"pyspark 4.2 needs Java 17 or 21: JAVA_HOME={java_home!r}"
+            + ("" if java_home else f", java on PATH: {shutil.which('java')!r}")) from e
     # getOrCreate may hand back a running session: make sure its runtime confs are the lake's.
     for key, value in FIXED_CONF.items():
         spark.conf.set(key, value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -276,6 +277,21 @@ def test_cli_errors_are_one_line(cli_lake, capsys):
         assert err.startswith(f"refinex-spark {needle}") and err.count("\n") == 1, err
         if argv[0] == "history":  # names the declared tables, and which of them this lake has
             assert f"tables: {', '.join(TABLES)}" in err and ("in this lake: raw_docs)" in err) == (argv[1] != "bogus")
+
+
+def test_cli_says_when_spark_cannot_start(tmp_path):
+    """No usable Java: one line that names the cause, not py4j's traceback (in a fresh process,
+    since this one's session is already up)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "JAVA_HOME": str(tmp_path / "no-java")}
+    run = subprocess.run([sys.executable, "-m", "refinex_spark", "sql", "SELECT 1", "--set", f"lake.path={tmp_path}"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.splitlines()[-1] == (
+        "refinex-spark sql: error: Spark could not start its JVM (master local[2]): its own message is printed "
+        f"above. pyspark 4.2 needs Java 17 or 21: JAVA_HOME='{tmp_path / 'no-java'}'")
 
 
 def test_demo_bad_records_are_each_rejected(tmp_path):
