@@ -90,6 +90,8 @@ def lake_path_problem(path: str) -> str | None:
         return "must not contain a NUL or newline character"
     if any(c in path for c in "*?[]{}"):
         return "must not contain glob characters (*?[]{}), which Spark would expand"
+    if "%" in path:
+        return "must not contain '%', which delta-rs reads as the start of a URI escape (%20 is a space)"
     return None
 
 

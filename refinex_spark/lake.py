@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol
+from urllib.parse import unquote
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -261,7 +262,8 @@ class _DeltaRsEngine:
             raise LakeError(f"cannot load {spec.name} at version {version}: {e}") from e
         if not files:
             return None
-        return session.read.schema(spec.spark_schema()).parquet(*[_spark_path(f) for f in files])
+        # delta-rs percent-encodes the URIs (a space is %20), and Hadoop paths are taken literally.
+        return session.read.schema(spec.spark_schema()).parquet(*[_spark_path(unquote(f)) for f in files])
 
     def history(self, spec: TableSpec) -> list[dict[str, Any]]:
         if not self.exists(spec):

@@ -162,7 +162,8 @@ def test_resolve_root_makes_relative_and_home_paths_absolute(tmp_path, monkeypat
 
 @pytest.mark.parametrize("path, needle", [
     ("", "empty"), ("   ", "empty"), ("/a\x00b", "NUL or newline"), ("/a\nb", "NUL or newline"),
-    ("/a\rb", "NUL or newline"), ("/lake[1]", "glob"), ("/lake*", "glob"), ("file://host/lake", "absolute local"),
+    ("/a\rb", "NUL or newline"), ("/lake[1]", "glob"), ("/lake*", "glob"), ("/my%20lake", "URI escape"),
+    ("file://host/lake", "absolute local"),
     ("file:lake", "absolute local"),
 ])
 def test_resolve_root_refuses(path, needle):
@@ -270,6 +271,15 @@ def test_time_travel_reads_each_version(spark, tmp_lake):
         assert via_spark(tmp_lake, "rejects", version=v) == via_deltalake(tmp_lake, "rejects", version=v) == expected
     with pytest.raises(LakeError, match="version 7"):
         tmp_lake.read("rejects", version=7)
+
+
+def test_a_lake_path_with_spaces_reads_back(spark, tmp_path):
+    """delta-rs hands back percent-encoded file URIs; Spark must get the real paths."""
+    lake = Lake(spark, LakeConfig(path=str(tmp_path / "my lake")))
+    batches = [rejects(3, seed=20), rejects(2, seed=21)]
+    for i, rows in enumerate(batches):
+        append(lake, "rejects", frame(spark, "rejects", rows), txn=i)
+    assert via_spark(lake, "rejects") == via_deltalake(lake, "rejects") == canonical(batches[0] + batches[1])
 
 
 def test_missing_table_reads_empty_with_the_declared_schema(tmp_lake):
