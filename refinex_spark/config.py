@@ -101,8 +101,9 @@ class LakeConfig(_Section):
     # Databricks/Unity Catalog: write tables into this catalog schema instead of a path.
     catalog_schema: str | None = None
     # delta-rs engine: staging dirs of writes that never committed (a crashed run) are removed by
-    # a later run once older than this; younger ones may belong to a concurrent writer.
-    staging_retention_hours: float = Field(24.0, ge=0)
+    # a later run once nothing in them was written for this long; fresher ones may belong to a
+    # concurrent writer.
+    staging_retention_hours: float = Field(24.0, ge=0, allow_inf_nan=False)
     # Readers split a Parquet file only between row groups: one big file (the ingest of one large
     # input file) would otherwise be read by one task while the other cores wait.
     row_group_mb: int = Field(32, ge=1, le=1024)

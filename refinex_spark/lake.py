@@ -280,16 +280,23 @@ class _DeltaRsEngine:
         its name) is in no commit of the table, so time travel never loses a file.
         """
         cutoff = self.started_ms - self.retention_ms
+
+        def untouched(info: pafs.FileInfo) -> bool:
+            # A write's name holds when it started; a write running longer than the retention is
+            # still adding files, so nothing it wrote lately may be swept.
+            return info.mtime_ns is not None and info.mtime_ns // 1_000_000 < cutoff
+
         selector = pafs.FileSelector(f"{table_dir}/_staging", allow_not_found=True)
         for info in self.fs.get_file_info(selector):
             m = _STAGING_DIR.match(info.base_name)
-            if info.type == pafs.FileType.Directory and m and int(m.group(1)) < cutoff:
+            if info.type == pafs.FileType.Directory and m and int(m.group(1)) < cutoff and all(
+                    untouched(f) for f in self.fs.get_file_info(pafs.FileSelector(info.path, recursive=True))):
                 self.fs.delete_dir(info.path)
         live = {f.rsplit("/", 1)[-1] for f in table.file_uris()} if table is not None else set()
         orphans: dict[str, list[str]] = {}  # commit id -> its files that no snapshot lists now
         for info in self.fs.get_file_info(pafs.FileSelector(table_dir, allow_not_found=True)):
             m = _TABLE_FILE.match(info.base_name)
-            if info.is_file and m and int(m.group(2)) < cutoff and info.base_name not in live:
+            if info.is_file and m and int(m.group(2)) < cutoff and untouched(info) and info.base_name not in live:
                 orphans.setdefault(m.group(1), []).append(info.path)
         if orphans and table is not None:  # rare: only then is the history read
             for commit in table.history():

@@ -53,6 +53,7 @@ def test_later_layers_win(tmp_path):
     ("model.base_url=file:///etc/passwd", "bad value for 'model.base_url'"),
     ("expert.base_url=ftp://host/v1", "bad value for 'expert.base_url'"),
     ("lake.path=", "bad value for 'lake.path': Value error, must be a directory path or a storage URI"),
+    ("lake.staging_retention_hours=.inf", "bad value for 'lake.staging_retention_hours'"),
     ("lake.path=/data/lake*", "bad value for 'lake.path': Value error, must not contain glob characters"),
     ("model.prompt_version=../../etc/x", "bad value for 'model.prompt_version': Value error, must be a released"),
     ("model.prompt_version=refine..v1", "bad value for 'model.prompt_version'"),

@@ -427,6 +427,26 @@ def test_stale_staging_dirs_are_removed_by_a_later_run_and_never_read(spark, tmp
     assert old.exists()  # younger than the retention: may belong to a concurrent writer
 
 
+def test_a_write_running_longer_than_the_retention_is_not_swept(spark, tmp_path):
+    """A staging dir is judged by when its files were last written, not by when its write began."""
+    config = LakeConfig(path=str(tmp_path / "lake"), staging_retention_hours=1)
+    lake = Lake(spark, config)
+    append(lake, "rejects", frame(spark, "rejects", rejects(2, seed=30)), txn=0)
+    two_hours_ago = time.time() - 7200
+    dirs = {}
+    for name, mtime in [("running", None), ("dead", two_hours_ago)]:
+        d = Path(lake.location("rejects")) / "_staging" / f"{int(two_hours_ago * 1000):013d}-{uuid.uuid4().hex}"
+        (d / "_temporary").mkdir(parents=True)
+        part = d / "_temporary" / "part-00000.snappy.parquet"
+        part.write_bytes(b"x")
+        if mtime is not None:  # everything in it last written then
+            for path in (part, part.parent):
+                os.utime(path, (mtime, mtime))
+        dirs[name] = d
+    append(Lake(spark, config), "rejects", frame(spark, "rejects", rejects(1, seed=31)), txn=1)  # the next run
+    assert dirs["running"].exists() and not dirs["dead"].exists()
+
+
 # --- format guarantees -----------------------------------------------------------------------
 
 def test_big_files_are_cut_into_row_groups_that_readers_can_split(spark, tmp_path):
