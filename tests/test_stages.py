@@ -86,6 +86,22 @@ def test_ingest_counts_reconcile_and_rerun_adds_nothing(make_ctx, corpus):
     assert len(history) == 1 and history[0]["user_metadata"]["stage"] == "ingest"  # the rerun committed nothing
 
 
+def test_a_stored_record_read_again_is_present_even_after_a_conflicting_one(make_ctx, tmp_path):
+    """The stored record of an id is never rejected as a duplicate of a new record with other text
+    that happens to sort first: that one is the conflict."""
+    stored, other = tmp_path / "b.jsonl", tmp_path / "a.jsonl"
+    stored.write_text('{"id": "x", "text": "the stored text"}\n')
+    other.write_text('{"id": "x", "text": "another text"}\n')
+    ingest.run(make_ctx("ingest"), [str(stored)])
+    ctx = make_ctx("ingest")
+    c = ingest.run(ctx, [str(other), str(stored)])["counts"]
+    assert (c["read"], c["accepted"], c["already_present"], c["rejected.duplicate_id"]) == (2, 0, 1, 1)
+    rejects = _rows(ctx, "rejects")
+    assert list(zip(rejects["source_file"].str.rsplit("/", n=1).str[-1], rejects["detail"])) == [
+        ("a.jsonl", "doc_id x already in raw_docs with different text")]
+    assert list(_rows(ctx, "raw_docs")["text"]) == ["the stored text"]
+
+
 def test_overlapping_runs_from_one_snapshot_commit_once_and_the_other_is_told_to_rerun(make_ctx, tmp_path):
     from refinex_spark.runtime import ConcurrentRunError
 

@@ -70,21 +70,21 @@ def run(ctx: RunContext, paths: list[str]) -> dict:
 
     with stats.timer("read"):
         records = read_records(spark, files, cfg).persist()
-        docs = records.where("kind = 'doc'")
-        first = Window.partitionBy("doc_id").orderBy("source_file", "line_no")
-        docs = docs.withColumn("_rank", F.row_number().over(first))
         existing = ctx.read("raw_docs").select("doc_id", F.col("text_hash").alias("_existing_hash"))
-        docs = docs.join(existing, "doc_id", "left").persist()
-        is_dup_in_batch = F.col("_rank") > 1
-        conflicts = F.col("_existing_hash").isNotNull() & (F.col("_existing_hash") != F.col("text_hash"))
+        docs = records.where("kind = 'doc'").join(existing, "doc_id", "left")
         present = F.col("_existing_hash").isNotNull() & (F.col("_existing_hash") == F.col("text_hash"))
+        conflicts = F.col("_existing_hash").isNotNull() & (F.col("_existing_hash") != F.col("text_hash"))
+        # The first record of an id wins, unless one is the stored record: then that one is it.
+        first = Window.partitionBy("doc_id").orderBy(present.desc_nulls_last(), "source_file", "line_no")
+        docs = docs.withColumn("_rank", F.row_number().over(first)).persist()
+        is_dup_in_batch = F.col("_rank") > 1
         accepted = docs.where(~is_dup_in_batch & F.col("_existing_hash").isNull())
         duplicates = docs.where(is_dup_in_batch | conflicts).select(
             F.lit("duplicate_id").alias("reason"), "source_file", "line_no",
             F.substring("text", 1, readers.MAX_RECORD_CHARS).alias("record"),
             F.concat(F.lit("doc_id "), F.col("doc_id"),
-                     F.when(is_dup_in_batch, F.lit(" repeats an earlier record in this batch"))
-                     .otherwise(F.lit(" already in raw_docs with different text"))).alias("detail"),
+                     F.when(conflicts, F.lit(" already in raw_docs with different text"))
+                     .otherwise(F.lit(" repeats an earlier record in this batch"))).alias("detail"),
             "text_hash")
         counts = {r["k"]: r["n"] for r in docs.select(
             F.when(is_dup_in_batch | conflicts, "rejected").when(present, "already_present")
