@@ -117,9 +117,12 @@ def test_overlapping_runs_from_one_snapshot_commit_once_and_the_other_is_told_to
     assert sorted(_rows(make_ctx("x"), "raw_docs")["doc_id"]) == ["a", "b"]
 
 
-def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path):
+def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path, spark):
     raw_dir, expert_path = corpus
+    cache = spark._jsparkSession.sharedState().cacheManager()
+    spark.catalog.clearCache()
     ingested = ingest.run(make_ctx("ingest"), [str(raw_dir)])["counts"]
+    assert cache.isEmpty()  # what a stage caches it releases: a notebook runs stage after stage
     with open(expert_path, "a") as f:
         f.write(json.dumps({"doc_id": "not-ingested", "text": "x", "model": "m"}) + "\n")
         f.write(json.dumps({"text": "an output that names no document", "model": "m"}) + "\n")
@@ -127,6 +130,7 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path):
         # a second output of DOCS[2] for the same model and prompt version in this batch: the first one wins
         f.write(json.dumps({"doc_id": DOCS[2].doc_id, "text": "a later output", "model": EXPERT_MODEL}) + "\n")
     ex = expert_import.run(make_ctx("expert"), str(expert_path))["counts"]
+    assert cache.isEmpty()
     assert ex["accepted"] == len(DOCS) and ex["rejected.unknown_doc_id"] == 1 and ex["rejected.missing_doc_id"] == 1
     assert ex["rejected.missing_model"] == 1 and ex["rejected.duplicate_id"] == 1 and ex["rejected"] == 4
     assert ex["read"] == ex["accepted"] + ex["rejected"] + ex["already_present"]

@@ -41,14 +41,14 @@ def run(ctx: RunContext, path: str, default_model: str | None = None) -> dict:
         reason = (F.when(F.col("expert_model").isNull(), "missing_model")
                   .when(F.col("raw_text_hash").isNull(), "unknown_doc_id")
                   .when(F.col("_rank") > 1, "duplicate_id"))
-        outputs = outputs.withColumn("_reason", reason)
-        bad = outputs.where(F.col("_reason").isNotNull()).select(
+        checked = outputs.withColumn("_reason", reason)
+        bad = checked.where(F.col("_reason").isNotNull()).select(
             F.col("_reason").alias("reason"), "source_file", "line_no",
             F.substring("text", 1, readers.MAX_RECORD_CHARS).alias("record"),
             F.concat(F.lit("doc_id "), F.col("doc_id")).alias("detail"), "text_hash")
         rejects = records.where("kind = 'reject'").select("reason", "source_file", "line_no", "record", "detail")
         done = ctx.read("expert_outputs").where("status = 'ok'").select(*KEY)
-        good = outputs.where(F.col("_reason").isNull())
+        good = checked.where(F.col("_reason").isNull())
         new = good.join(done, KEY, "left_anti")
 
     stats.counts["read"] = records.count()
