@@ -61,15 +61,16 @@ class CommitInfo:
     reason: str = ""
 
 
-def resolve_root(path: str, master: str = "local") -> str:
-    """lake.path as the engines need it: an absolute local path, or a remote URI left as is.
+def resolve_root(path: str, master: str = "local", what: str = "lake.path") -> str:
+    """lake.path (or another output location, `what` in errors) as Spark and delta-rs need it: an
+    absolute local path, or a remote URI left as is.
 
     A relative path is refused unless Spark runs locally (`master` local[...]): on a cluster it names
     a directory on the driver's disk, which the executors cannot see, so their files would be lost.
     """
     problem = lake_path_problem(path or "")
     if problem:
-        raise LakeError(f"lake.path {path!r} {problem}")
+        raise LakeError(f"{what} {path!r} {problem}")
     m = _SCHEME.match(path)
     if m and m.group(1).lower() != "file":
         return path.rstrip("/")  # s3://, abfss://, dbfs:/, hdfs://: the storage layer resolves these
@@ -77,22 +78,22 @@ def resolve_root(path: str, master: str = "local") -> str:
     if m:  # file:/p, file:///p, file://localhost/p
         local = re.sub(r"^file:(//(localhost)?)?", "", path, flags=re.IGNORECASE)
         if not local.startswith("/"):
-            raise LakeError(f"lake.path {path!r}: only absolute local file URIs (file:///path) are supported")
+            raise LakeError(f"{what} {path!r}: only absolute local file URIs (file:///path) are supported")
     local = os.path.expanduser(local)  # an unknown ~user stays a relative name
     if not os.path.isabs(local) and not master.startswith("local"):
-        raise LakeError(f"lake.path {path!r} is relative, but Spark master {master!r} runs executors on other "
-                        "machines, which cannot see the driver's directory: set lake.path to shared storage "
+        raise LakeError(f"{what} {path!r} is relative, but Spark master {master!r} runs executors on other "
+                        f"machines, which cannot see the driver's directory: set {what} to shared storage "
                         "(hdfs://, s3://, abfss://, dbfs:/) or an absolute path on a mount every node shares")
     return str(Path(local).resolve())
 
 
-def _is_local(uri: str) -> bool:
+def is_local(uri: str) -> bool:
     return not _SCHEME.match(uri)
 
 
-def _spark_path(uri: str) -> str:
+def spark_path(uri: str) -> str:
     # An explicit scheme: on a cluster a bare path would resolve against fs.defaultFS (HDFS).
-    return f"file://{uri}" if _is_local(uri) else uri
+    return f"file://{uri}" if is_local(uri) else uri
 
 
 def resolve_engine(spark: SparkSession, config: LakeConfig) -> Engine:
@@ -240,7 +241,7 @@ class _DeltaRsEngine:
         self.retention_ms = int(staging_retention_hours * 3_600_000)
         self.started_ms = int(time.time() * 1000)
         self._swept: set[str] = set()  # tables whose leftovers from before this run are removed
-        self.fs, self.fs_root = (pafs.LocalFileSystem(), root) if _is_local(root) else pafs.FileSystem.from_uri(root)
+        self.fs, self.fs_root = (pafs.LocalFileSystem(), root) if is_local(root) else pafs.FileSystem.from_uri(root)
 
     def location(self, spec: TableSpec) -> str:
         return f"{self.root}/{spec.name}"
@@ -263,7 +264,7 @@ class _DeltaRsEngine:
         if not files:
             return None
         # delta-rs percent-encodes the URIs (a space is %20), and Hadoop paths are taken literally.
-        return session.read.schema(spec.spark_schema()).parquet(*[_spark_path(unquote(f)) for f in files])
+        return session.read.schema(spec.spark_schema()).parquet(*[spark_path(unquote(f)) for f in files])
 
     def history(self, spec: TableSpec) -> list[dict[str, Any]]:
         if not self.exists(spec):
@@ -322,7 +323,7 @@ class _DeltaRsEngine:
         commit_id = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex}"
         staging = f"{table_dir}/_staging/{commit_id}"
         try:
-            df.write.option("compression", "snappy").parquet(_spark_path(f"{uri}/_staging/{commit_id}"))
+            df.write.option("compression", "snappy").parquet(spark_path(f"{uri}/_staging/{commit_id}"))
             files = self._staged_files(spec, staging)
             rows = sum(n for _, _, n, _ in files)
             if rows == 0:
@@ -427,14 +428,14 @@ class _SparkEngine:
 
         if self.catalog_schema:
             return SparkDeltaTable.forName(self.spark, self.location(spec))
-        return SparkDeltaTable.forPath(self.spark, _spark_path(self.location(spec)))
+        return SparkDeltaTable.forPath(self.spark, spark_path(self.location(spec)))
 
     def exists(self, spec: TableSpec) -> bool:
         if self.catalog_schema:
             return self.spark.catalog.tableExists(self.location(spec))
         from delta.tables import DeltaTable as SparkDeltaTable
 
-        return SparkDeltaTable.isDeltaTable(self.spark, _spark_path(self.location(spec)))
+        return SparkDeltaTable.isDeltaTable(self.spark, spark_path(self.location(spec)))
 
     def version(self, spec: TableSpec) -> int | None:
         if not self.exists(spec):
@@ -453,7 +454,7 @@ class _SparkEngine:
             reader = session.read.format("delta")
             if version is not None:
                 reader = reader.option("versionAsOf", int(version))
-            df = reader.load(_spark_path(self.location(spec)))
+            df = reader.load(spark_path(self.location(spec)))
         return df.select(*spec.column_names)
 
     def history(self, spec: TableSpec) -> list[dict[str, Any]]:
@@ -474,7 +475,7 @@ class _SparkEngine:
             self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {self.catalog_schema}")
             builder = builder.tableName(self.location(spec))
         else:
-            builder = builder.location(_spark_path(self.location(spec)))
+            builder = builder.location(spark_path(self.location(spec)))
         builder = builder.addColumns(spec.spark_schema()).comment(spec.doc)
         if spec.partition_by:
             builder = builder.partitionedBy(*spec.partition_by)
@@ -494,7 +495,7 @@ class _SparkEngine:
         if self.catalog_schema:
             writer.saveAsTable(self.location(spec))
         else:
-            writer.save(_spark_path(self.location(spec)))
+            writer.save(spark_path(self.location(spec)))
         # Delta skips an already-committed app transaction silently: no new version means skipped.
         # (A concurrent writer's commit in between would be reported as ours; Delta gives no commit id.)
         after = self.version(spec)

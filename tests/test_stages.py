@@ -179,6 +179,13 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path, spa
     assert [m["role"] for m in lines[0]["messages"]] == ["user", "assistant"]
     with pytest.raises(ValueError, match="already exists"):
         export_sft.run(make_ctx("export-sft"), str(out))
+    with pytest.raises(ValueError, match="already exists"):  # created after the check (or remote): Spark's own check
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(export_sft.os.path, "exists", lambda path: False)
+            export_sft.run(make_ctx("export-sft"), str(out))
+    uri = export_sft.run(make_ctx("export-sft"), f"file://{tmp_path}/sft-uri", fmt="parquet")
+    assert uri["output"] == f"{tmp_path}/sft-uri" and uri["counts"]["samples"] == e["counts"]["samples"]
+    assert e["output"] == str(out)
     # settings nothing was distilled under: a message naming what is there, not a Spark error
     never = make_ctx("export-sft", "distill.max_ops_per_chunk=5")
     with pytest.raises(ValueError, match="no kept distill_samples under fingerprint") as err:

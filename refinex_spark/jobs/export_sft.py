@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import os
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import functions as F
 
+from ..lake import is_local, resolve_root, spark_path
 from ..model.prompt import load_template, user_message
 from ..runtime import RunContext
+from ..spark_session import spark_master
 
 
 def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
-    if not output or "\x00" in output or "\n" in output:
-        raise ValueError(f"bad output path {output!r}")
-    if os.path.exists(output):
-        raise ValueError(f"output {output} already exists; choose a new path (exports are never overwritten)")
+    # A local path or a storage URI, as for the lake (a relative path is refused on a cluster).
+    target = resolve_root(output, spark_master(ctx.spark), what="export path")
+    exists = f"output {output} already exists; choose a new path (exports are never overwritten)"
+    if is_local(target) and os.path.exists(target):  # remote: the writer's errorifexists says so
+        raise ValueError(exists)
     config, stats = ctx.config, ctx.stats
     template = load_template(config.model.prompt_version)
     fingerprint = config.fingerprint("program", "chunking", "distill")
@@ -43,7 +47,12 @@ def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
     ).orderBy("doc_id", "chunk_index")
     with stats.timer("write"):
         writer = rows.coalesce(1).write.mode("errorifexists")
-        (writer.json if fmt == "jsonl" else writer.parquet)(output)
+        try:
+            (writer.json if fmt == "jsonl" else writer.parquet)(spark_path(target))
+        except AnalysisException as e:
+            if e.getCondition() != "PATH_ALREADY_EXISTS":
+                raise
+            raise ValueError(exists) from e
     stats.counts["samples"] = n
-    stats.info.update(output=os.path.abspath(output), format=fmt, fingerprint=fingerprint)
+    stats.info.update(output=target, format=fmt, fingerprint=fingerprint)
     return stats.as_dict()
