@@ -94,25 +94,34 @@ def refine_batch(
     return rows
 
 
+class PromptRefused(RuntimeError):
+    """A backend's answer to a prompt it turned down itself (an HTTP 400, 413 or 422, say): a
+    retry gets the same answer, so it is that document's error, not a sign the backend is down."""
+
+
 def _generate(backend: Backend, prompts: list[str], plans: list) -> list[str | Exception]:
     """All prompts in one call; if that fails, document by document, so one bad document (a
-    refused prompt, an unparseable reply) costs only its own row. Raises if every document fails."""
+    refused prompt, an unparseable reply) costs only its own row.
+
+    Raises when every document failed and not every failure was a PromptRefused: an outage must
+    fail the task (Spark retries it, a rerun resumes), not become error rows that no rerun
+    retries. A lone document the backend refuses is an error row like any other.
+    """
     if not prompts:
         return []
     try:
         return list(backend.generate(prompts))
     except Exception as batch_error:  # noqa: BLE001 - narrowed down per document below
-        if len(plans) == 1:
-            raise
         outputs: list[str | Exception] = [batch_error] * len(prompts)
-        for _, _, idx in plans:
-            try:
-                for k, out in zip(idx, backend.generate([prompts[k] for k in idx])):
-                    outputs[k] = out
-            except Exception as e:  # noqa: BLE001 - this document's error row
-                for k in idx:
-                    outputs[k] = e
-        if all(isinstance(o, Exception) for o in outputs):
+        if len(plans) > 1:
+            for _, _, idx in plans:
+                try:
+                    for k, out in zip(idx, backend.generate([prompts[k] for k in idx])):
+                        outputs[k] = out
+                except Exception as e:  # noqa: BLE001 - this document's error row
+                    for k in idx:
+                        outputs[k] = e
+        if all(isinstance(o, Exception) for o in outputs) and not all(isinstance(o, PromptRefused) for o in outputs):
             raise batch_error
         return outputs
 

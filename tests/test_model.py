@@ -26,6 +26,7 @@ from refinex_spark.distill import distill
 from refinex_spark.jobs.refine import model_revision
 from refinex_spark.model import cache
 from refinex_spark.model.backends import HFBackend, OpenAIBackend, is_oom, make_backend
+from refinex_spark.refine import PromptRefused
 from refinex_spark.model.prompt import PLAIN_SUFFIX, PROMPT_VERSIONS, build_prompt, load_template
 from refinex_spark.model.tiny import IM_END, build_tiny_model, qwen3_0_6b_config
 from refinex_spark.model.train import (
@@ -456,11 +457,12 @@ def test_openai_backend_retries_then_fails(server: _Server) -> None:
     assert len(server.requests) == 3 and server.requests[0][0] == "/v1/completions"
     assert server.requests[0][2]["prompt"] == prompt and "messages" not in server.requests[0][2]
     server.fail_next = 3
-    with pytest.raises(RuntimeError, match=r"/v1/completions: http_503: .*busy.* \(after 3 requests\)"):
+    with pytest.raises(RuntimeError, match=r"/v1/completions: http_503: .*busy.* \(after 3 requests\)") as busy:
         backend.generate([prompt])
+    assert not isinstance(busy.value, PromptRefused)  # the server's state: refine fails the task
     server.requests.clear()
     server.status = 400
-    with pytest.raises(RuntimeError, match=r"http_400: .*\(after 1 requests\)"):  # a client error is not retried
+    with pytest.raises(PromptRefused, match=r"http_400: .*\(after 1 requests\)"):  # a client error is not retried
         backend.generate([prompt])
     assert len(server.requests) == 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from refinex_spark.config import Config
-from refinex_spark.refine import BatchStats, refine_batch
+from refinex_spark.refine import BatchStats, PromptRefused, refine_batch
 
 CONFIG = Config()
 DOCS = [("a", "Home | News\nReal text one.", "ha"), ("b", "Share this\nReal text two.", "hb"),
@@ -13,10 +13,11 @@ DOCS = [("a", "Home | News\nReal text one.", "ha"), ("b", "Share this\nReal text
 
 
 class RuleBackend:
-    """A deterministic stand-in for a served model: removes line 0, refuses prompts with REFUSE."""
+    """A deterministic stand-in for a served model: removes line 0, fails prompts with REFUSE
+    (by default as a server error would; `refusal=PromptRefused` as a refused prompt)."""
 
-    def __init__(self, reply: str = "remove_lines(start=0, end=0)") -> None:
-        self.reply, self.calls = reply, 0
+    def __init__(self, reply: str = "remove_lines(start=0, end=0)", refusal: type[Exception] = RuntimeError) -> None:
+        self.reply, self.refusal, self.calls = reply, refusal, 0
 
     def format_prompt(self, template: str, chunk_text: str) -> str:
         return chunk_text
@@ -24,7 +25,7 @@ class RuleBackend:
     def generate(self, prompts: list[str]) -> list[str]:
         self.calls += 1
         if any("REFUSE" in p for p in prompts):
-            raise RuntimeError("HTTP 400: content filter")
+            raise self.refusal("HTTP 400: content filter")
         return [self.reply for _ in prompts]
 
 
@@ -40,6 +41,20 @@ def test_one_refused_document_is_an_error_row_and_the_others_are_refined():
 def test_a_backend_down_for_every_document_fails_the_batch():
     with pytest.raises(RuntimeError, match="content filter"):
         refine_batch([DOCS[2], ("d", "REFUSE too", "hd")], RuleBackend(), "", CONFIG)
+
+
+@pytest.mark.parametrize("docs", [[DOCS[2]], [DOCS[2], ("d", "REFUSE too", "hd")]], ids=["alone", "all"])
+def test_documents_the_backend_refuses_are_error_rows_even_when_no_other_succeeds(docs):
+    """A refused prompt is the document's own error, even alone in its batch: failing the task
+    instead would fail every rerun at the same document."""
+    rows = refine_batch(docs, RuleBackend(refusal=PromptRefused), "", CONFIG)
+    assert [r["status"] for r in rows] == ["error"] * len(docs)
+    assert all("PromptRefused: HTTP 400: content filter" in r["error"] for r in rows)
+
+
+def test_a_lone_document_the_backend_fails_on_fails_the_batch():
+    with pytest.raises(RuntimeError, match="content filter"):
+        refine_batch([DOCS[2]], RuleBackend(), "", CONFIG)
 
 
 def test_lone_surrogates_in_model_output_are_made_storable():

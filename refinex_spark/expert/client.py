@@ -37,6 +37,8 @@ N = TypeVar("N", int, float)
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx
 ERROR_KINDS = ("timeout", "connection", "bad_reply", "truncated", "rate_limited", "budget_exhausted", "internal")
 MAX_ERROR_CHARS = 500
+# Failures of the request itself: the same prompt gets them again, however healthy the server is.
+PROMPT_ERROR_KINDS = frozenset({"http_400", "http_413", "http_422", "truncated"})
 
 
 class ExpertFailure(Exception):
@@ -96,6 +98,11 @@ class Completion:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def prompt_refused(self) -> bool:
+        """Failed for a reason that belongs to this prompt, not to the server's state."""
+        return self.error is not None and self.error.split(":", 1)[0] in PROMPT_ERROR_KINDS
 
     @staticmethod
     def failed(error: str, **counts: Any) -> Completion:

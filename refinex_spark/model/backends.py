@@ -20,6 +20,7 @@ import torch
 from refinex_spark.config import ModelConfig
 from refinex_spark.expert.client import ChatClient, Completion, RetryPolicy
 from refinex_spark.model.prompt import build_prompt, user_message
+from refinex_spark.refine import PromptRefused
 
 
 @dataclass(slots=True)
@@ -44,6 +45,8 @@ class Backend(Protocol):
 
     def format_prompt(self, template: str, chunk_text: str) -> str: ...
 
+    # Raises refine.PromptRefused for a prompt the backend turns down itself (that document's
+    # error), anything else for a failure of the backend (the task's).
     def generate(self, prompts: list[str]) -> list[str]: ...
 
     def with_config(self, config: ModelConfig) -> Backend: ...
@@ -248,7 +251,7 @@ class OpenAIBackend:
     def _complete(self, prompt: str) -> Completion:
         done = self.client.complete(prompt, self.config.max_new_tokens)
         if not done.ok:  # refine records the error on the document's row (or fails the task)
-            raise RuntimeError(f"{self.client.url}: {done.error}")
+            raise (PromptRefused if done.prompt_refused else RuntimeError)(f"{self.client.url}: {done.error}")
         return done
 
 
