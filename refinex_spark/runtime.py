@@ -79,14 +79,16 @@ class RunContext:
         """A context for another stage on the same Spark session and lake (the demo chains stages)."""
         return RunContext(self.config, self.spark, self.lake, StageStats(stage=stage, run_id=new_run_id(stage)))
 
-    def append(self, table: str, df, *, fingerprint: str, txn_app_id: str | None = None):
+    def append(self, table: str, df, *, fingerprint: str):
         """Commit df to a lake table as one transaction.
 
         The app transaction version is the table version this run read plus one (plus the run's
         earlier commits to the table), so of two runs that computed their rows from the same
-        snapshot only the first commits.
+        snapshot only the first commits. The app id is the table's, whichever stage writes: with
+        one per stage, a commit of another stage (import writes `rejects` too) between two
+        ingests' reads gave them different versions, and both wrote the same rejects.
         """
-        app = txn_app_id or f"refinex-{self.stage}-{table}"
+        app = f"refinex-{table}"
         current = self.read_versions[table] if table in self.read_versions else self.lake.version(table)
         txn_version = (0 if current is None else current + 1) + self.commits[table]
         info = self.lake.append(table, df, stage=self.stage, run_id=self.run_id, fingerprint=fingerprint,
@@ -99,7 +101,7 @@ class RunContext:
             # rows may overlap them, so nothing was written. A rerun starts from the new snapshot.
             kept = (f"this run's {self.commits[table]} earlier commit(s) stand, the rest was not written"
                     if self.commits[table] else "nothing of this run was written")
-            raise ConcurrentRunError(f"{table}: another {self.stage} run committed since this run read version "
+            raise ConcurrentRunError(f"{table}: another run committed to it since this run read version "
                                      f"{current}; {kept}, run it again ({info.reason})")
         return info
 

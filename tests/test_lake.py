@@ -350,6 +350,24 @@ def test_concurrent_appends_of_one_app_transaction_commit_once(spark, tmp_lake):
 
 # --- crash safety ----------------------------------------------------------------------------
 
+def test_of_runs_that_read_a_table_before_each_others_commits_only_the_first_commits(spark, make_ctx):
+    """Ingest and expert import both write `rejects`: a commit of either since a run read the
+    table means that run's rows were computed without it, so it must not commit them."""
+    from refinex_spark.runtime import ConcurrentRunError
+
+    make_ctx("ingest").append("rejects", frame(spark, "rejects", rejects(1, seed=40)), fingerprint="fp")
+    a = make_ctx("ingest")
+    a.read("rejects")
+    make_ctx("expert").append("rejects", frame(spark, "rejects", rejects(1, seed=41)), fingerprint="fp")
+    b = make_ctx("ingest")
+    b.read("rejects")  # sees the import's commit
+    with pytest.raises(ConcurrentRunError, match="rejects: another run committed to it since this run read "
+                                                 "version 0; nothing of this run was written, run it again"):
+        a.append("rejects", frame(spark, "rejects", rejects(1, seed=42)), fingerprint="fp")
+    b.append("rejects", frame(spark, "rejects", rejects(1, seed=43)), fingerprint="fp")
+    assert len(via_deltalake(b.lake, "rejects")) == 3
+
+
 def test_files_of_a_commit_that_crashed_are_never_read(spark, tmp_lake, monkeypatch):
     committed = rejects(5, seed=5)
     append(tmp_lake, "rejects", frame(spark, "rejects", committed), txn=0)
