@@ -284,8 +284,9 @@ class _DeltaRsEngine:
 
         def untouched(info: pafs.FileInfo) -> bool:
             # A write's name holds when it started; a write running longer than the retention is
-            # still adding files, so nothing it wrote lately may be swept.
-            return info.mtime_ns is not None and info.mtime_ns // 1_000_000 < cutoff
+            # still adding files, so nothing it wrote lately may be swept. Object stores give
+            # their directories no mtime: for those the start time, checked by name, decides.
+            return info.mtime_ns is None or info.mtime_ns // 1_000_000 < cutoff
 
         selector = pafs.FileSelector(f"{table_dir}/_staging", allow_not_found=True)
         for info in self.fs.get_file_info(selector):
