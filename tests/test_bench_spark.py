@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from rounding import matches, printed, quotient
+
 
 @pytest.fixture(scope="module")
 def report() -> dict:
@@ -21,22 +23,6 @@ def report() -> dict:
 def test_the_stage_distils_every_document(report):
     assert report["benchmark"] == "spark" and report["docs"] == 1000
     assert report["distill"]["docs_distilled"] == 1000
-
-
-def printed(x: float, decimals: int) -> tuple[float, float]:
-    """A printed figure and the most its rounding can have moved it."""
-    return x, 0.5 * 10 ** -decimals
-
-
-def quotient(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
-    """a / b of two printed figures, and the most their rounding can move it (first order)."""
-    q = a[0] / b[0]
-    return q, q * (a[1] / a[0] + b[1] / b[0])
-
-
-def matches(figure: float, decimals: int, computed: tuple[float, float]) -> bool:
-    """Does a figure printed to `decimals` agree with one computed from other printed figures?"""
-    return abs(figure - computed[0]) <= 0.5 * 10 ** -decimals + computed[1] * 1.01 + 1e-12
 
 
 def test_ratios_follow_from_the_printed_timings(report):
