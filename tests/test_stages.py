@@ -231,6 +231,47 @@ def test_distill_breaks_ties_between_outputs_of_one_import(make_ctx, tmp_path):
     assert samples.groupby("doc_id")["n_ops"].sum().gt(0).all()
 
 
+def _shuffled_texts(df) -> list[tuple[set[str], int]]:
+    """Collect df; then, for each shuffle in its final plan that moved a `text` column, its
+    output columns and the rows it wrote (Spark's own metrics)."""
+    df.collect()
+    found: list[tuple[set[str], int]] = []
+    pending = [df._jdf.queryExecution().executedPlan()]
+    while pending:
+        node = pending.pop()
+        name = node.nodeName()
+        if name == "AdaptiveSparkPlan":
+            pending.append(node.executedPlan())
+            continue
+        if name.endswith("QueryStage"):
+            pending.append(node.plan())
+            continue
+        columns = {a.name() for a in map(node.output().apply, range(node.output().size()))}
+        if name == "Exchange" and "text" in columns:
+            found.append((columns, node.metrics().apply("shuffleRecordsWritten").value()))
+        pending.extend(map(node.children().apply, range(node.children().size())))
+    return found
+
+
+def test_distill_moves_only_pending_texts(make_ctx, tmp_path):
+    """The expert pass covers a sample of raw_docs: only the sample's raw texts are shuffled to the
+    join, and on a later run only the documents not distilled yet, from either side."""
+    raw, expert = write_docs(tmp_path / "in", DOCS)
+    ingest.run(make_ctx("ingest"), [str(raw)])
+    outputs = expert.read_text().splitlines()
+    for first, last in ((0, 4), (4, 7)):
+        batch = tmp_path / f"outputs-{first}.jsonl"
+        batch.write_text("\n".join(outputs[first:last]) + "\n")
+        expert_import.run(make_ctx("expert"), str(batch))
+        ctx = make_ctx("distill")  # a run reads the lake as it is when the run first reads it
+        shuffled = _shuffled_texts(distill.pending(ctx, ctx.config.fingerprint("program", "chunking", "distill")))
+        raw_side = [rows for columns, rows in shuffled if "expert_model" not in columns]
+        expert_side = [rows for columns, rows in shuffled if "expert_model" in columns]
+        assert raw_side == expert_side == [last - first], shuffled
+        assert distill.run(make_ctx("distill"))["counts"]["docs"] == last - first
+    assert {d for d in _rows(make_ctx("x"), "distill_samples")["doc_id"]} == {d.doc_id for d in DOCS[:7]}
+
+
 def test_sql_time_travel_and_history(make_ctx, corpus, tmp_path, capsys):
     raw_dir, _ = corpus
     ingest.run(make_ctx("ingest"), [str(raw_dir / "docs.jsonl")])

@@ -44,18 +44,27 @@ def pending(ctx: RunContext, fingerprint: str):
     """Documents with an `ok` expert output for their current text (the newest one) and no
     samples under this fingerprint.
 
-    Texts cross the network once, in hash joins without sorting. Both sides are hash-partitioned
-    on the join key into exactly `spark.sql.shuffle.partitions` parts (a task each): adaptive
-    execution would otherwise coalesce them by shuffled bytes into a few uneven tasks, while the
-    distiller's cost is CPU per character (on local[2], 8 parts became 3, the last one running
-    alone). The newest output of a key is found on the key columns alone and joined back inside
-    those partitions, so no text is sorted or shuffled twice, and it takes no job of its own.
+    The expert pass covers a sample of `raw_docs`, and a rerun finds most of it distilled, so
+    both sides are first cut down to what is pending without moving any text: raw documents by
+    a broadcast of the 8-byte hashes of the sample's keys (a hash collision only lets a document
+    through to the exact join), both sides by a broadcast of the documents already distilled
+    (the sample's size too). Only then do texts cross the network, once, in hash joins without
+    sorting. Both sides are hash-partitioned on the join key into exactly
+    `spark.sql.shuffle.partitions` parts (a task each): adaptive execution would otherwise
+    coalesce them by shuffled bytes into a few uneven tasks, while the distiller's cost is CPU
+    per character (on local[2], 8 parts became 3, the last one running alone). The newest output
+    of a key is found on the key columns alone and joined back inside those partitions, so no
+    text is sorted or shuffled twice, and it takes no job of its own.
     """
     setting = ctx.spark.conf.get("spark.sql.shuffle.partitions")
     parts = [int(setting)] if setting.isdigit() else []  # Databricks' "auto": adaptive execution decides
     key = ["doc_id", "text_hash"]
-    experts = (ctx.read("expert_outputs").where("status = 'ok'").withColumnRenamed("raw_text_hash", "text_hash")
-               .repartition(*parts, *key))
+    done = F.broadcast(ctx.read("distill_samples").where(F.col("fingerprint") == fingerprint)
+                       .select("doc_id").distinct())
+    ok = (ctx.read("expert_outputs").where("status = 'ok'").withColumnRenamed("raw_text_hash", "text_hash")
+          .join(done, "doc_id", "left_anti"))
+    sampled = F.broadcast(ok.select(F.xxhash64(*key).alias("_key")).distinct())
+    experts = ok.repartition(*parts, *key)
     # Newest first; ties (one import with several prompt versions) go to the greatest model, then version.
     rank = F.struct("created_at", "expert_model", "prompt_version")
     newest = experts.groupBy(*key).agg(F.max(rank).alias("_newest"))
@@ -63,11 +72,11 @@ def pending(ctx: RunContext, fingerprint: str):
     # and so shuffle the texts again by it.
     experts = (experts.join(newest.hint("shuffle_hash"), key).where(rank >= F.col("_newest"))
                .select(*key, F.col("text").alias("expert_text"), "expert_model"))
-    raw = ctx.read("raw_docs").select(*key, "text").repartition(*parts, *key)
-    done = ctx.read("distill_samples").where(F.col("fingerprint") == fingerprint).select("doc_id").distinct()
-    return (raw.join(experts.hint("shuffle_hash"), key)
-            .join(F.broadcast(done), "doc_id", "left_anti")
-            .select("doc_id", "text", "expert_text", "expert_model"))
+    raw = (ctx.read("raw_docs").select(*key, "text")
+           .join(done, "doc_id", "left_anti")
+           .join(sampled, F.xxhash64(*key) == F.col("_key"), "left_semi")
+           .repartition(*parts, *key))
+    return raw.join(experts.hint("shuffle_hash"), key).select("doc_id", "text", "expert_text", "expert_model")
 
 
 def run(ctx: RunContext) -> dict:
