@@ -46,7 +46,7 @@ def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
         "doc_id", "chunk_index", F.lit(config.model.prompt_version).alias("prompt_version"),
     ).orderBy("doc_id", "chunk_index")
     with stats.timer("write"):
-        writer = rows.coalesce(1).write.mode("errorifexists")
+        writer = rows.coalesce(1).write.mode("error")  # "errorifexists" is not a mode Spark Connect accepts
         try:
             (writer.json if fmt == "jsonl" else writer.parquet)(spark_path(target))
         except AnalysisException as e:

@@ -1,0 +1,48 @@
+"""The demo (ingest, expert import, distill, train tiny, refine) twice on a Spark Connect session,
+then export-sft and an SQL query over the lake's views; prints JSON. Run by test_spark_connect.py in its own
+process: a local Connect server starts its own SparkContext, which the tests' classic session
+(one per process) would conflict with.
+
+    python tests/connect_demo.py WORKDIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from refinex_spark.config import CONF_DIR, load_config
+from refinex_spark.jobs import demo, export_sft
+from refinex_spark.lake import Lake
+from refinex_spark.runtime import RunContext, StageStats, new_run_id
+from refinex_spark.schemas import TABLES
+from refinex_spark.spark_session import spark_master
+
+
+def main(work: Path) -> dict:
+    spark = (SparkSession.builder.remote("local[2]").config("spark.sql.shuffle.partitions", "2")
+             .config("spark.ui.enabled", "false").getOrCreate())
+    config = load_config(files=[CONF_DIR / "demo.yaml"], overrides=[
+        f"lake.path={work / 'lake'}", f"train.output_dir={work / 'model'}", f"model.path={work / 'model'}"])
+    runs, rows = [], []
+    for _ in range(2):
+        lake = Lake(spark, config.lake)
+        ctx = RunContext(config, spark, lake, StageStats("demo", new_run_id("demo")))
+        runs.append(demo.run(ctx, n_docs=30, workdir=str(work / "data"))["stages"])
+        rows.append({t: lake.read(t).count() for t in TABLES if lake.exists(t)})
+    exported = export_sft.run(ctx.for_stage("export-sft"), str(work / "sft"))["counts"]["samples"]
+    lake.register_views(spark)
+    kept = spark.sql("SELECT count(*) AS n FROM distill_samples WHERE kept").collect()[0]["n"]
+    statuses = {r["status"]: r["n"] for r in spark.sql(
+        "SELECT status, count(*) AS n FROM refined_docs GROUP BY status").collect()}
+    return {"session": type(spark).__module__, "master": spark_master(spark), "runs": runs, "rows": rows,
+            "statuses": statuses,
+            "exported": exported, "kept": kept, "sft_lines": sum(
+                len(p.read_text().splitlines()) for p in (work / "sft").glob("part-*.json"))}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(Path(sys.argv[1]))))
