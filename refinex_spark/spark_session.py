@@ -75,9 +75,11 @@ def launched_by_spark_submit() -> bool:
 
 
 def get_spark(config: Config) -> SparkSession:
-    # Under spark-submit, --master and --conf decide where the application runs, not config.
-    master = None if launched_by_spark_submit() else config.spark.master
-    if (master or "").startswith("local"):
+    # Under spark-submit, --master and --conf decide where the application runs, not config; with
+    # SPARK_REMOTE set (Spark Connect: databricks-connect, a Connect server), the server does.
+    remote = os.environ.get("SPARK_REMOTE")
+    master = None if launched_by_spark_submit() or remote else config.spark.master
+    if (master or remote or "").startswith("local"):  # SPARK_REMOTE=local[N]: a Connect server started here
         # Local Python workers must run this interpreter (its venv has pyarrow, pandas and the
         # package), not whatever `python3` is first on PATH; PySpark reads only the env var.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

@@ -1,9 +1,10 @@
 """The demo (ingest, expert import, distill, train tiny, refine) twice on a Spark Connect session,
 then export-sft and an SQL query over the lake's views; prints JSON. Run by test_spark_connect.py in its own
 process: a local Connect server starts its own SparkContext, which the tests' classic session
-(one per process) would conflict with.
+(one per process) would conflict with. The session comes from `open_run`, as in a notebook or
+the CLI, with SPARK_REMOTE set.
 
-    python tests/connect_demo.py WORKDIR
+    SPARK_REMOTE=local[2] python tests/connect_demo.py WORKDIR
 """
 
 from __future__ import annotations
@@ -12,25 +13,21 @@ import json
 import sys
 from pathlib import Path
 
-from pyspark.sql import SparkSession
-
 from refinex_spark.config import CONF_DIR, load_config
 from refinex_spark.jobs import demo, export_sft
-from refinex_spark.lake import Lake
-from refinex_spark.runtime import RunContext, StageStats, new_run_id
+from refinex_spark.runtime import open_run
 from refinex_spark.schemas import TABLES
 from refinex_spark.spark_session import spark_master
 
 
 def main(work: Path) -> dict:
-    spark = (SparkSession.builder.remote("local[2]").config("spark.sql.shuffle.partitions", "2")
-             .config("spark.ui.enabled", "false").getOrCreate())
     config = load_config(files=[CONF_DIR / "demo.yaml"], overrides=[
-        f"lake.path={work / 'lake'}", f"train.output_dir={work / 'model'}", f"model.path={work / 'model'}"])
+        f"lake.path={work / 'lake'}", f"train.output_dir={work / 'model'}", f"model.path={work / 'model'}",
+        "spark.conf.spark.sql.shuffle.partitions=2"])
     runs, rows = [], []
     for _ in range(2):
-        lake = Lake(spark, config.lake)
-        ctx = RunContext(config, spark, lake, StageStats("demo", new_run_id("demo")))
+        ctx = open_run(config, "demo")
+        spark, lake = ctx.spark, ctx.lake
         runs.append(demo.run(ctx, n_docs=30, workdir=str(work / "data"))["stages"])
         rows.append({t: lake.read(t).count() for t in TABLES if lake.exists(t)})
     exported = export_sft.run(ctx.for_stage("export-sft"), str(work / "sft"))["counts"]["samples"]

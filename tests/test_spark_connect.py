@@ -17,7 +17,7 @@ pytestmark = pytest.mark.spark
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("connect")
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}  # the local server's Python workers
+    env = {**os.environ, "SPARK_REMOTE": "local[2]"}  # a Connect server in that process
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("connect_demo.py")), str(work)],
                           capture_output=True, text=True, timeout=1200, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
