@@ -491,10 +491,16 @@ class _Plan:
     def outcome(self, lines: list[str]) -> str:
         """The region's lines after the ops, whitespace collapsed (what fidelity compares)."""
         gone = set(self.removed)
-        edited: dict[int, str] = {}
-        for i, text in self.str_ops:
-            edited[i] = edited.get(i, lines[i]).replace(text, "")
+        edited = _edited_lines(lines, self.str_ops)
         return _squash(" ".join(edited.get(i, lines[i]) for i in range(self.first, self.last + 1) if i not in gone))
+
+
+def _edited_lines(lines: list[str], str_ops: Iterable[tuple[int, str]]) -> dict[int, str]:
+    """The lines that remove_str ops (line, text), run in order, change, as they leave them."""
+    edited: dict[int, str] = {}
+    for i, text in str_ops:
+        edited[i] = edited.get(i, lines[i]).replace(text, "")
+    return edited
 
 
 def _squash(text: str) -> str:
@@ -798,12 +804,8 @@ def _missed_deletions(
         by_chunk[bisect_right(firsts, i) - 1].append(i)
     missed = []
     for chunk, ops, touched in zip(chunks, chunk_ops, by_chunk):
-        edited: dict[int, str] = {}
-        for op in ops:
-            if op.kind == "remove_lines":
-                edited.update((i, "") for i in range(op.start, op.end + 1))
-            elif op.kind == "remove_str":
-                edited[op.line] = edited.get(op.line, lines[op.line]).replace(op.text, "")
+        edited = _edited_lines(lines, ((op.line, op.text) for op in ops if op.kind == "remove_str"))
+        edited.update((i, "") for op in ops if op.kind == "remove_lines" for i in range(op.start, op.end + 1))
         expected = sum(aligned[i] for i in touched if i not in chunk.truncated or i in edited)
         done = sum(_nonspace(lines[i]) - _nonspace(text) for i, text in edited.items() if i in aligned)
         missed.append(max(0, expected - done))
