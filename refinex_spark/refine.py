@@ -52,8 +52,9 @@ def refine_batch(
     """(doc_id, text, text_hash) triples -> one `refined_docs` row dict per document, in order.
 
     A document that cannot be refined (a pathological input, a prompt the backend refuses)
-    becomes an `error` row; when the backend fails for every document of the batch (it is down)
-    the error is raised, so Spark retries the task and nothing is half-written.
+    becomes an `error` row; when the backend itself fails (it is down, or refuses every request
+    for a setting of the run) the error is raised, so Spark retries the task, nothing is
+    half-written, and a rerun retries every document (see `_generate`).
     """
     started = time.perf_counter()
     stats = stats if stats is not None else BatchStats()
@@ -69,7 +70,8 @@ def refine_batch(
         first = len(prompts)
         prompts += [backend.format_prompt(template, c.text) for c in chunks]
         plans.append((i, chunks, list(range(first, len(prompts)))))
-    outputs = _generate(backend, prompts, [p for p in plans if not isinstance(p, dict)])
+    probe = backend.format_prompt(template, chunk_lines(split_lines(""), config.chunking, count_tokens=count)[0].text)
+    outputs = _generate(backend, prompts, [p for p in plans if not isinstance(p, dict)], probe)
 
     rows = []
     for plan in plans:
@@ -99,13 +101,17 @@ class PromptRefused(RuntimeError):
     retry gets the same answer, so it is that document's error, not a sign the backend is down."""
 
 
-def _generate(backend: Backend, prompts: list[str], plans: list) -> list[str | Exception]:
+def _generate(backend: Backend, prompts: list[str], plans: list, probe: str) -> list[str | Exception]:
     """All prompts in one call; if that fails, document by document, so one bad document (a
     refused prompt, an unparseable reply) costs only its own row.
 
-    Raises when every document failed and not every failure was a PromptRefused: an outage must
-    fail the task (Spark retries it, a rerun resumes), not become error rows that no rerun
-    retries. A lone document the backend refuses is an error row like any other.
+    A failure becomes a row only once the backend has shown it works: it must answer `probe`
+    (the prompt of an empty document) after the documents failed, and a document that failed
+    other than by a refusal gets one more try. Otherwise this raises. An outage, or a setting
+    that makes the server refuse every request (max_new_tokens past its context, a wrong model
+    name), must fail the task (Spark retries it, a rerun resumes), not become error rows that
+    no rerun retries; a document the working backend refuses, even alone in its batch, is its
+    own error row, or it would fail every rerun.
     """
     if not prompts:
         return []
@@ -114,16 +120,30 @@ def _generate(backend: Backend, prompts: list[str], plans: list) -> list[str | E
     except Exception as batch_error:  # noqa: BLE001 - narrowed down per document below
         outputs: list[str | Exception] = [batch_error] * len(prompts)
         if len(plans) > 1:
-            for _, _, idx in plans:
-                try:
-                    for k, out in zip(idx, backend.generate([prompts[k] for k in idx])):
-                        outputs[k] = out
-                except Exception as e:  # noqa: BLE001 - this document's error row
-                    for k in idx:
-                        outputs[k] = e
-        if all(isinstance(o, Exception) for o in outputs) and not all(isinstance(o, PromptRefused) for o in outputs):
-            raise batch_error
+            _per_document(backend, prompts, plans, outputs)
+        if not any(isinstance(o, Exception) for o in outputs):
+            return outputs
+        try:
+            backend.generate([probe])
+        except Exception as down:  # noqa: BLE001 - the backend, not the documents, fails
+            raise RuntimeError(f"the backend failed the batch ({type(batch_error).__name__}: {batch_error}) "
+                               f"and then an empty document's prompt ({type(down).__name__}: {down})") from down
+        retry = [plan for plan in plans
+                 if any(isinstance(outputs[k], Exception) and not isinstance(outputs[k], PromptRefused)
+                        for k in plan[2])]
+        _per_document(backend, prompts, retry, outputs)
         return outputs
+
+
+def _per_document(backend: Backend, prompts: list[str], plans: list, outputs: list[str | Exception]) -> None:
+    """Generate each plan's prompts on their own, into outputs; a failure fills that document's slots."""
+    for _, _, idx in plans:
+        try:
+            for k, out in zip(idx, backend.generate([prompts[k] for k in idx])):
+                outputs[k] = out
+        except Exception as e:  # noqa: BLE001 - this document's error row
+            for k in idx:
+                outputs[k] = e
 
 
 def _valid_unicode(text: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from refinex_spark.config import Config
@@ -13,18 +15,22 @@ DOCS = [("a", "Home | News\nReal text one.", "ha"), ("b", "Share this\nReal text
 
 
 class RuleBackend:
-    """A deterministic stand-in for a served model: removes line 0, fails prompts with REFUSE
-    (by default as a server error would; `refusal=PromptRefused` as a refused prompt)."""
+    """A deterministic stand-in for a served model: removes line 0, fails prompts holding `marker`
+    (by default as a server error would; `refusal=PromptRefused` as a refused prompt; the marker
+    "" is in every prompt), and fails every call whose number (from 1) `down` is true for."""
 
-    def __init__(self, reply: str = "remove_lines(start=0, end=0)", refusal: type[Exception] = RuntimeError) -> None:
-        self.reply, self.refusal, self.calls = reply, refusal, 0
+    def __init__(self, reply: str = "remove_lines(start=0, end=0)", refusal: type[Exception] = RuntimeError,
+                 marker: str = "REFUSE", down: Callable[[int], bool] = lambda call: False) -> None:
+        self.reply, self.refusal, self.marker, self.down, self.calls = reply, refusal, marker, down, 0
 
     def format_prompt(self, template: str, chunk_text: str) -> str:
         return chunk_text
 
     def generate(self, prompts: list[str]) -> list[str]:
         self.calls += 1
-        if any("REFUSE" in p for p in prompts):
+        if self.down(self.calls):
+            raise RuntimeError("HTTP 503: model server crashed")
+        if any(self.marker in p for p in prompts):
             raise self.refusal("HTTP 400: content filter")
         return [self.reply for _ in prompts]
 
@@ -38,23 +44,36 @@ def test_one_refused_document_is_an_error_row_and_the_others_are_refined():
     assert "content filter" in rows[2]["error"] and stats.statuses == {"ok": 2, "error": 1}
 
 
-def test_a_backend_down_for_every_document_fails_the_batch():
-    with pytest.raises(RuntimeError, match="content filter"):
-        refine_batch([DOCS[2], ("d", "REFUSE too", "hd")], RuleBackend(), "", CONFIG)
-
-
 @pytest.mark.parametrize("docs", [[DOCS[2]], [DOCS[2], ("d", "REFUSE too", "hd")]], ids=["alone", "all"])
-def test_documents_the_backend_refuses_are_error_rows_even_when_no_other_succeeds(docs):
-    """A refused prompt is the document's own error, even alone in its batch: failing the task
-    instead would fail every rerun at the same document."""
-    rows = refine_batch(docs, RuleBackend(refusal=PromptRefused), "", CONFIG)
+@pytest.mark.parametrize("refusal", [PromptRefused, RuntimeError])
+def test_documents_a_working_backend_fails_on_are_error_rows_even_when_no_other_succeeds(docs, refusal):
+    """The backend answers an empty document's prompt, so these failures are the documents' own:
+    failing the task instead would fail every rerun at the same documents."""
+    backend = RuleBackend(refusal=refusal)
+    rows = refine_batch(docs, backend, "", CONFIG)
     assert [r["status"] for r in rows] == ["error"] * len(docs)
-    assert all("PromptRefused: HTTP 400: content filter" in r["error"] for r in rows)
+    assert all(f"{refusal.__name__}: HTTP 400: content filter" in r["error"] for r in rows)
+    # the batch, each document when several, the probe, and a second try of all but a refusal
+    per_doc = len(docs) if len(docs) > 1 else 0
+    assert backend.calls == 1 + per_doc + 1 + (len(docs) if refusal is RuntimeError else 0)
 
 
-def test_a_lone_document_the_backend_fails_on_fails_the_batch():
-    with pytest.raises(RuntimeError, match="content filter"):
-        refine_batch([DOCS[2]], RuleBackend(), "", CONFIG)
+@pytest.mark.parametrize("backend", [
+    RuleBackend(down=lambda call: True),  # down
+    RuleBackend(refusal=PromptRefused, marker=""),  # refuses every request (a setting of the run)
+    RuleBackend(down=lambda call: call == 1 or call >= 3),  # one document answered, then down
+], ids=["down", "refuses_everything", "down_after_one_document"])
+def test_a_backend_that_does_not_work_fails_the_batch(backend):
+    with pytest.raises(RuntimeError, match="and then an empty document's prompt"):
+        refine_batch(DOCS, backend, "", CONFIG)
+
+
+def test_a_brief_outage_costs_no_document():
+    """Down for the batch and the first document's own call, back for the rest: every document
+    is refined, none becomes an error row that no rerun would retry."""
+    backend = RuleBackend(down=lambda call: call <= 2)
+    rows = refine_batch(DOCS[:2], backend, "", CONFIG)
+    assert [r["status"] for r in rows] == ["ok", "ok"] and backend.calls == 5
 
 
 def test_lone_surrogates_in_model_output_are_made_storable():
