@@ -105,10 +105,17 @@ def get_spark(config: Config) -> SparkSession:
 
 
 def spark_master(spark: SparkSession) -> str:
-    """The master URL ("local[2]", "yarn", ...); Spark Connect sessions have no SparkContext to ask."""
+    """The master URL ("local[2]", "yarn", ...); Spark Connect sessions have no SparkContext to ask.
+
+    A Connect server elsewhere (SPARK_REMOTE=sc://...) counts as a cluster whatever its own
+    master: its tasks do not see this machine's relative paths, so they are refused as on one.
+    """
     try:
         return spark.sparkContext.master
     except (AttributeError, NotImplementedError):  # Spark Connect (pyspark 4 / 3.x raise these)
+        remote = os.environ.get("SPARK_REMOTE", "")
+        if remote and not remote.startswith("local"):
+            return remote
         return spark.conf.get("spark.master", None) or "connect"
 
 

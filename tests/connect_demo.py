@@ -10,11 +10,13 @@ the CLI, with SPARK_REMOTE set.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from refinex_spark.config import CONF_DIR, load_config
 from refinex_spark.jobs import demo, export_sft
+from refinex_spark.lake import LakeError, resolve_root
 from refinex_spark.runtime import open_run
 from refinex_spark.schemas import TABLES
 from refinex_spark.spark_session import spark_master
@@ -35,7 +37,16 @@ def main(work: Path) -> dict:
     kept = spark.sql("SELECT count(*) AS n FROM distill_samples WHERE kept").collect()[0]["n"]
     statuses = {r["status"]: r["n"] for r in spark.sql(
         "SELECT status, count(*) AS n FROM refined_docs GROUP BY status").collect()}
-    return {"session": type(spark).__module__, "master": spark_master(spark), "runs": runs, "rows": rows,
+    master = spark_master(spark)
+    os.environ["SPARK_REMOTE"] = "sc://elsewhere:15002"  # as seen from a client of a server elsewhere
+    remote_master = spark_master(spark)
+    try:
+        resolve_root("relative/lake", remote_master)
+        refused = ""
+    except LakeError as e:
+        refused = str(e)
+    return {"session": type(spark).__module__, "master": master, "runs": runs, "rows": rows,
+            "remote_master": remote_master, "relative_path_refused": refused,
             "statuses": statuses,
             "exported": exported, "kept": kept, "sft_lines": sum(
                 len(p.read_text().splitlines()) for p in (work / "sft").glob("part-*.json"))}

@@ -28,6 +28,12 @@ def test_the_session_is_spark_connect(report):
     assert report["session"] == "pyspark.sql.connect.session" and report["master"].startswith("local")
 
 
+def test_a_server_elsewhere_counts_as_a_cluster(report):
+    """Its tasks cannot see this machine's relative paths, whatever the server's own master."""
+    assert report["remote_master"] == "sc://elsewhere:15002"
+    assert "relative" in report["relative_path_refused"]
+
+
 def test_every_stage_runs_and_counts_reconcile(report):
     first = report["runs"][0]
     assert first["ingest"]["accepted"] == 30 and first["ingest"]["read"] == 30 + first["ingest"]["rejected"]
