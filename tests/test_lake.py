@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import random
 import time
 import uuid
@@ -463,6 +464,42 @@ def test_a_write_running_longer_than_the_retention_is_not_swept(spark, tmp_path)
         dirs[name] = d
     append(Lake(spark, config), "rejects", frame(spark, "rejects", rejects(1, seed=31)), txn=1)  # the next run
     assert dirs["running"].exists() and not dirs["dead"].exists()
+
+
+def test_leftovers_another_run_sweeps_first_are_no_error(spark, tmp_path):
+    """Two runs starting together both find a dead write; whichever deletes it second carries on."""
+    config = LakeConfig(path=str(tmp_path / "lake"), staging_retention_hours=0)
+    lake = Lake(spark, config)
+    append(lake, "rejects", frame(spark, "rejects", rejects(2, seed=40)), txn=0)
+    dead = Path(lake.location("rejects")) / "_staging" / f"{int(time.time() * 1000) - 60_000:013d}-{uuid.uuid4().hex}"
+    dead.mkdir(parents=True)
+    (dead / "part-00000.snappy.parquet").write_bytes(b"x")
+    time.sleep(0.01)
+    later = Lake(spark, config)
+    fs = later._engine.fs
+
+    class OtherRunFirst:
+        """The lake's own file system, but the other run deletes each leftover just before this one does."""
+
+        def __getattr__(self, name):
+            return getattr(fs, name)
+
+        def delete_dir(self, path):
+            shutil.rmtree(path)
+            fs.delete_dir(path)
+
+    engine, sweep = later._engine, later._engine._remove_stale_writes
+
+    def racing_sweep(*args):
+        engine.fs = OtherRunFirst()  # only while sweeping: Parquet readers want the real one
+        try:
+            sweep(*args)
+        finally:
+            engine.fs = fs
+
+    engine._remove_stale_writes = racing_sweep
+    append(later, "rejects", frame(spark, "rejects", rejects(1, seed=41)), txn=1)
+    assert not dead.exists() and len(via_spark(later, "rejects")) == 3
 
 
 # --- format guarantees -----------------------------------------------------------------------
