@@ -13,11 +13,13 @@ def printed(x: float, decimals: int) -> tuple[float, float]:
 
 
 def quotient(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
-    """a / b of two printed figures, and the most their rounding can move it (first order)."""
-    q = a[0] / b[0]
-    return q, q * (a[1] / a[0] + b[1] / b[0])
+    """a / b of two positive printed figures, and the most their rounding can move it: the
+    quotient's distance to the far end of its interval [(a - ea) / (b + eb), (a + ea) / (b - eb)]."""
+    (x, ex), (y, ey) = a, b
+    q = x / y
+    return q, max((x + ex) / (y - ey) - q, q - (x - ex) / (y + ey))
 
 
 def matches(figure: float, decimals: int, computed: tuple[float, float]) -> bool:
     """Does a figure printed to `decimals` agree with one computed from other printed figures?"""
-    return abs(figure - computed[0]) <= 0.5 * 10 ** -decimals + computed[1] * 1.01 + 1e-12
+    return abs(figure - computed[0]) <= 0.5 * 10 ** -decimals + computed[1] + 1e-9

@@ -34,7 +34,9 @@ def test_ratios_follow_from_the_printed_timings(report):
                    quotient(printed(d["loop_seconds"], 2), printed(d["two_process_loop_seconds"], 2)))
     assert matches(d["stage_vs_two_process"], 3,
                    quotient(printed(d["ratio"], 3), printed(d["two_process_ratio"], 3)))
-    assert d["target_ratio"] == 1.6 and d["pass"] is (d["ratio"] >= 1.6)
+    assert d["target_ratio"] == 1.6
+    if abs(d["ratio"] - 1.6) > 0.0005:  # else rounding hides which side of the target it is on
+        assert d["pass"] is (d["ratio"] >= 1.6)
     ingest = report["ingest"]
     assert matches(ingest["docs_per_s"], 1, quotient((1000, 0), printed(ingest["seconds"], 2)))
     c = report["commit"]

@@ -101,7 +101,6 @@ def main(argv: list[str] | None = None) -> dict:
     ctx.spark.stop()
 
     stage_dps, loop_dps, two_dps = args.docs / stage_s, args.docs / loop_s, args.docs / two_s
-    ratio = round(stage_dps / loop_dps, 3)
     result = {
         "benchmark": "spark",
         "master": config.spark.master,
@@ -110,8 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
         "distill": {
             "docs_distilled": distilled, "stage_seconds": round(stage_s, 2), "stage_docs_per_s": round(stage_dps, 1),
             "loop_seconds": round(loop_s, 2), "loop_docs_per_s": round(loop_dps, 1),
-            # Judged on the printed ratio, so that a reader never sees "1.6" beside "pass": false.
-            "ratio": ratio, "target_ratio": TARGET_RATIO, "pass": ratio >= TARGET_RATIO,
+            "ratio": round(stage_dps / loop_dps, 3), "target_ratio": TARGET_RATIO,
+            "pass": stage_dps / loop_dps >= TARGET_RATIO,  # unrounded: 1.5996 prints as 1.6 and fails
             "two_process_loop_seconds": round(two_s, 2), "two_process_ratio": round(two_dps / loop_dps, 3),
             "stage_vs_two_process": round(stage_dps / two_dps, 3),
         },
