@@ -50,6 +50,17 @@ class StageStats:
         print(json.dumps(self.as_dict(), indent=2, default=str), file=stream, flush=True)
 
 
+@contextmanager
+def persisted(df: Any) -> Iterator[Any]:
+    """df persisted for the block and released however the block ends: a notebook runs stage
+    after stage in one session, failed ones (a ConcurrentRunError, say) included."""
+    df = df.persist()
+    try:
+        yield df
+    finally:
+        df.unpersist()
+
+
 @dataclass
 class RunContext:
     config: Config

@@ -194,6 +194,22 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path, spa
     assert samples["fingerprint"].iloc[0] in str(err.value) and not (tmp_path / "sft-none").exists()
 
 
+def test_a_failing_stage_releases_what_it_cached(make_ctx, corpus, spark, monkeypatch):
+    """A commit refused (another run committed first, say) leaves nothing cached in the session."""
+    raw_dir, expert_path = corpus
+    cache = spark._jsparkSession.sharedState().cacheManager()
+    spark.catalog.clearCache()
+    for stage, run in (("ingest", lambda c: ingest.run(c, [str(raw_dir)])),
+                       ("expert", lambda c: expert_import.run(c, str(expert_path)))):
+        ctx = make_ctx(stage)
+        monkeypatch.setattr(ctx, "append", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("commit refused")))
+        with pytest.raises(RuntimeError, match="commit refused"):
+            run(ctx)
+        assert cache.isEmpty(), stage
+        monkeypatch.undo()
+        run(make_ctx(stage))  # then as it should, so that the next stage has its input
+
+
 def test_distill_uses_the_newest_ok_output_of_each_document(make_ctx, tmp_path):
     docs = DOCS[:3]
     raw, _ = write_docs(tmp_path / "in", docs)

@@ -11,13 +11,14 @@ read = accepted + rejected + already_present.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from .. import readers
-from ..runtime import RunContext
+from ..runtime import RunContext, persisted
 from .batches import RowsFn, map_rows
 from .rejects import write_rejects
 
@@ -68,48 +69,47 @@ def run(ctx: RunContext, paths: list[str]) -> dict:
     stats.counts["files"] = len(files)
     fingerprint = ctx.config.fingerprint("ingest")
 
-    with stats.timer("read"):
-        records = read_records(spark, files, cfg).persist()
-        existing = ctx.read("raw_docs").select("doc_id", F.col("text_hash").alias("_existing_hash"))
-        docs = records.where("kind = 'doc'").join(existing, "doc_id", "left")
-        present = F.col("_existing_hash").isNotNull() & (F.col("_existing_hash") == F.col("text_hash"))
-        conflicts = F.col("_existing_hash").isNotNull() & (F.col("_existing_hash") != F.col("text_hash"))
-        # The first record of an id wins, unless one is the stored record: then that one is it.
-        first = Window.partitionBy("doc_id").orderBy(present.desc_nulls_last(), "source_file", "line_no")
-        docs = docs.withColumn("_rank", F.row_number().over(first)).persist()
-        is_dup_in_batch = F.col("_rank") > 1
-        accepted = docs.where(~is_dup_in_batch & F.col("_existing_hash").isNull())
-        duplicates = docs.where(is_dup_in_batch | conflicts).select(
-            F.lit("duplicate_id").alias("reason"), "source_file", "line_no",
-            F.substring("text", 1, readers.MAX_RECORD_CHARS).alias("record"),
-            F.concat(F.lit("doc_id "), F.col("doc_id"),
-                     F.when(conflicts, F.lit(" already in raw_docs with different text"))
-                     .otherwise(F.lit(" repeats an earlier record in this batch"))).alias("detail"),
-            "text_hash")
-        counts = {r["k"]: r["n"] for r in docs.select(
-            F.when(is_dup_in_batch | conflicts, "rejected").when(present, "already_present")
-            .otherwise("accepted").alias("k")).groupBy("k").agg(F.count("*").alias("n")).collect()}
-        rejects = records.where("kind = 'reject'").select("reason", "source_file", "line_no", "record", "detail")
-        by_reason = {r["reason"]: r["n"] for r in rejects.groupBy("reason").agg(F.count("*").alias("n")).collect()}
-        if counts.get("rejected"):
-            by_reason["duplicate_id"] = counts["rejected"]  # a reason only this stage gives, not the readers
-            duplicates = with_original_records(spark, duplicates, cfg)
-        rejects = rejects.unionByName(duplicates.drop("text_hash"))
+    with ExitStack() as cache:
+        with stats.timer("read"):
+            records = cache.enter_context(persisted(read_records(spark, files, cfg)))
+            existing = ctx.read("raw_docs").select("doc_id", F.col("text_hash").alias("_existing_hash"))
+            docs = records.where("kind = 'doc'").join(existing, "doc_id", "left")
+            present = F.col("_existing_hash").isNotNull() & (F.col("_existing_hash") == F.col("text_hash"))
+            conflicts = F.col("_existing_hash").isNotNull() & (F.col("_existing_hash") != F.col("text_hash"))
+            # The first record of an id wins, unless one is the stored record: then that one is it.
+            first = Window.partitionBy("doc_id").orderBy(present.desc_nulls_last(), "source_file", "line_no")
+            docs = cache.enter_context(persisted(docs.withColumn("_rank", F.row_number().over(first))))
+            is_dup_in_batch = F.col("_rank") > 1
+            accepted = docs.where(~is_dup_in_batch & F.col("_existing_hash").isNull())
+            duplicates = docs.where(is_dup_in_batch | conflicts).select(
+                F.lit("duplicate_id").alias("reason"), "source_file", "line_no",
+                F.substring("text", 1, readers.MAX_RECORD_CHARS).alias("record"),
+                F.concat(F.lit("doc_id "), F.col("doc_id"),
+                         F.when(conflicts, F.lit(" already in raw_docs with different text"))
+                         .otherwise(F.lit(" repeats an earlier record in this batch"))).alias("detail"),
+                "text_hash")
+            counts = {r["k"]: r["n"] for r in docs.select(
+                F.when(is_dup_in_batch | conflicts, "rejected").when(present, "already_present")
+                .otherwise("accepted").alias("k")).groupBy("k").agg(F.count("*").alias("n")).collect()}
+            rejects = records.where("kind = 'reject'").select("reason", "source_file", "line_no", "record", "detail")
+            by_reason = {r["reason"]: r["n"] for r in rejects.groupBy("reason").agg(F.count("*").alias("n")).collect()}
+            if counts.get("rejected"):
+                by_reason["duplicate_id"] = counts["rejected"]  # a reason only this stage gives, not the readers
+                duplicates = with_original_records(spark, duplicates, cfg)
+            rejects = rejects.unionByName(duplicates.drop("text_hash"))
 
-    stats.counts["read"] = records.count()
-    stats.counts["accepted"] = counts.get("accepted", 0)
-    stats.counts["already_present"] = counts.get("already_present", 0)
-    stats.counts["rejected"] = sum(by_reason.values())
-    for reason, n in by_reason.items():
-        stats.counts[f"rejected.{reason}"] = n
+        stats.counts["read"] = records.count()
+        stats.counts["accepted"] = counts.get("accepted", 0)
+        stats.counts["already_present"] = counts.get("already_present", 0)
+        stats.counts["rejected"] = sum(by_reason.values())
+        for reason, n in by_reason.items():
+            stats.counts[f"rejected.{reason}"] = n
 
-    raw_rows = accepted.select("doc_id", "text", "source", "metadata", "text_hash", "n_chars",
-                               F.lit(ctx.run_id).alias("run_id"), F.current_timestamp().alias("created_at"))
-    with stats.timer("write"):
-        ctx.append("raw_docs", raw_rows, fingerprint=fingerprint)
-        write_rejects(ctx, rejects, fingerprint)
-    records.unpersist()
-    docs.unpersist()
+        raw_rows = accepted.select("doc_id", "text", "source", "metadata", "text_hash", "n_chars",
+                                   F.lit(ctx.run_id).alias("run_id"), F.current_timestamp().alias("created_at"))
+        with stats.timer("write"):
+            ctx.append("raw_docs", raw_rows, fingerprint=fingerprint)
+            write_rejects(ctx, rejects, fingerprint)
     c = stats.counts
     if c["read"] != c["accepted"] + c["rejected"] + c["already_present"]:
         raise RuntimeError(f"ingest counts do not reconcile: {dict(c)}")
