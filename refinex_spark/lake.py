@@ -19,6 +19,7 @@ import os
 import re
 import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -291,14 +292,13 @@ class _DeltaRsEngine:
         selector = pafs.FileSelector(f"{table_dir}/_staging", allow_not_found=True)
         for info in self.fs.get_file_info(selector):
             m = _STAGING_DIR.match(info.base_name)
+            if info.type != pafs.FileType.Directory or not m or int(m.group(1)) >= cutoff:
+                continue
             # Another run starting now may sweep the same leftovers: gone already is done.
             contents = pafs.FileSelector(info.path, recursive=True, allow_not_found=True)
-            if info.type == pafs.FileType.Directory and m and int(m.group(1)) < cutoff and all(
-                    untouched(f) for f in self.fs.get_file_info(contents)):
-                try:
+            if all(untouched(f) for f in self.fs.get_file_info(contents)):
+                with suppress(FileNotFoundError):
                     self.fs.delete_dir(info.path)
-                except FileNotFoundError:
-                    pass
         live = {f.rsplit("/", 1)[-1] for f in table.file_uris()} if table is not None else set()
         orphans: dict[str, list[str]] = {}  # commit id -> its files that no snapshot lists now
         for info in self.fs.get_file_info(pafs.FileSelector(table_dir, allow_not_found=True)):
@@ -310,10 +310,8 @@ class _DeltaRsEngine:
                 orphans.pop(commit.get("refinexCommitId"), None)
         for paths in orphans.values():
             for path in paths:
-                try:
+                with suppress(FileNotFoundError):
                     self.fs.delete_file(path)
-                except FileNotFoundError:
-                    pass
 
     def append(self, spec: TableSpec, df: DataFrame, *, run_id: str, user_metadata: str, txn_app_id: str,
                txn_version: int) -> tuple[int | None, int, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -70,7 +70,9 @@ def refine_batch(
         first = len(prompts)
         prompts += [backend.format_prompt(template, c.text) for c in chunks]
         plans.append((i, chunks, list(range(first, len(prompts)))))
-    probe = backend.format_prompt(template, chunk_lines(split_lines(""), config.chunking, count_tokens=count)[0].text)
+    # Needed only when something failed: built then, not for every batch.
+    probe = lambda: backend.format_prompt(  # noqa: E731
+        template, chunk_lines(split_lines(""), config.chunking, count_tokens=count)[0].text)
     outputs = _generate(backend, prompts, [p for p in plans if not isinstance(p, dict)], probe)
 
     rows = []
@@ -101,11 +103,11 @@ class PromptRefused(RuntimeError):
     retry gets the same answer, so it is that document's error, not a sign the backend is down."""
 
 
-def _generate(backend: Backend, prompts: list[str], plans: list, probe: str) -> list[str | Exception]:
+def _generate(backend: Backend, prompts: list[str], plans: list, probe: Callable[[], str]) -> list[str | Exception]:
     """All prompts in one call; if that fails, document by document, so one bad document (a
     refused prompt, an unparseable reply) costs only its own row.
 
-    A failure becomes a row only once the backend has shown it works: it must answer `probe`
+    A failure becomes a row only once the backend has shown it works: it must answer `probe()`
     (the prompt of an empty document) after the documents failed, and a document that failed
     other than by a refusal gets one more try. Otherwise this raises. An outage, or a setting
     that makes the server refuse every request (max_new_tokens past its context, a wrong model
@@ -124,7 +126,7 @@ def _generate(backend: Backend, prompts: list[str], plans: list, probe: str) -> 
         if not any(isinstance(o, Exception) for o in outputs):
             return outputs
         try:
-            backend.generate([probe])
+            backend.generate([probe()])
         except Exception as down:  # noqa: BLE001 - the backend, not the documents, fails
             raise RuntimeError(f"the backend failed the batch ({type(batch_error).__name__}: {batch_error}) "
                                f"and then an empty document's prompt ({type(down).__name__}: {down})") from down
