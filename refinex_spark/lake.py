@@ -174,11 +174,14 @@ class Lake:
         return self._engine.version(self.spec(table))
 
     def read(self, table: str, version: int | None = None, *, session: SparkSession | None = None) -> DataFrame:
-        """The table at `version` (latest if None); an empty frame of the declared schema if it does not exist."""
+        """The table at `version` (latest if None); an empty frame of the declared schema if it does not exist.
+
+        Either way a file scan, so `_metadata.file_path` resolves (see `jobs.slices`).
+        """
         spec = self.spec(table)
         session = session or self.spark
         df = self._engine.read(spec, version, session)
-        return df if df is not None else session.createDataFrame([], spec.spark_schema())
+        return df if df is not None else session.read.schema(spec.spark_schema()).parquet()
 
     def append(self, table: str, df: DataFrame, *, stage: str, run_id: str, fingerprint: str, txn_app_id: str,
                txn_version: int) -> CommitInfo:

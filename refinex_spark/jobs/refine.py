@@ -25,7 +25,7 @@ from ..runtime import RunContext
 from ..schemas import TABLES
 from ..spark_session import spark_master
 from .batches import RowsFn, map_rows
-from .slices import slices
+from .slices import file_slices, with_source_file
 
 _COMPUTED = ["doc_id", "text_hash", "refined_text", "program", "op_outcomes", "status", "error",
              "deleted_fraction", "n_chunks", "n_fallback_chunks"]
@@ -108,16 +108,19 @@ def _gpu_profile(spark):
 
 
 def pending(ctx: RunContext, model: str, fp: str):
+    """Documents with no row under this model and fingerprint, with the raw_docs file they are in."""
     done = (ctx.read("refined_docs").where((F.col("model_id") == model) & (F.col("fingerprint") == fp))
             .select("doc_id", "text_hash"))
-    return ctx.read("raw_docs").select("doc_id", "text", "text_hash").join(done, ["doc_id", "text_hash"], "left_anti")
+    raw = with_source_file(ctx.read("raw_docs").select("doc_id", "text", "text_hash"))
+    return raw.join(done, ["doc_id", "text_hash"], "left_anti")
 
 
 def run(ctx: RunContext) -> dict:
     """Refine what is pending, committing every `refine.docs_per_commit` documents.
 
-    Slices are disjoint (a hash of doc_id), each is one Delta commit, so a crash loses at most
-    the slice in flight and a rerun continues from what the committed slices left pending.
+    Slices are disjoint groups of raw_docs files (`file_slices`), each is one Delta commit, so a
+    crash loses at most the slice in flight and a rerun continues from what the committed slices
+    left pending. Each slice reads only its files: the run reads raw_docs' texts once.
     """
     config, stats = ctx.config, ctx.stats
     model = model_id(config)
@@ -128,10 +131,9 @@ def run(ctx: RunContext) -> dict:
     out_schema = TABLES["refined_docs"].spark_schema(_COMPUTED)
     docs = pending(ctx, model, fp)
     with stats.timer("plan"):
-        n_pending = docs.select("doc_id").count()
+        n_pending, parts = file_slices(docs, config.refine.docs_per_commit)
     stats.counts["pending"] = n_pending
     stats.counts["docs"] = 0  # this run's documents as committed, updated after each slice
-    parts = slices(docs, n_pending, config.refine.docs_per_commit)
     for i, part in enumerate(parts):
         rows = (map_rows(part, _refine_rows(shipped, template), out_schema, profile=_gpu_profile(ctx.spark))
                 .withColumn("model_id", F.lit(model))
