@@ -393,16 +393,49 @@ class _Document:
 class _ChunkRun:
     """Validates and applies one chunk's ops against an overlay, committed only if the chunk holds."""
 
-    def __init__(self, doc: _Document, chunk: ChunkProgram) -> None:
+    def __init__(self, doc: _Document, chunk: ChunkProgram, max_growth: int) -> None:
         self.doc, self.chunk = doc, chunk
         self.edits: dict[int, str] = {}
         self.removed: list[tuple[int, int]] = []
         self.drop = False
+        # normalize may insert: its ops may make the chunk at most max_growth chars longer in all.
+        self.max_growth, self.grown = max_growth, 0
+        self.lo, self.hi = max(chunk.start, 0), min(chunk.end, len(doc.lines) - 1)
+        self._view: list[str] | None = None  # the chunk's current lines, built for normalize
 
     def current(self, i: int) -> str:
         if i in self.edits:
             return self.edits[i]
         return self.doc.edited.get(i, self.doc.lines[i])
+
+    def _edit(self, i: int, content: str) -> None:
+        self.edits[i] = content
+        if self._view is not None:
+            self._view[i - self.lo] = content
+
+    def _lines_containing(self, text: str) -> list[int]:
+        """The chunk's lines (not shown truncated) that contain `text` now.
+
+        One search over the joined lines, in C: a whole-document program's normalize ops would
+        otherwise each loop over every line of the document.
+        """
+        if "\n" in text:
+            return []
+        if self._view is None:
+            self._view = [self.current(i) for i in range(self.lo, self.hi + 1)]
+        joined = "\n".join(self._view)
+        hits: list[int] = []
+        line, counted = self.lo, 0
+        p = joined.find(text)
+        while p != -1:
+            line += joined.count("\n", counted, p)
+            if line not in self.chunk.truncated:
+                hits.append(line)
+            counted = joined.find("\n", p)
+            if counted == -1:
+                break
+            p = joined.find(text, counted + 1)
+        return hits
 
     def _check_lines(self, first: int, last: int) -> str:
         if last >= len(self.doc.lines):
@@ -429,18 +462,21 @@ class _ChunkRun:
             content = self.current(op.line)
             if op.text not in content:
                 return "text_not_in_line"
-            self.edits[op.line] = content.replace(op.text, "")
+            self._edit(op.line, content.replace(op.text, ""))
             return ""
         if op.kind == "normalize":
             assert op.text and op.target is not None
             # Lines shown cut are left alone: the model never saw most of them.
-            lo, hi = max(self.chunk.start, 0), min(self.chunk.end, len(self.doc.lines) - 1)
-            hits = [
-                i for i in range(lo, hi + 1) if i not in self.chunk.truncated and op.text in self.current(i)
-            ]
+            hits = self._lines_containing(op.text)
+            if not hits:
+                return "text_not_in_line"
+            growth = (len(op.target) - len(op.text)) * sum(self.current(i).count(op.text) for i in hits)
+            if self.grown + growth > self.max_growth:  # e.g. 'a' -> 'aa' forty times: 2**40 chars
+                return "too_long"
+            self.grown += growth
             for i in hits:
-                self.edits[i] = self.current(i).replace(op.text, op.target)
-            return "" if hits else "text_not_in_line"
+                self._edit(i, self.current(i).replace(op.text, op.target))
+            return ""
         if op.kind == "drop_doc":
             self.drop = True
         return ""  # keep_all, keep_doc, skip_chunk: valid no-ops
@@ -475,7 +511,8 @@ def execute(
     applied in program order; a chunk with `max_rejected_per_chunk` or more rejections applies none
     of its ops. The dialect is `config.dialect`. `max_program_chars` and `max_ops` bound one chunk's
     program; a whole-document program gets both times ceil(len(normalised text) / max_program_chars),
-    and at least 2 ops per line and the text's length plus 64 chars per line.
+    and at least 2 ops per line and the text's length plus 64 chars per line. The one op that
+    inserts, ProX's `normalize`, may make its chunk at most `max_text_chars` chars longer in all.
     """
     cfg = config or ProgramConfig()
     norm = normalize_newlines(raw_text)
@@ -488,7 +525,7 @@ def execute(
     outcomes: list[OpOutcome] = []
     fallback: list[int] = []
     for position, chunk in enumerate(programs):
-        run = _ChunkRun(doc, chunk)
+        run = _ChunkRun(doc, chunk, cfg.max_text_chars)
         verdicts: list[tuple[str, str]] = []  # (shown op, rejection reason or "")
         for entry, shown in _parse_entries(chunk.program, cfg.dialect, cfg):
             verdicts.append((shown, entry.reason if isinstance(entry, Rejection) else run.apply(entry)))

@@ -148,13 +148,16 @@ def _per_document(backend: Backend, prompts: list[str], plans: list, outputs: li
                 outputs[k] = e
 
 
-def _valid_unicode(text: str) -> str:
-    """Model output may hold lone surrogates, which no UTF-8 table can store."""
-    return text.encode("utf-8", "replace").decode("utf-8")
+def _storable(text: str) -> str:
+    """Model output may hold lone surrogates, which no UTF-8 table can store: written as \\udXXXX.
+
+    Only for storing: the ops run as the model wrote them, so the parser rejects such text rather
+    than matching a stand-in character that the line may well hold.
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _assemble(doc_id: str, text: str, text_hash: str, chunks: list, programs: list[str], config: Config) -> dict:
-    programs = [_valid_unicode(p) for p in programs]
     chunk_programs = [ChunkProgram(c.start, c.end, p, c.truncated) for c, p in zip(chunks, programs)]
     result = execute(text, chunk_programs, config.program)
     raw = normalize_newlines(text)
@@ -162,7 +165,7 @@ def _assemble(doc_id: str, text: str, text_hash: str, chunks: list, programs: li
         return _error_row(doc_id, text_hash, "refined text is not deletion-only")
     outcomes = [{"op": o.op, "applied": o.applied, "reason": o.reason} for o in result.outcomes]
     return {"doc_id": doc_id, "text_hash": text_hash, "refined_text": result.text,
-            "program": "\n".join(p.strip() for p in programs),
-            "op_outcomes": json.dumps(outcomes, ensure_ascii=False), "status": result.status, "error": None,
+            "program": _storable("\n".join(p.strip() for p in programs)),
+            "op_outcomes": _storable(json.dumps(outcomes, ensure_ascii=False)), "status": result.status, "error": None,
             "deleted_fraction": (len(raw) - len(result.text)) / len(raw) if raw else 0.0,
             "n_chunks": len(chunks), "n_fallback_chunks": len(result.fallback_chunks)}

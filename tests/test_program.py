@@ -648,6 +648,41 @@ def test_prox_execution_never_raises(raw: str, data: st.DataObject) -> None:
     result = execute(raw, data.draw(any_program(split_lines(raw), "prox")), PROX)
     assert result.status in ("ok", "kept", "fallback", "dropped")
     assert (result.text == "") or result.status != "dropped"
+    assert len(result.text) <= len(normalize_newlines(raw)) + PROX.max_text_chars  # normalize's growth cap
+
+
+def _normalized_by_hand(lines: list[str], ops: list[tuple[str, str]], truncated: set[int], cap: int) -> str:
+    """Reference for a chunk of normalize ops: line by line, as ProX describes them."""
+    lines, grown = list(lines), 0
+    for source, target in ops:
+        hits = [i for i, line in enumerate(lines) if i not in truncated and source in line]
+        growth = (len(target) - len(source)) * sum(lines[i].count(source) for i in hits)
+        if hits and grown + growth <= cap:
+            grown += growth
+            for i in hits:
+                lines[i] = lines[i].replace(source, target)
+    return "\n".join(lines)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(st.text("ab \n", max_size=8).map(lambda t: t.replace("\n", "")), min_size=1, max_size=8),
+       ops=st.lists(st.tuples(st.text("ab", min_size=1, max_size=3), st.text("ab", max_size=6)), max_size=6),
+       truncated=st.sets(st.integers(0, 7), max_size=2))
+def test_prox_normalize_matches_a_line_by_line_reference(lines, ops, truncated) -> None:
+    cfg = ProgramConfig(dialect="prox", max_text_chars=6, max_rejected_per_chunk=100)
+    program = "\n".join(f"normalize(source_str={a!r}, target_str={b!r})" for a, b in ops)
+    result = execute("\n".join(lines), [ChunkProgram(0, len(lines) - 1, program, frozenset(truncated))], cfg)
+    assert result.text == _normalized_by_hand(lines, ops, truncated, cfg.max_text_chars)
+
+
+def test_prox_normalize_cannot_blow_a_document_up() -> None:
+    # 'a' doubled forty times would be 2**40 chars: past the cap the ops are too_long, and with
+    # that many rejections the chunk keeps its text.
+    result = execute("a", "normalize(source_str='a', target_str='aa')\n" * 40, PROX)
+    assert (result.text, result.status) == ("a", "fallback")
+    assert [o.reason for o in result.outcomes].count("too_long") == 40 - 10  # 2**11 > 1 + 2000
+    lenient = PROX.model_copy(update={"max_rejected_per_chunk": 100})
+    assert len(execute("a", "normalize(source_str='a', target_str='aa')\n" * 40, lenient).text) == 2**10
 
 
 hostile_chars = st.one_of(st.characters(), st.characters(categories=["Cs"]), st.sampled_from("(')\x00"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -76,8 +77,13 @@ def test_a_brief_outage_costs_no_document():
     assert [r["status"] for r in rows] == ["ok", "ok"] and backend.calls == 5
 
 
-def test_lone_surrogates_in_model_output_are_made_storable():
-    rows = refine_batch(DOCS[:1], RuleBackend('remove_str(line=0, text="\ud800")'), "", CONFIG)
-    rows[0]["program"].encode("utf-8")
-    rows[0]["op_outcomes"].encode("utf-8")
-    assert rows[0]["status"] == "fallback"  # the op was rejected (text not in line): nothing applied
+def test_lone_surrogates_in_model_output_are_rejected_and_stored_visibly():
+    doc = ("q", "Why? Because. Really?\nsecond line", "hq")
+    rows = refine_batch([doc], RuleBackend('remove_str(line=0, text="\ud800")'), "", CONFIG)
+    row = rows[0]
+    # The op is judged as the model wrote it (a lone surrogate is no text of the line), not as a
+    # storable stand-in: '?' would be in the line and every '?' deleted.
+    assert (row["status"], row["refined_text"]) == ("fallback", doc[1])
+    assert json.loads(row["op_outcomes"])[0]["reason"] == "malformed"
+    row["op_outcomes"].encode("utf-8")
+    assert row["program"].encode("utf-8") == b'remove_str(line=0, text="\\ud800")'

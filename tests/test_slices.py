@@ -14,6 +14,8 @@ from refinex_spark.jobs.demo import write_docs
 from refinex_spark.jobs.slices import FILE, FileSlice, file_slices, plan_file_slices
 from refinex_spark.synth import generate_corpus
 
+from spark_plans import executed_nodes, metric, output_columns
+
 counts = st.dictionaries(st.text("abcdef/", min_size=1, max_size=6), st.integers(0, 50), max_size=30)
 
 
@@ -48,22 +50,8 @@ def test_plan_examples_and_bad_size():
 
 def _raw_scans(df) -> list[int]:
     """Collect df; then the files read by each scan of its final plan that read a `text` column."""
-    df.collect()
-    found, pending = [], [df._jdf.queryExecution().executedPlan()]
-    while pending:
-        node = pending.pop()
-        name = node.nodeName()
-        if name == "AdaptiveSparkPlan":
-            pending.append(node.executedPlan())
-            continue
-        if name.endswith("QueryStage"):
-            pending.append(node.plan())
-            continue
-        columns = {a.name() for a in map(node.output().apply, range(node.output().size()))}
-        if name.startswith("Scan") and "text" in columns:
-            found.append(node.metrics().apply("numFiles").value())
-        pending.extend(map(node.children().apply, range(node.children().size())))
-    return found
+    return [metric(node, "numFiles") for node in executed_nodes(df)
+            if node.nodeName().startswith("Scan") and "text" in output_columns(node)]
 
 
 @pytest.mark.spark

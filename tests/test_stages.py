@@ -23,6 +23,8 @@ from refinex_spark.runtime import RunContext, StageStats, new_run_id
 from refinex_spark.schemas import TABLES
 from refinex_spark.synth import generate_corpus
 
+from spark_plans import executed_nodes, metric, output_columns
+
 pytestmark = pytest.mark.spark
 
 DOCS = list(generate_corpus(24, seed=5, target_chars=(600, 2500)))
@@ -250,23 +252,8 @@ def test_distill_breaks_ties_between_outputs_of_one_import(make_ctx, tmp_path):
 def _shuffled_texts(df) -> list[tuple[set[str], int]]:
     """Collect df; then, for each shuffle in its final plan that moved a `text` column, its
     output columns and the rows it wrote (Spark's own metrics)."""
-    df.collect()
-    found: list[tuple[set[str], int]] = []
-    pending = [df._jdf.queryExecution().executedPlan()]
-    while pending:
-        node = pending.pop()
-        name = node.nodeName()
-        if name == "AdaptiveSparkPlan":
-            pending.append(node.executedPlan())
-            continue
-        if name.endswith("QueryStage"):
-            pending.append(node.plan())
-            continue
-        columns = {a.name() for a in map(node.output().apply, range(node.output().size()))}
-        if name == "Exchange" and "text" in columns:
-            found.append((columns, node.metrics().apply("shuffleRecordsWritten").value()))
-        pending.extend(map(node.children().apply, range(node.children().size())))
-    return found
+    return [(output_columns(node), metric(node, "shuffleRecordsWritten")) for node in executed_nodes(df)
+            if node.nodeName() == "Exchange" and "text" in output_columns(node)]
 
 
 def test_distill_moves_only_pending_texts(make_ctx, tmp_path):
