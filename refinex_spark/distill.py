@@ -52,9 +52,10 @@ DOC_DROP_REASONS = ("illegal_edits", "deletes_everything")
 DROP_REASONS = (*DOC_DROP_REASONS, "too_many_ops", "unexpressible", "keep_all_sampled_out")
 
 # Largest alignments attempted (raw tokens x expert tokens; the bit-parallel aligner costs about
-# cells / 64 word operations). Lines: 100k x 100k lines is ~2 s. Words, or chars in a run of
-# unequal words: 15k x 15k is ~0.1 s; only an unrelated rewrite of a large document gets past it,
-# and its edits are illegal anyway.
+# cells / 64 word operations). Lines, and words of a run of unequal lines: 100k x 100k is ~2 s (a
+# forum page whose every comment line lost its "Reply" is one run of thousands of lines). Chars in
+# a run of unequal words: 15k x 15k is ~0.1 s; only an unrelated rewrite of a large document gets
+# past it, and its edits are illegal anyway.
 _MAX_LINE_CELLS = 10**10
 _MAX_CELLS = 250_000_000
 _MAX_LCS_CELLS = 400_000_000
@@ -236,7 +237,8 @@ def _words(text: str, start: int, end: int) -> tuple[list[str], list[int]]:
     return keys, [start, *starts[1:len(keys)], end] if keys else [start]
 
 
-def _align_words(edits: _Edits, region: _Region, opcodes: Opcodes = _lcs_opcodes) -> None:
+def _align_words(edits: _Edits, region: _Region, opcodes: Opcodes = _lcs_opcodes,
+                 max_cells: int = _MAX_LINE_CELLS) -> None:
     """Align a region by words, then by characters inside each run of unequal words.
 
     Characters alone would do, but a uniform-cost alignment of text with much deleted matches
@@ -254,7 +256,7 @@ def _align_words(edits: _Edits, region: _Region, opcodes: Opcodes = _lcs_opcodes
 
     keys_a, bounds_a = _words(edits.raw, region.start, region.end)
     keys_b, bounds_b = _words(edits.expert, *region.expert)
-    _align_tokens(keys_a, bounds_a, keys_b, bounds_b, edits, region.delete, word_run, opcodes, region)
+    _align_tokens(keys_a, bounds_a, keys_b, bounds_b, edits, region.delete, word_run, opcodes, region, max_cells)
 
 
 def _line_bounds(lines: Sequence[str]) -> list[int]:
@@ -599,7 +601,8 @@ def _region_plan(
     ]
     if region.expert is not None:
         scratch = _Edits(edits.raw, edits.expert)
-        _align_words(scratch, scratch.region(region.start, region.end, region.expert), _longest_match_opcodes)
+        _align_words(scratch, scratch.region(region.start, region.end, region.expert), _longest_match_opcodes,
+                     _MAX_CELLS)  # difflib is quadratic in time: only for runs of moderate size
         if not scratch.inserted + scratch.replaced:  # else its deletions need not keep the kept text
             alternatives.insert(0, scratch.regions[0].deleted)
     best_score = (len(best_outcome), len(best.removed) + len(best.str_ops))

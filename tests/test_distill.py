@@ -553,3 +553,12 @@ def test_remove_str_texts_respect_the_runs_program_limits():
     strict = distill(raw, expert, program=ProgramConfig(max_text_chars=10))
     assert "remove_str" not in strict.program  # refine would reject it as too_long: not training data
     assert strict.stats.fidelity < default.stats.fidelity
+
+
+def test_every_line_of_a_long_page_losing_a_word_is_a_deletion_not_a_rewrite() -> None:
+    """A forum page whose every comment line lost its "Reply": one run of unequal lines with tens
+    of thousands of words a side, still aligned by words (once counted as replaced: dropped)."""
+    lines = [" ".join(str(j % 10) for j in range(24)) + f" Reply{i}" for i in range(800)]
+    result = distill("\n".join(lines), "\n".join(line.rsplit(" ", 1)[0] for line in lines))
+    assert (result.stats.replaced_chars, result.stats.inserted_chars, result.stats.drop_reason) == (0, 0, None)
+    assert result.stats.n_ops == 800 and result.program.count("remove_str(") == 800
