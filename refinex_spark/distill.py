@@ -407,12 +407,8 @@ def _remove_str_texts(line: str, spans: Sequence[tuple[int, int]], min_chars: in
                 continue
             tried.add(text)
             marked[a:b], marked[c:d] = bytes(b - a), b"\x01" * (d - c)
-            hits = []
-            h = current.find(text)
-            while h != -1:
-                hits.append(h)
-                h = current.find(text, h + n)
-            if hits != [p] and not all(marked[o] for h in hits for o in origin[h:h + n]):
+            hits, inside = _occurrences_inside(current, text, marked, origin)
+            if not inside:
                 hits = [p]  # acceptable only if the result equals deleting this block alone
                 if current.replace(text, "") != current[:p] + current[p + n:]:
                     marked[c:d], marked[a:b] = bytes(d - c), b"\x01" * (b - a)  # would over-delete: undo
@@ -423,6 +419,19 @@ def _remove_str_texts(line: str, spans: Sequence[tuple[int, int]], min_chars: in
                 del origin[h:h + n]
             break
     return texts, _nonspace(line) - _nonspace(current)
+
+
+def _occurrences_inside(current: str, text: str, marked: bytearray, origin: list[int]) -> tuple[list[int], bool]:
+    """Where `text` occurs in `current`, and whether every occurrence lies in deleted (`marked`)
+    chars; the search stops at the first one outside (on a repetitive line there are hundreds)."""
+    hits, n = [], len(text)
+    h = current.find(text)
+    while h != -1:
+        if not all(marked[o] for o in origin[h:h + n]):
+            return hits, False
+        hits.append(h)
+        h = current.find(text, h + n)
+    return hits, True
 
 
 def _spare_spaces(line: str, spans: list[tuple[int, int]], min_chars: int) -> list[tuple[int, int]]:
