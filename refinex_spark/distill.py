@@ -767,7 +767,11 @@ def distill(
         else "deletes_everything" if deleted_fraction > cfg.max_deleted_fraction
         else None
     )
-    whole = [op for op in _ops_between(0, len(raw_lines) - 1, ranges, str_ops) if usable(op)]
+    if truncated:  # the whole-document program sees long lines in full: they may lose text too
+        whole_ranges, whole_str_ops, _ = _line_ops(raw_lines, bounds, edits, frozenset(), cfg)
+    else:
+        whole_ranges, whole_str_ops = ranges, str_ops
+    whole = [op for op in _ops_between(0, len(raw_lines) - 1, whole_ranges, whole_str_ops) if usable(op)]
     stats = DistillStats(
         raw_chars=n, expert_chars=len(expert_text), deleted_chars=deleted,
         inserted_chars=edits.inserted, replaced_chars=edits.replaced,

@@ -490,12 +490,14 @@ class _ChunkRun:
 def _whole_document_caps(cfg: ProgramConfig, n_chars: int, n_lines: int) -> ProgramConfig:
     """The caps of one chunk's program, grown for a whole document's, as its chunks' would add up.
 
-    A deletion program needs at most a couple of ops per line, and its text is about the deleted
-    text plus one call per op; never below one chunk's caps.
+    Never below what a deletion program of the document can need, so that whatever `distill`
+    writes runs: an op that does something removes a line or at least one char (n_lines + n_chars
+    ops); a remove_lines call is under 64 chars, and a remove_str call under 34 plus its text, of
+    which each char takes at most 10 written ("\U000e0001"): 44 per deleted char.
     """
     scale = max(1, math.ceil(n_chars / cfg.max_program_chars))
-    max_ops = max(scale * cfg.max_ops, 2 * n_lines)
-    max_chars = max(scale * cfg.max_program_chars, n_chars + 64 * n_lines)
+    max_ops = max(scale * cfg.max_ops, n_lines + n_chars)
+    max_chars = max(scale * cfg.max_program_chars, 64 * n_lines + 44 * n_chars)
     if (max_ops, max_chars) == (cfg.max_ops, cfg.max_program_chars):
         return cfg
     return cfg.model_copy(update={"max_program_chars": max_chars, "max_ops": max_ops})
@@ -511,7 +513,7 @@ def execute(
     applied in program order; a chunk with `max_rejected_per_chunk` or more rejections applies none
     of its ops. The dialect is `config.dialect`. `max_program_chars` and `max_ops` bound one chunk's
     program; a whole-document program gets both times ceil(len(normalised text) / max_program_chars),
-    and at least 2 ops per line and the text's length plus 64 chars per line. The one op that
+    and at least what any deletion program of the text needs (see `_whole_document_caps`). The one op that
     inserts, ProX's `normalize`, may make its chunk at most `max_text_chars` chars longer in all.
     """
     cfg = config or ProgramConfig()

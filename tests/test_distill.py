@@ -21,7 +21,7 @@ from refinex_spark.distill import (
     keep_all_sampled,
     shingle_f1,
 )
-from refinex_spark.program import ChunkProgram, execute, parse_program
+from refinex_spark.program import ChunkProgram, apply_program, execute, parse_program
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -318,9 +318,11 @@ def test_truncated_line_is_removable_only_whole() -> None:
     expert = f"short line\n{'word ' * 200}\nend"
     chunking = ChunkingConfig(token_budget=64)
     result = distill(raw, expert, chunking=chunking)
-    assert ops_of(result.program) == [("remove_lines", 2, 2, None, None)]
+    assert [op for s in result.samples for op in ops_of(s.program)] == [("remove_lines", 2, 2, None, None)]
+    # The whole-document program sees the line in full.
+    assert ("remove_str", None, None, 1, "TAIL-AD") in ops_of(result.program)
     roomy = distill(raw, expert, chunking=ChunkingConfig(token_budget=4096))
-    assert ("remove_str", None, None, 1, "TAIL-AD") in ops_of(roomy.program)
+    assert ("remove_str", None, None, 1, "TAIL-AD") in [op for s in roomy.samples for op in ops_of(s.program)]
 
 
 def test_too_many_ops_drops_only_that_chunk() -> None:
@@ -562,3 +564,20 @@ def test_every_line_of_a_long_page_losing_a_word_is_a_deletion_not_a_rewrite() -
     result = distill("\n".join(lines), "\n".join(line.rsplit(" ", 1)[0] for line in lines))
     assert (result.stats.replaced_chars, result.stats.inserted_chars, result.stats.drop_reason) == (0, 0, None)
     assert result.stats.n_ops == 800 and result.program.count("remove_str(") == 800
+
+
+def test_a_program_with_more_ops_than_lines_runs_whole() -> None:
+    """Three ads in every line: 600 remove_str ops over 200 lines, within the whole-document caps."""
+    raw = "\n".join(f"a{i} AD{i}xx b{i} AD{i}yy c{i} AD{i}zz d{i}" for i in range(200))
+    expert = "\n".join(f"a{i} b{i} c{i} d{i}" for i in range(200))
+    program = distill_program(raw, expert)
+    assert program.count("remove_str(") == 600
+    assert apply_program(raw, program).split() == expert.split()
+
+
+def test_the_whole_document_program_removes_text_inside_a_line_the_chunks_show_truncated() -> None:
+    raw, expert = "text " * 600 + "BUY NOW CHEAP PILLS end", "text " * 600 + "end"
+    result = distill(raw, expert)
+    assert result.program == "remove_str(line=0, text='BUY NOW CHEAP PILLS ')"
+    assert [s.program for s in result.samples] == ["keep_all()"]  # the model sees the line cut: whole or nothing
+    assert apply_program(raw, result.program) == expert

@@ -474,10 +474,10 @@ def test_a_short_document_with_many_deleted_lines_gets_ops_per_line() -> None:
 
 
 def test_a_whole_document_program_past_its_scaled_caps_is_still_rejected() -> None:
-    raw = "x" * 6189  # caps scale by 4: 8000 chars, 200 ops
-    assert execute(raw, "keep_all()\n" * 800, SMALL_CAPS).outcomes[0].reason == "too_long"  # 8800 chars
-    reasons = [o.reason for o in execute(raw, "keep_all()\n" * 201, SMALL_CAPS).outcomes]
-    assert reasons == [""] * 200 + ["too_many_ops"]
+    raw = "x" * 6189  # what a deletion program may need: 1 + 6189 ops, 64 + 44 * 6189 = 272,380 chars
+    assert execute(raw, "keep_all()\n" * 24_800, SMALL_CAPS).outcomes[0].reason == "too_long"  # 272,800 chars
+    reasons = [o.reason for o in execute(raw, "keep_all()\n" * 6191, SMALL_CAPS).outcomes]
+    assert reasons == [""] * 6190 + ["too_many_ops"]
     # A hostile program for a short document gets the plain caps.
     huge = "remove_lines(start=0, end=0)\n" * 4_000
     assert [o.reason for o in execute(DOC, huge).outcomes] == ["too_long"]
