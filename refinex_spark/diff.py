@@ -134,7 +134,9 @@ def compute_diff(raw_text: str, program: str | None = None, *,
     for line in lines[:-1]:
         starts.append(starts[-1] + len(line) + 1)
     owner: list[int | None] = [None] * len(text)  # op that deleted each char by remove_str / drop_doc
-    present = [True] * len(text)  # still in the line's content as remove_str sees it
+    # Per line remove_str touched: its content as the next remove_str sees it, and where each of
+    # its chars is in `text`; kept up to date in C (str.replace, del of slices), not char by char.
+    edited: dict[int, tuple[str, list[int]]] = {}
     line_owner: list[int | None] = [None] * len(lines)  # first remove_lines op of each line
 
     for k, (shown, op) in enumerate(applied):
@@ -149,16 +151,21 @@ def compute_diff(raw_text: str, program: str | None = None, *,
             assert op.line is not None and op.text
             if op.line >= len(lines):
                 raise ValueError(f"op {shown!r} does not replay: the text has {len(lines)} lines")
-            where = [p for p in range(starts[op.line], starts[op.line] + len(lines[op.line])) if present[p]]
-            content = "".join(text[p] for p in where)
+            content, where = edited.get(op.line) or (
+                lines[op.line], list(range(starts[op.line], starts[op.line] + len(lines[op.line]))))
+            n = len(op.text)
+            hits = []
             hit = content.find(op.text)
-            if hit < 0:
-                raise ValueError(f"op {shown!r} does not replay: its text is not in line {op.line}")
             while hit >= 0:  # str.replace's matches: non-overlapping, left to right
-                for p in where[hit:hit + len(op.text)]:
-                    present[p] = False
+                hits.append(hit)
+                hit = content.find(op.text, hit + n)
+            if not hits:
+                raise ValueError(f"op {shown!r} does not replay: its text is not in line {op.line}")
+            for hit in reversed(hits):
+                for p in where[hit:hit + n]:
                     owner[p] = k if owner[p] is None else owner[p]
-                hit = content.find(op.text, hit + len(op.text))
+                del where[hit:hit + n]
+            edited[op.line] = (content.replace(op.text, ""), where)
         elif op.kind == "drop_doc":
             owner = [k if o is None else o for o in owner]
         elif op.kind == "normalize":
