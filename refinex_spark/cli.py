@@ -23,6 +23,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction, got {text!r}") from None
+    if not 0 < value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", choices=ENVIRONMENTS, default=None,
                    help="layer conf/<env>.yaml over conf/refinex.yaml")
@@ -111,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
             expert_sub)
     p.set_defaults(stage="expert")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--fraction", type=float, default=None, help="sample this fraction of raw_docs")
-    size.add_argument("--count", type=int, default=None, help="sample this many raw_docs")
+    # Checked here, so a bad size is a usage error before Spark starts (expert.sample_* bounds).
+    size.add_argument("--fraction", type=_fraction, default=None, help="sample this fraction of raw_docs (0 < f <= 1)")
+    size.add_argument("--count", type=_positive_int, default=None, help="sample this many raw_docs")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: expert.seed)")
     p.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=None,
                    help="proportional quota per source (default: expert.stratify_by_source)")
@@ -159,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv)  # usage errors first, then the config error
         parser.exit(2, f"refinex-spark: config error: {e}\n")
     args = parser.parse_args(rest)
+    from deltalake.exceptions import DeltaError
+
     from .lake import LakeError
     from .runtime import ConcurrentRunError, open_run
     from .spark_session import SparkStartError
@@ -166,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ctx = open_run(config, args.stage)  # refuses bad Spark settings and lakes (ConfigError, LakeError)
         result = args.fn(ctx, args)
-    except (ValueError, FileNotFoundError, ConcurrentRunError, LakeError, SparkStartError) as e:
+    # DeltaError: delta-rs refusing a path or a commit is a run error like the others, not a traceback.
+    except (ValueError, FileNotFoundError, ConcurrentRunError, LakeError, SparkStartError, DeltaError) as e:
         message = " ".join(str(e).split())  # one line, whatever the underlying library put in the message
         print(f"refinex-spark {args.stage}: error: {message}", file=sys.stderr)
         return 1

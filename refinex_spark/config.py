@@ -12,7 +12,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -34,8 +34,23 @@ class ConfigError(ValueError):
     """A configuration file, key or value is invalid; the message names it."""
 
 
+def _numeric(annotation: Any) -> bool:
+    return annotation in (int, float) or any(a in (int, float) for a in get_args(annotation))
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # Floats are finite: no field reads .inf as "unbounded" (null says that, where allowed), and an
+    # infinite timeout, backoff or chars-per-token would hang a run or size every budget at zero.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic reads True as 1, and YAML reads yes/no/on/off as booleans: `max_rejected_per_chunk=yes`
+        # would quietly be 1.
+        if isinstance(v, bool) and info.field_name and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not a boolean (YAML reads yes/no/on/off/true/false as booleans)")
+        return v
 
 
 def _not_blank(value: str, what: str) -> str:
@@ -92,6 +107,10 @@ def lake_path_problem(path: str) -> str | None:
         return "must not contain glob characters (*?[]{}), which Spark would expand"
     if "%" in path:
         return "must not contain '%', which delta-rs reads as the start of a URI escape (%20 is a space)"
+    if "\\" in path:
+        # Spark writes a file named `a\b`, delta-rs then reads `a/b`: the first commit lands, every later
+        # read or commit of the table fails.
+        return "must not contain '\\', which delta-rs reads as a path separator (write / instead)"
     return None
 
 
@@ -103,7 +122,7 @@ class LakeConfig(_Section):
     # delta-rs engine: staging dirs of writes that never committed (a crashed run) are removed by
     # a later run once nothing in them was written for this long; fresher ones may belong to a
     # concurrent writer.
-    staging_retention_hours: float = Field(24.0, ge=0, allow_inf_nan=False)
+    staging_retention_hours: float = Field(24.0, ge=0)
     # Readers split a Parquet file only between row groups: one big file (the ingest of one large
     # input file) would otherwise be read by one task while the other cores wait.
     row_group_mb: int = Field(32, ge=1, le=1024)
@@ -127,7 +146,7 @@ class LakeConfig(_Section):
 class IngestConfig(_Section):
     format: Literal["auto", "jsonl", "parquet", "text"] = "auto"
     text_field: str = "text"
-    # Declared after text_field so its validator can compare the two.
+    # Declared after text_field so their validators can compare them with it.
     id_field: str | None = "id"
     source_field: str | None = None
     max_doc_chars: int = Field(2_000_000, ge=1)
@@ -144,11 +163,32 @@ class IngestConfig(_Section):
             raise ValueError(f"must differ from ingest.text_field ({v!r}): the id and the text are separate fields")
         return v
 
+    @field_validator("source_field")
+    @classmethod
+    def _source_field(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        _not_blank(v, "a field name, or null (the source is then the input file's name)")
+        if v == info.data.get("text_field"):
+            raise ValueError(f"must differ from ingest.text_field ({v!r}): the source and the text are separate "
+                             "fields")
+        return v
+
 
 class SparkConfig(_Section):
     master: str | None = "local[2]"
     app_name: str = "refinex-spark"
     conf: dict[str, str] = Field(default_factory=dict)
+
+    _check_app_name = field_validator("app_name")(classmethod(lambda cls, v: _not_blank(v, "an application name")))
+
+    @field_validator("master")
+    @classmethod
+    def _master(cls, v: str | None) -> str | None:
+        # null hands the choice to spark-submit or the cluster; '' would reach Spark as a master URL.
+        if v is not None:
+            _not_blank(v, "a master URL (local[2], yarn, spark://host:7077), or null (spark-submit's or the cluster's)")
+        return v
 
     @field_validator("conf")
     @classmethod
@@ -183,6 +223,7 @@ class ModelConfig(_Section):
     backoff_base_s: float = Field(1.0, ge=0)
 
     _check_base_url = field_validator("base_url")(classmethod(lambda cls, v: _http_url(v)))
+    _check_path = field_validator("path")(classmethod(lambda cls, v: _not_blank(v, "a model directory or hub id")))
 
     @field_validator("prompt_version")
     @classmethod
@@ -212,6 +253,7 @@ class TrainConfig(_Section):
     seed: int = 0
 
     _check_output_dir = field_validator("output_dir")(classmethod(lambda cls, v: _not_blank(v, "a directory path")))
+    _check_base = field_validator("base")(classmethod(lambda cls, v: _not_blank(v, "a model directory or hub id")))
 
 
 class ExpertConfig(_Section):
@@ -254,6 +296,8 @@ class ExpertConfig(_Section):
         return self
 
     _check_base_url = field_validator("base_url")(classmethod(lambda cls, v: _http_url(v)))
+    _check_model = field_validator("model")(classmethod(lambda cls, v: _not_blank(
+        v, "a served model name or a model directory / hub id")))
 
 
 class Config(_Section):
@@ -283,8 +327,30 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _override_value(key: str, raw: str) -> Any:
+    """`raw` read as YAML (numbers, bools, null), or the raw text where YAML would drop a `#` comment.
+
+    On a command line `#` is data, not a comment: YAML would cut `lake.path=/data/my lake #1` to
+    '/data/my lake' and `ingest.source_field=#src` to null, pointing the run elsewhere without a word.
+    The text is kept rather than refused because it is what was typed; a field that is not text then
+    refuses it as a bad value naming the key (`token_budget=700 #x`).
+    """
+    loader = yaml.SafeLoader(raw)
+    try:
+        node = loader.get_single_node()
+        value = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"--set {key}: {raw!r} is not valid YAML ({problem}); quote a text value: "
+                          f"--set \"{key}='...'\"") from None
+    finally:
+        loader.dispose()
+    inside = raw[node.start_mark.index:node.end_mark.index] if node is not None else ""
+    return raw if raw.count("#") > inside.count("#") else value  # a '#' outside the value began a comment
+
+
 def parse_override(item: str) -> dict:
-    """`a.b.c=value` -> {"a": {"b": {"c": value}}}; the value is read as YAML (numbers, bools, null)."""
+    """`a.b.c=value` -> {"a": {"b": {"c": value}}}; the value is read as YAML (see `_override_value`)."""
     key, sep, raw = item.partition("=")
     if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_.\-]+)*", key):
         raise ConfigError(f"--set expects key=value with a dotted key, got {item!r}")
@@ -293,7 +359,7 @@ def parse_override(item: str) -> dict:
         parts = ["spark", "conf", ".".join(parts[2:])]  # Spark keys contain dots
         value: Any = raw
     else:
-        value = yaml.safe_load(raw) if raw else ""
+        value = _override_value(key, raw) if raw else ""
     for p in reversed(parts):
         value = {p: value}
     return value

@@ -1,16 +1,18 @@
 """Input files -> document records or rejects, one file at a time (pure Python, no Spark).
 
 A file is read with pyarrow's filesystem layer, so local paths, `file://`, `s3://`, `hdfs://`
-and `gs://` work the same, and `.gz`/`.bz2`/`.zst` are decompressed by extension. Reading
+and `gs://` work the same, and `.gz`/`.bz2`/`.zst`/`.lz4` are decompressed by extension (any case). Reading
 bytes ourselves (instead of Spark's text source, which silently replaces bad bytes) is what
 lets invalid UTF-8 become a reject with a reason instead of corrupted text.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import json
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -31,13 +33,16 @@ REJECT_REASONS = (
     "text_not_string",
     "empty_text",
     "invalid_utf8",
+    "invalid_id",
     "too_large",
     "duplicate_id",
     "unreadable_file",
 )
 
 _FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".txt": "text", ".text": "text"}
-_COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
+# pyarrow's compression="detect" is case-sensitive (X.JSONL.GZ would be read as raw gzip bytes): the codec comes
+# from the lower-cased suffix, like the format does.
+_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 
 
 def detect_format(path: str, configured: str = "auto") -> str:
@@ -50,6 +55,15 @@ def detect_format(path: str, configured: str = "auto") -> str:
         if name.endswith(ext):
             return fmt
     raise ValueError(f"cannot tell the format of {path!r} from its extension; set ingest.format")
+
+
+def _compression(path: str) -> str | None:
+    name = path.lower()
+    return next((codec for ext, codec in _COMPRESSIONS.items() if name.endswith(ext)), None)
+
+
+def _open(fs: pafs.FileSystem, path: str):
+    return fs.open_input_stream(path, compression=_compression(path))
 
 
 def text_hash(text: str) -> str:
@@ -124,6 +138,54 @@ def _prefix(raw: Any, text_field: str, text: str) -> str:
     return json.dumps({**raw, text_field: text[:PREFIX_CHARS]}, ensure_ascii=False, default=str)[:PREFIX_CHARS]
 
 
+def _no_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity, which JSON has not: metadata holding one could not be parsed back
+    # (Spark's get_json_object reads none of it), and a NaN id would become doc_id "nan".
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):  # 1e999: float() gives inf, with the same problems as Infinity
+        raise ValueError(f"{literal[:50]} is out of a double's range")
+    return value
+
+
+_JSON = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)  # one decoder, not one per line
+
+
+def _from_parquet(value: Any, errors: str = "strict") -> Any:
+    """A Parquet value with its BINARY strings (written without the UTF8 annotation) decoded, at any depth, so
+    that ids, sources and metadata are `doc-1`, not `b'doc-1'`; UnicodeDecodeError where they are not UTF-8."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors)
+    if isinstance(value, dict):
+        return {k: _from_parquet(v, errors) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_from_parquet(v, errors) for v in value]
+    return value
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def _metadata_json(metadata: dict) -> str:
+    """Strict JSON, which Spark's get_json_object can read: NaN and infinite floats (Parquet has them) as null.
+    Only a record that holds one is walked (in Python, which a deep nesting would exhaust the stack of)."""
+    dump = lambda m: json.dumps(m, ensure_ascii=False, sort_keys=True, default=str, allow_nan=False)  # noqa: E731
+    try:
+        return dump(metadata)
+    except ValueError:
+        return dump(_finite_or_null(metadata))
+
+
 def _is_utf8_safe(value: Any) -> bool:
     """JSON may carry lone surrogates ("\\ud800") that Arrow cannot encode: treat them as bad UTF-8."""
     try:
@@ -141,6 +203,9 @@ def _document(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestCon
     given_id = obj.get(cfg.id_field) if cfg.id_field else None
     if require_id and given_id in (None, ""):
         return _reject(source_file, line_no, "missing_doc_id", raw, f"no field {cfg.id_field!r}")
+    # str() of anything else is a Python repr ("True", "1.0", "{'k': 1}"), not an id the input means.
+    if given_id not in (None, "") and (isinstance(given_id, bool) or not isinstance(given_id, (str, int))):
+        return _reject(source_file, line_no, "invalid_id", raw, type(given_id).__name__)
     if cfg.text_field not in obj or obj[cfg.text_field] is None:
         return _reject(source_file, line_no, "missing_text", raw, f"no field {cfg.text_field!r}")
     text = obj[cfg.text_field]
@@ -166,17 +231,30 @@ def _document(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestCon
     metadata = {k: v for k, v in obj.items() if k not in reserved}
     doc = {"kind": "doc", "doc_id": doc_id, "text": text,
            "source": str(source) if source is not None else os.path.basename(source_file),
-           "metadata": json.dumps(metadata, ensure_ascii=False, sort_keys=True, default=str),
+           "metadata": _metadata_json(metadata),
            "text_hash": digest, "n_chars": len(text), "source_file": source_file, "line_no": line_no}
     if keep_record:
         doc["record"] = _record_text(raw)
     return doc
 
 
+def _record(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestConfig, require_id: bool,
+            keep_record: bool) -> dict:
+    """_document, with any failure on this one record (json.dumps of a nesting deeper than the recursion limit)
+    its reject: the lines after it are still read, instead of the file ending in an `unreadable_file`."""
+    try:
+        return _document(obj, source_file, line_no, raw, cfg, require_id, keep_record)
+    except (ValueError, RecursionError) as e:
+        return _reject(source_file, line_no, "malformed_json", raw if isinstance(raw, (str, bytes)) else "",
+                       f"{type(e).__name__}: {e}")
+
+
 def _jsonl(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, require_id: bool,
            keep_record: bool) -> Iterator[dict]:
-    with fs.open_input_stream(path, compression="detect") as stream:
+    with _open(fs, path) as stream:
         for line_no, raw in enumerate(io.BufferedReader(stream), start=1):
+            if line_no == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)  # a BOM (Windows tools write one) is no part of the record
             if not raw.strip():
                 continue
             try:
@@ -185,11 +263,11 @@ def _jsonl(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, 
                 yield _reject(source_file, line_no, "invalid_utf8", raw, str(e))
                 continue
             try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as e:
+                obj = _JSON.decode(line)
+            except (ValueError, RecursionError) as e:  # ValueError: also int() of > 4300 digits, NaN, 1e999
                 yield _reject(source_file, line_no, "malformed_json", line, str(e))
                 continue
-            yield _document(obj, source_file, line_no, line, cfg, require_id, keep_record)
+            yield _record(obj, source_file, line_no, line, cfg, require_id, keep_record)
 
 
 def _parquet(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig,
@@ -199,15 +277,20 @@ def _parquet(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig
         row = 1
         for batch in parquet.iter_batches(batch_size=1024):
             for obj in batch.to_pylist():
-                yield _document(obj, source_file, row, obj, cfg, require_id, keep_record)
+                try:
+                    plain = _from_parquet(obj)
+                except UnicodeDecodeError as e:
+                    yield _reject(source_file, row, "invalid_utf8", _from_parquet(obj, "backslashreplace"), str(e))
+                else:
+                    yield _record(plain, source_file, row, plain, cfg, require_id, keep_record)
                 row += 1
 
 
 def _text(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, require_id: bool,
           keep_record: bool) -> Iterator[dict]:
-    with fs.open_input_stream(path, compression="detect") as stream:
-        data = stream.read()
-    yield _document({cfg.text_field: data}, source_file, 1, _head(data), cfg, require_id, keep_record)
+    with _open(fs, path) as stream:
+        data = stream.read().removeprefix(codecs.BOM_UTF8)  # utf-8-sig: a leading BOM is no part of the text
+    yield _record({cfg.text_field: data}, source_file, 1, _head(data), cfg, require_id, keep_record)
 
 
 _READERS = {"jsonl": _jsonl, "parquet": _parquet, "text": _text}

@@ -92,3 +92,98 @@ def test_fingerprint_tracks_result_settings_only():
     sections = ("program", "chunking", "distill")
     assert changed.fingerprint(*sections) != base.fingerprint(*sections)
     assert moved.fingerprint(*sections) == base.fingerprint(*sections)
+
+
+@pytest.mark.parametrize("item, needle", [
+    # delta-rs reads `\` as a separator: the first commit lands, then the table cannot be read back.
+    ("lake.path=/data/back\\slash/lake", "bad value for 'lake.path': Value error, must not contain '\\'"),
+    ("model.request_timeout_s=.inf", "bad value for 'model.request_timeout_s'"),
+    ("expert.request_timeout_s=.inf", "bad value for 'expert.request_timeout_s'"),
+    ("expert.backoff_max_s=.inf", "bad value for 'expert.backoff_max_s'"),
+    ("chunking.chars_per_token=.inf", "bad value for 'chunking.chars_per_token'"),
+    ("expert.chars_per_token=.inf", "bad value for 'expert.chars_per_token'"),
+    ("expert.temperature=.nan", "bad value for 'expert.temperature'"),
+    ("program.max_rejected_per_chunk=yes", "bad value for 'program.max_rejected_per_chunk': Value error, must be a "
+                                           "number, not a boolean"),
+    ("expert.max_requests=true", "bad value for 'expert.max_requests': Value error, must be a number"),
+    ("chunking.chars_per_token=on", "bad value for 'chunking.chars_per_token': Value error, must be a number"),
+    ("ingest.source_field=text", "bad value for 'ingest.source_field': Value error, must differ from ingest."),
+    ("ingest.source_field=", "bad value for 'ingest.source_field': Value error, must be a field name, or null"),
+    ("model.path=", "bad value for 'model.path': Value error, must be"),
+    ("expert.model=", "bad value for 'expert.model': Value error, must be"),
+    ("train.base=", "bad value for 'train.base': Value error, must be"),
+    ("spark.app_name=", "bad value for 'spark.app_name': Value error, must be"),
+    ("spark.master=", "bad value for 'spark.master': Value error, must be a master URL"),
+    # Not valid YAML: an error naming the key, not a yaml.scanner traceback.
+    ("ingest.text_field=@body", "--set ingest.text_field: '@body' is not valid YAML"),
+    ("ingest.text_field=`body`", "--set ingest.text_field: '`body`' is not valid YAML"),
+    ("model.path=%models", "--set model.path: '%models' is not valid YAML"),
+    # A number followed by ` #...` is taken whole, so it is a bad number rather than a silently cut one.
+    ("chunking.token_budget=700 #x", "bad value for 'chunking.token_budget'"),
+])
+def test_refused_values(item, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[item])
+    assert needle in str(err.value)
+
+
+def test_accepted_values_next_to_refused_ones():
+    cfg = load_config(overrides=["expert.stratify_by_source=yes", "ingest.text_field=body", "ingest.source_field=text",
+                                 "spark.master=null", "program.max_rejected_per_chunk=3", "chunking.chars_per_token=2",
+                                 "ingest.text_field='@body'"])
+    assert cfg.expert.stratify_by_source is True
+    assert (cfg.ingest.text_field, cfg.ingest.source_field, cfg.spark.master) == ("@body", "text", None)
+    assert cfg.program.max_rejected_per_chunk == 3 and cfg.chunking.chars_per_token == 2.0
+
+
+@pytest.mark.parametrize("item, value", [
+    ("lake.path=/data/my lake #1", "/data/my lake #1"),  # YAML would have cut it to '/data/my lake'
+    ("ingest.source_field=#src", "#src"),  # YAML would have read a comment only: null
+    ("lake.path='/data/a #b'", "/data/a #b"),  # quoted: no comment, YAML's reading is kept
+    ("lake.path=/data/a#b", "/data/a#b"),  # no space before '#': never a comment
+])
+def test_set_keeps_hash_text(item, value):
+    key = item.partition("=")[0].split(".")
+    cfg = load_config(overrides=[item])
+    assert getattr(getattr(cfg, key[0]), key[1]) == value
+
+
+def test_cli_config_error_is_one_line(capsys):
+    from refinex_spark import cli
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--set", "ingest.text_field=@body", "ingest", "x.jsonl"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("refinex-spark: config error: --set ingest.text_field:") and err.count("\n") == 1
+
+
+def test_cli_reports_delta_errors_in_one_line(monkeypatch, capsys):
+    from deltalake.exceptions import DeltaError
+
+    from refinex_spark import cli, runtime
+
+    def fail(config, stage):
+        raise DeltaError("Generic DeltaTable error: Object at location /x/_delta_log\nnot found")
+    monkeypatch.setattr(runtime, "open_run", fail)
+    assert cli.main(["ingest", "x.jsonl"]) == 1
+    err = capsys.readouterr().err
+    assert err == "refinex-spark ingest: error: Generic DeltaTable error: Object at location /x/_delta_log not found\n"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--fraction", "2"], "argument --fraction: must be a fraction in (0, 1], got 2"),
+    (["--fraction", "0"], "argument --fraction: must be a fraction in (0, 1]"),
+    (["--fraction", "nan"], "argument --fraction: must be a fraction in (0, 1]"),
+    (["--fraction", "half"], "argument --fraction: expected a fraction"),
+    (["--count", "0"], "argument --count: must be a positive integer, got 0"),
+])
+def test_cli_expert_sample_size_checked_before_spark(argv, needle, monkeypatch, capsys):
+    from refinex_spark import cli, runtime
+
+    def no_run(config, stage):
+        raise AssertionError("Spark started before the arguments were checked")
+    monkeypatch.setattr(runtime, "open_run", no_run)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["expert", "generate", *argv])
+    assert exit_.value.code == 2
+    assert needle in capsys.readouterr().err

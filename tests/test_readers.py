@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import bz2
+import codecs
 import gzip
 import json
+import re
+import sys
+import tempfile
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from refinex_spark.config import IngestConfig
 from refinex_spark.readers import REJECT_REASONS, detect_format, list_input_files, read_file, text_hash
@@ -22,7 +30,21 @@ BAD_LINES = [
     (b'{"id": "u", "text": "caf\xe9"}', "invalid_utf8"),
     (b'{"id": "s", "text": "lone \\ud800 surrogate"}', "invalid_utf8"),
     (b'{"id": "big", "text": "' + b"a" * 200 + b'"}', "too_large"),
+    (b'{"id": true, "text": "a bool is no id"}', "invalid_id"),
 ]
+
+# Lines that once stopped a file (int() refuses > 4300 digits) or parsed into what JSON cannot write back.
+MORE_BAD_LINES = [
+    (b'{"id": "b", "text": "t", "n": ' + b"1" * 5000 + b"}", "malformed_json"),
+    (b'{"id": "c", "text": "t", "score": NaN}', "malformed_json"),
+    (b'{"id": Infinity, "text": "t"}', "malformed_json"),
+    (b'{"id": "e", "text": "t", "x": 1e999}', "malformed_json"),
+    (b'{"id": 1.0, "text": "t"}', "invalid_id"),
+    (b'{"id": {"k": 1}, "text": "t"}', "invalid_id"),
+    (b'{"id": [1], "text": "t"}', "invalid_id"),
+]
+GOOD_LINES = [(b'{"id": "g", "text": "good"}', None), (b'{"id": 7, "text": "int id"}', None),
+              (b'{"text": "no id"}', None)]
 
 
 def _bad_corpus(tmp_path):
@@ -52,9 +74,68 @@ def test_every_bad_kind_is_a_reject_with_its_reason(tmp_path):
         r["record"].encode("utf-8")  # every reject is storable
 
 
+COMPRESS = {".jsonl": bytes, ".jsonl.gz": gzip.compress, ".JSONL.GZ": gzip.compress, ".NDJSON.Bz2": bz2.compress}
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=st.lists(st.sampled_from(GOOD_LINES + BAD_LINES + MORE_BAD_LINES + [(b"", "blank"), (b" \r", "blank")]),
+                      max_size=12),
+       bom=st.booleans(), suffix=st.sampled_from(sorted(COMPRESS)))
+def test_every_line_is_a_doc_or_a_reject_of_its_own(lines, bom, suffix):
+    """Whatever the lines around it, each line is read: a doc or a reject with its line_no, and
+    read = docs + rejects (a bad line never ends its file); a BOM and the suffix's case change nothing."""
+    data = (codecs.BOM_UTF8 if bom else b"") + b"\n".join(line for line, _ in lines) + b"\n"
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"lines{suffix}"
+        path.write_bytes(COMPRESS[suffix](data))
+        out = list(read_file(str(path), IngestConfig(max_doc_chars=100)))
+    expected = [(n, reason) for n, (_, reason) in enumerate(lines, start=1) if reason != "blank"]
+    assert [(r["line_no"], r.get("reason")) for r in out] == expected
+
+
+def test_nesting_too_deep_is_a_reject_not_the_end_of_the_file(tmp_path):
+    # json.loads and json.dumps give up at slightly different depths: try every depth around the limit.
+    limit = sys.getrecursionlimit()
+    lines = [b'{"id": "x", "text": "t", "m": ' + b"[" * d + b"]" * d + b"}" for d in range(limit // 2, limit + 10)]
+    path = tmp_path / "deep.jsonl"
+    path.write_bytes(b"\n".join([*lines, b'{"id": "last", "text": "after"}']) + b"\n")
+    out = list(read_file(str(path), IngestConfig()))
+    assert [r["line_no"] for r in out] == list(range(1, len(lines) + 2))
+    assert {r.get("reason") for r in out[:-1]} <= {None, "malformed_json"} and out[-1]["doc_id"] == "last"
+
+
+def test_bom_upper_case_suffix_and_id_types(tmp_path):
+    (tmp_path / "bom.jsonl").write_bytes(codecs.BOM_UTF8 + b'{"id": "a", "text": "first"}\n{"id": 2, "text": "b"}\n')
+    (tmp_path / "bom.txt").write_bytes(codecs.BOM_UTF8 + b"plain text")
+    (tmp_path / "UP.JSONL.GZ").write_bytes(gzip.compress(b'{"id": "g", "text": "zipped"}\n'))
+    assert [d["doc_id"] for d in read_file(str(tmp_path / "bom.jsonl"), IngestConfig())] == ["a", "2"]
+    (t,) = read_file(str(tmp_path / "bom.txt"), IngestConfig())
+    assert t["text"] == "plain text" and t["n_chars"] == 10
+    (g,) = read_file(str(tmp_path / "UP.JSONL.GZ"), IngestConfig())
+    assert g["doc_id"] == "g" and g["text"] == "zipped"
+
+
+def test_parquet_binary_strings_and_nan(tmp_path):
+    """BINARY columns (Parquet written without the UTF8 annotation) read as strings; NaN metadata as null."""
+    binary = lambda *v: pa.array(v, pa.binary())  # noqa: E731
+    pq.write_table(pa.table({"id": binary(b"doc-1", b"doc-\xff", b"doc-3"), "text": binary(b"hello", b"x", b"y"),
+                             "src": binary(b"web", b"web", b"web"), "lang": binary(b"en", b"de", b"fr"),
+                             "score": [float("nan"), 0.5, float("inf")]}), tmp_path / "bin.parquet")
+    pq.write_table(pa.table({"id": [1.0], "text": ["float id"]}), tmp_path / "float.parquet")
+    one, bad, three = read_file(str(tmp_path / "bin.parquet"), IngestConfig(source_field="src"))
+    assert (one["doc_id"], one["source"], one["metadata"]) == ("doc-1", "web", '{"lang": "en", "score": null}')
+    assert bad["reason"] == "invalid_utf8" and bad["line_no"] == 2 and r'"doc-\\xff"' in bad["record"]
+    assert json.loads(three["metadata"], parse_constant=pytest.fail) == {"lang": "fr", "score": None}
+    (f,) = read_file(str(tmp_path / "float.parquet"), IngestConfig())
+    assert f["reason"] == "invalid_id" and f["detail"] == "float"
+
+
 def test_the_documented_reasons_are_the_ones_produced():
     # duplicate_id comes from the ingest stage (tests/test_stages.py), unreadable_file from the test below.
     assert {reason for _, reason in BAD_LINES} | {"duplicate_id", "unreadable_file"} == set(REJECT_REASONS)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    listed = readme.split("**ingest** prints", 1)[1].split("with a reason:", 1)[1].split(". **distill**", 1)[0]
+    assert set(re.findall(r"`([a-z0-9_]+)`", listed)) == set(REJECT_REASONS)
 
 
 def test_parquet_and_text(tmp_path):
