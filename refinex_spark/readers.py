@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -107,9 +108,17 @@ def list_input_files(paths: list[str]) -> list[str]:
         if isinstance(fs, pafs.LocalFileSystem):
             out += [_local_name(n) for n in names]
         else:
-            prefix = p.split("://")[0] + "://"
-            out += [n if n.startswith(prefix) else prefix + n for n in names]
+            out += [_remote_name(p, n) for n in names]
     return sorted(set(out))
+
+
+def _remote_name(given: str, listed: str) -> str:
+    """A file pyarrow listed under the URI `given`, as a URI again. Object stores list `bucket/key`;
+    HDFS lists `/path`, without the namenode, which the URI keeps (`hdfs://nn:8020/path`)."""
+    if "://" in listed:
+        return listed
+    parts = urlsplit(given)
+    return f"{parts.scheme}://{parts.netloc}{listed}" if listed.startswith("/") else f"{parts.scheme}://{listed}"
 
 
 def _record_text(record: Any) -> str:

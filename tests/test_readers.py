@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refinex_spark.config import IngestConfig
-from refinex_spark.readers import REJECT_REASONS, detect_format, list_input_files, read_file, text_hash
+from refinex_spark.readers import REJECT_REASONS, _remote_name, detect_format, list_input_files, read_file, text_hash
 
 BAD_LINES = [
     (b'{"id": "m", "text": "unterminated', "malformed_json"),
@@ -193,6 +193,17 @@ def test_listing_and_format_detection(tmp_path):
         detect_format("data.csv")
     with pytest.raises(FileNotFoundError):
         list_input_files([str(tmp_path / "missing")])
+
+
+@pytest.mark.parametrize("given, listed, name", [
+    ("hdfs://nn:8020/data", "/data/a.jsonl", "hdfs://nn:8020/data/a.jsonl"),  # HDFS lists no namenode
+    ("hdfs:///data", "/data/a.jsonl", "hdfs:///data/a.jsonl"),
+    ("s3://bucket/data", "bucket/data/a.jsonl", "s3://bucket/data/a.jsonl"),  # object stores list bucket/key
+    ("gs://bucket", "bucket/a.jsonl", "gs://bucket/a.jsonl"),
+    ("s3://bucket/data", "s3://bucket/data/a.jsonl", "s3://bucket/data/a.jsonl"),
+])
+def test_remote_files_are_named_by_uris_that_open_them(given, listed, name):
+    assert _remote_name(given, listed) == name
 
 
 def test_require_id_rejects_records_without_one(tmp_path):
