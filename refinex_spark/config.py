@@ -12,7 +12,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -42,6 +42,7 @@ class _Section(BaseModel):
     # Floats are finite: no field reads .inf as "unbounded" (null says that, where allowed), and an
     # infinite timeout, backoff or chars-per-token would hang a run or size every budget at zero.
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+    RUN_ONLY: ClassVar[frozenset[str]] = frozenset()  # settings no result depends on: not in the fingerprint
 
     @field_validator("*", mode="before")
     @classmethod
@@ -150,6 +151,9 @@ class IngestConfig(_Section):
     id_field: str | None = "id"
     source_field: str | None = None
     max_doc_chars: int = Field(2_000_000, ge=1)
+    split_mb: float = Field(64.0, ge=1 / 1024)  # 1 KiB at least
+
+    RUN_ONLY: ClassVar[frozenset[str]] = frozenset({"split_mb"})  # how files are cut into tasks: no result changes
 
     _check_text_field = field_validator("text_field")(classmethod(lambda cls, v: _not_blank(v, "a field name")))
 
@@ -315,7 +319,8 @@ class Config(_Section):
     def fingerprint(self, *sections: str) -> str:
         """Short hash of the named sections: the settings that change a stage's results."""
         names = sections or tuple(type(self).model_fields)
-        payload = {n: getattr(self, n).model_dump(mode="json") for n in names}
+        payload = {n: (section := getattr(self, n)).model_dump(mode="json", exclude=set(section.RUN_ONLY))
+                   for n in names}
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -15,7 +15,7 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
@@ -65,6 +65,75 @@ def _compression(path: str) -> str | None:
 
 def _open(fs: pafs.FileSystem, path: str):
     return fs.open_input_stream(path, compression=_compression(path))
+
+
+class Split(NamedTuple):
+    """The part of one file that one task reads: bytes [start, end) of a jsonl file, whole lines, or row
+    groups [start, end) of a parquet file; first_line is the line (row) number of its first record."""
+
+    start: int
+    end: int
+    first_line: int
+
+
+WHOLE = Split(0, -1, 1)  # the whole file
+_BLOCK = 8 << 20  # a jsonl file's newlines are counted this many bytes at a time
+
+
+def splittable(source_file: str, cfg: IngestConfig) -> bool:
+    """Whether plan_splits may split the file: uncompressed jsonl or parquet (a stream decompresses from the start)."""
+    return detect_format(source_file, cfg.format) != "text" and _compression(source_file) is None
+
+
+def plan_splits(source_file: str, cfg: IngestConfig) -> list[Split]:
+    """The splits of a file, each about `cfg.split_mb`: uncompressed jsonl at line ends, parquet at row
+    groups. A compressed or text file, one no bigger than a split, or one that cannot be read is WHOLE
+    (read_file then records why it is unreadable)."""
+    split_bytes = int(cfg.split_mb * (1 << 20))
+    try:
+        if not splittable(source_file, cfg):
+            return [WHOLE]
+        fmt = detect_format(source_file, cfg.format)
+        fs, path = resolve(source_file)
+        if fs.get_file_info(path).size <= split_bytes:
+            return [WHOLE]
+        return _jsonl_splits(fs, path, split_bytes) if fmt == "jsonl" else _parquet_splits(fs, path, split_bytes)
+    except Exception:  # noqa: BLE001 - the read reports it, as a reject
+        return [WHOLE]
+
+
+def _jsonl_splits(fs: pafs.FileSystem, path: str, split_bytes: int) -> list[Split]:
+    """One pass at C speed (counting newlines), a small cost next to parsing the JSON."""
+    splits: list[Split] = []
+    start, first_line = 0, 1
+    pos = newlines = 0  # of the bytes before the current block
+    with fs.open_input_stream(path) as stream:
+        while block := stream.read(_BLOCK):
+            # A split ends at the first line end once it holds split_bytes (perhaps in a later block).
+            while (at := start + split_bytes - pos) < len(block) and (nl := block.find(b"\n", max(at, 0))) >= 0:
+                end = pos + nl + 1
+                splits.append(Split(start, end, first_line))
+                start, first_line = end, 1 + newlines + block.count(b"\n", 0, nl + 1)
+            newlines += block.count(b"\n")
+            pos += len(block)
+    if start < pos:
+        splits.append(Split(start, pos, first_line))
+    return splits
+
+
+def _parquet_splits(fs: pafs.FileSystem, path: str, split_bytes: int) -> list[Split]:
+    with fs.open_input_file(path) as f:
+        meta = pq.ParquetFile(f).metadata
+    splits: list[Split] = []
+    start, first_row, row, size = 0, 1, 1, 0
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        if i > start and size >= split_bytes:
+            splits.append(Split(start, i, first_row))
+            start, first_row, size = i, row, 0
+        size += sum(group.column(j).total_compressed_size for j in range(group.num_columns))
+        row += group.num_rows
+    return splits + [Split(start, meta.num_row_groups, first_row)] if meta.num_row_groups else [WHOLE]
 
 
 def text_hash(text: str) -> str:
@@ -258,33 +327,49 @@ def _record(obj: Any, source_file: str, line_no: int, raw: Any, cfg: IngestConfi
                        f"{type(e).__name__}: {e}")
 
 
-def _jsonl(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, require_id: bool,
+def _lines(fs: pafs.FileSystem, path: str, split: Split) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of every line of a split; of the whole file decompressed by its extension."""
+    if split.end < 0:
+        with _open(fs, path) as stream:
+            yield from enumerate(io.BufferedReader(stream), start=1)
+        return
+    with fs.open_input_file(path) as f:
+        f.seek(split.start)
+        left = split.end - split.start
+        for numbered in enumerate(io.BufferedReader(f), start=split.first_line):
+            if left <= 0:
+                return
+            left -= len(numbered[1])
+            yield numbered
+
+
+def _jsonl(fs: pafs.FileSystem, path: str, split: Split, source_file: str, cfg: IngestConfig, require_id: bool,
            keep_record: bool) -> Iterator[dict]:
-    with _open(fs, path) as stream:
-        for line_no, raw in enumerate(io.BufferedReader(stream), start=1):
-            if line_no == 1:
-                raw = raw.removeprefix(codecs.BOM_UTF8)  # a BOM (Windows tools write one) is no part of the record
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                yield _reject(source_file, line_no, "invalid_utf8", raw, str(e))
-                continue
-            try:
-                obj = _JSON.decode(line)
-            except (ValueError, RecursionError) as e:  # ValueError: also int() of > 4300 digits, NaN, 1e999
-                yield _reject(source_file, line_no, "malformed_json", line, str(e))
-                continue
-            yield _record(obj, source_file, line_no, line, cfg, require_id, keep_record)
+    for line_no, raw in _lines(fs, path, split):
+        if line_no == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)  # a BOM (Windows tools write one) is no part of the record
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+            yield _reject(source_file, line_no, "invalid_utf8", raw, str(e))
+            continue
+        try:
+            obj = _JSON.decode(line)
+        except (ValueError, RecursionError) as e:  # ValueError: also int() of > 4300 digits, NaN, 1e999
+            yield _reject(source_file, line_no, "malformed_json", line, str(e))
+            continue
+        yield _record(obj, source_file, line_no, line, cfg, require_id, keep_record)
 
 
-def _parquet(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig,
+def _parquet(fs: pafs.FileSystem, path: str, split: Split, source_file: str, cfg: IngestConfig,
              require_id: bool, keep_record: bool) -> Iterator[dict]:
     with fs.open_input_file(path) as f:
         parquet = pq.ParquetFile(f)
-        row = 1
-        for batch in parquet.iter_batches(batch_size=1024):
+        groups = None if split.end < 0 else range(split.start, split.end)
+        row = split.first_line
+        for batch in parquet.iter_batches(batch_size=1024, row_groups=groups):
             for obj in batch.to_pylist():
                 try:
                     plain = _from_parquet(obj)
@@ -295,9 +380,9 @@ def _parquet(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig
                 row += 1
 
 
-def _text(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, require_id: bool,
+def _text(fs: pafs.FileSystem, path: str, split: Split, source_file: str, cfg: IngestConfig, require_id: bool,
           keep_record: bool) -> Iterator[dict]:
-    with _open(fs, path) as stream:
+    with _open(fs, path) as stream:  # never split (plan_splits)
         data = stream.read().removeprefix(codecs.BOM_UTF8)  # utf-8-sig: a leading BOM is no part of the text
     yield _record({cfg.text_field: data}, source_file, 1, _head(data), cfg, require_id, keep_record)
 
@@ -305,9 +390,10 @@ def _text(fs: pafs.FileSystem, path: str, source_file: str, cfg: IngestConfig, r
 _READERS = {"jsonl": _jsonl, "parquet": _parquet, "text": _text}
 
 
-def read_file(source_file: str, cfg: IngestConfig, *, require_id: bool = False,
+def read_file(source_file: str, cfg: IngestConfig, *, split: Split = WHOLE, require_id: bool = False,
               keep_record: bool = False) -> Iterator[dict]:
-    """Every record of one file as a `doc` or a `reject` dict; an unreadable file is one reject.
+    """Every record of one file (of one of its plan_splits) as a `doc` or a `reject` dict; an unreadable
+    file is one reject.
 
     require_id (expert import: an output must name its document): a record without `cfg.id_field` is a
     `missing_doc_id` reject instead of getting its text's hash as id. keep_record: docs carry their raw
@@ -316,6 +402,8 @@ def read_file(source_file: str, cfg: IngestConfig, *, require_id: bool = False,
     try:
         fmt = detect_format(source_file, cfg.format)
         fs, path = resolve(source_file)
-        yield from _READERS[fmt](fs, path, source_file, cfg, require_id, keep_record)
+        yield from _READERS[fmt](fs, path, split, source_file, cfg, require_id, keep_record)
     except Exception as e:  # noqa: BLE001 - a broken file must not fail the job; it is recorded
-        yield _reject(source_file, None, "unreadable_file", "", f"{type(e).__name__}: {e}")
+        # A split's failure is a reject of its own: at the line (row) it starts at, which keys it apart.
+        line_no = None if split.end < 0 else split.first_line
+        yield _reject(source_file, line_no, "unreadable_file", "", f"{type(e).__name__}: {e}")

@@ -18,7 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refinex_spark.config import IngestConfig
-from refinex_spark.readers import REJECT_REASONS, _remote_name, detect_format, list_input_files, read_file, text_hash
+from refinex_spark import readers
+from refinex_spark.readers import (REJECT_REASONS, WHOLE, _remote_name, detect_format, list_input_files, plan_splits,
+                                   read_file, text_hash)
 
 BAD_LINES = [
     (b'{"id": "m", "text": "unterminated', "malformed_json"),
@@ -91,6 +93,68 @@ def test_every_line_is_a_doc_or_a_reject_of_its_own(lines, bom, suffix):
         out = list(read_file(str(path), IngestConfig(max_doc_chars=100)))
     expected = [(n, reason) for n, (_, reason) in enumerate(lines, start=1) if reason != "blank"]
     assert [(r["line_no"], r.get("reason")) for r in out] == expected
+
+
+def _read_split_by_split(path: Path, cfg: IngestConfig) -> tuple[list, list]:
+    splits = plan_splits(str(path), cfg)
+    return splits, [r for split in splits for r in read_file(str(path), cfg, split=split)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(st.tuples(st.sampled_from(GOOD_LINES + BAD_LINES + [(b"", None)]), st.integers(0, 400)),
+                      max_size=60),
+       final_newline=st.booleans(), bom=st.booleans(), split_kb=st.integers(1, 6), block=st.integers(1, 3000))
+def test_splits_of_a_jsonl_file_read_what_the_whole_file_reads(lines, final_newline, bom, split_kb, block):
+    """Split by split, a file yields exactly the records (line numbers included) of one whole read;
+    the splits tile the file, each about split_mb and ending at a line end, wherever the blocks fall."""
+    # Padding inside a JSON string lets one line be long; blank lines, bad UTF-8 and a missing final newline stay.
+    padded = [line.replace(b'"text": "', b'"text": "' + b"p" * pad, 1) for (line, _), pad in lines]
+    data = (codecs.BOM_UTF8 if bom else b"") + b"\n".join(padded) + (b"\n" if final_newline else b"")
+    cfg = IngestConfig(max_doc_chars=500, split_mb=split_kb / 1024)
+    with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(readers, "_BLOCK", block)
+        path = Path(d) / "big.jsonl"
+        path.write_bytes(data)
+        splits, records = _read_split_by_split(path, cfg)
+        assert records == list(read_file(str(path), cfg))
+    if len(data) <= split_kb * 1024:
+        assert splits == [WHOLE]
+        return
+    assert splits[0].start == 0 and splits[-1].end == len(data)
+    for a, b in zip(splits, splits[1:]):
+        assert a.end == b.start and data[a.end - 1:a.end] == b"\n"
+        assert a.end - a.start >= split_kb * 1024  # no line end in between lets one split grow
+        assert b.first_line == 1 + data[:b.start].count(b"\n")
+
+
+def test_splits_of_a_parquet_file_are_runs_of_row_groups(tmp_path):
+    rows = [{"id": f"r{i}", "text": f"row {i} " + "x" * (i % 50)} for i in range(500)]
+    rows[123]["text"] = None  # a reject keeps its row number in any split
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "big.parquet", row_group_size=40)
+    cfg = IngestConfig(split_mb=1 / 1024)
+    splits, records = _read_split_by_split(tmp_path / "big.parquet", cfg)
+    assert len(splits) > 2 and splits[0].start == 0 and splits[-1].end == 13  # 13 row groups
+    assert all(a.end == b.start and b.first_line == 1 + 40 * b.start for a, b in zip(splits, splits[1:]))
+    assert records == list(read_file(str(tmp_path / "big.parquet"), cfg))
+    assert [r["line_no"] for r in records] == list(range(1, 501)) and records[123]["reason"] == "missing_text"
+
+
+def test_compressed_text_small_and_unreadable_files_are_read_whole(tmp_path):
+    cfg = IngestConfig(split_mb=1 / 1024)
+    body = b"".join(b'{"id": "%d", "text": "%s"}\n' % (i, b"y" * 100) for i in range(100))
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(body))
+    (tmp_path / "a.txt").write_bytes(body)
+    (tmp_path / "small.jsonl").write_bytes(body[:500])
+    (tmp_path / "broken.parquet").write_bytes(body)
+    for name in ["a.jsonl.gz", "a.txt", "small.jsonl", "broken.parquet", "missing.jsonl"]:
+        assert plan_splits(str(tmp_path / name), cfg) == [WHOLE], name
+    (tmp_path / "a.jsonl").write_bytes(body)
+    assert len(plan_splits(str(tmp_path / "a.jsonl"), cfg)) == 12  # 9 lines of 124-125 bytes pass 1 KiB
+    # A split that cannot be read (the file went away) is a reject at the line it starts at.
+    split = plan_splits(str(tmp_path / "a.jsonl"), cfg)[3]
+    (tmp_path / "a.jsonl").unlink()
+    (r,) = read_file(str(tmp_path / "a.jsonl"), cfg, split=split)
+    assert (r["reason"], r["line_no"]) == ("unreadable_file", split.first_line) and split.first_line > 1
 
 
 def test_nesting_too_deep_is_a_reject_not_the_end_of_the_file(tmp_path):

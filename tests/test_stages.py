@@ -18,7 +18,7 @@ from refinex_spark.config import IngestConfig
 from refinex_spark.jobs import demo, distill, expert_import, export_sft, ingest, sql
 from refinex_spark.jobs.demo import BAD_RECORDS, EXPERT_MODEL, write_docs
 from refinex_spark.lake import Lake
-from refinex_spark.readers import read_file
+from refinex_spark.readers import plan_splits, read_file
 from refinex_spark.runtime import RunContext, StageStats, new_run_id
 from refinex_spark.schemas import TABLES
 from refinex_spark.synth import generate_corpus
@@ -86,6 +86,21 @@ def test_ingest_counts_reconcile_and_rerun_adds_nothing(make_ctx, corpus):
     assert len(_rows(again, "raw_docs")) == len(raw) and len(_rows(again, "rejects")) == len(rejects)
     history = again.lake.history("raw_docs")
     assert len(history) == 1 and history[0]["user_metadata"]["stage"] == "ingest"  # the rerun committed nothing
+
+
+def test_a_big_file_is_read_by_a_task_per_split(spark, corpus):
+    raw_dir, _ = corpus
+    files = [str(p) for p in sorted(raw_dir.iterdir())]
+    cfg = IngestConfig(split_mb=8 / 1024)
+    n_splits = [len(plan_splits(f, cfg)) for f in files]
+    assert n_splits[0] >= 3 and sum(n_splits) == n_splits[0] + 3  # docs.jsonl splits; gz, parquet, text do not
+    from pyspark.sql import functions as F
+
+    read = ingest.read_records(spark, files, cfg).withColumn("task", F.spark_partition_id()).toPandas()
+    assert read["task"].nunique() == sum(n_splits)
+    key = lambda r: tuple(str(r.get(k)) for k in ("source_file", "line_no", "kind", "doc_id", "reason"))  # noqa: E731
+    expected = sorted(key(r) for f in files for r in read_file(f, cfg))
+    assert sorted(key(r) for r in read.astype(object).where(read.notna(), None).to_dict("records")) == expected
 
 
 def test_a_stored_record_read_again_is_present_even_after_a_conflicting_one(make_ctx, tmp_path):

@@ -1,6 +1,7 @@
 """ingest: jsonl / parquet / text files -> `raw_docs`, bad records -> `rejects`.
 
-One Spark task per input file reads it with `readers.read_file`. Within the batch the first
+One Spark task per split of an input file (`readers.plan_splits`: big uncompressed jsonl and
+parquet files are read by several tasks) reads it with `readers.read_file`. Within the batch the first
 record of a doc_id wins; a doc_id already in `raw_docs` with the same text is skipped (so
 ingesting the same files again adds nothing), with different text it is a `duplicate_id`
 reject, which keeps the offending record as read (re-read from just the files that hold one).
@@ -32,20 +33,42 @@ _RECORD = StructType([
 ])
 
 
-def _read_files(cfg, require_id: bool, keep_record: bool) -> RowsFn:
+_SPLIT = StructType([StructField("path", StringType()), StructField("start", LongType()),
+                     StructField("end", LongType()), StructField("first_line", LongType())])
+
+
+def _plan_files(cfg) -> RowsFn:
+    return lambda rows: ({"path": row["path"], **split._asdict()}
+                         for row in rows for split in readers.plan_splits(row["path"], cfg))
+
+
+def _read_splits(cfg, require_id: bool, keep_record: bool) -> RowsFn:
     def read(rows: list[dict]) -> Iterator[dict]:
         return (record for row in rows
-                for record in readers.read_file(row["path"], cfg, require_id=require_id, keep_record=keep_record))
+                for record in readers.read_file(row["path"], cfg, require_id=require_id, keep_record=keep_record,
+                                                split=readers.Split(row["start"], row["end"], row["first_line"])))
 
     return read
 
 
+def _one_per_task(spark, rows: list[tuple], schema: StructType) -> DataFrame:
+    # Numbered and range-partitioned on the number: round-robin would put two rows in one task now and then.
+    numbered = spark.createDataFrame([(i, *row) for i, row in enumerate(rows)],
+                                     StructType([StructField("_i", LongType()), *schema.fields]))
+    return numbered.repartitionByRange(max(1, len(rows)), "_i").drop("_i")
+
+
 def read_records(spark, files: list[str], cfg, *, require_id: bool = False, keep_record: bool = False) -> DataFrame:
-    """One task per file; each yields its `doc` and `reject` records (see readers.read_file)."""
+    """One task per split of a file (`readers.plan_splits`); each yields its `doc` and `reject` records
+    (see readers.read_file). Planning reads only the files that may split, one task each."""
     for f in files:
         readers.detect_format(f, cfg.format)  # fail fast, before any Spark work, on an unknown extension
-    paths_df = spark.createDataFrame([(f,) for f in files], "path string").repartition(max(1, len(files)))
-    return map_rows(paths_df, _read_files(cfg, require_id, keep_record), _RECORD)
+    splittable = [f for f in files if readers.splittable(f, cfg)]
+    splits = [(f, *readers.WHOLE) for f in files if not readers.splittable(f, cfg)]
+    if splittable:
+        paths = _one_per_task(spark, [(f,) for f in splittable], StructType(_SPLIT.fields[:1]))
+        splits += [tuple(r) for r in map_rows(paths, _plan_files(cfg), _SPLIT).collect()]
+    return map_rows(_one_per_task(spark, splits, _SPLIT), _read_splits(cfg, require_id, keep_record), _RECORD)
 
 
 def with_original_records(spark, rejected: DataFrame, cfg) -> DataFrame:
