@@ -47,10 +47,9 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
-        # pydantic reads True as 1, and YAML reads yes/no/on/off as booleans: `max_rejected_per_chunk=yes`
-        # would quietly be 1.
+        # pydantic reads True as 1: `max_rejected_per_chunk=true` would quietly be 1.
         if isinstance(v, bool) and info.field_name and _numeric(cls.model_fields[info.field_name].annotation):
-            raise ValueError("must be a number, not a boolean (YAML reads yes/no/on/off/true/false as booleans)")
+            raise ValueError("must be a number, not a boolean (true/false)")
         return v
 
 
@@ -332,6 +331,22 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+class _CoreSchemaLoader(yaml.SafeLoader):
+    """YAML 1.2's core schema, which PyYAML (YAML 1.1) does not follow: `010` is ten, not eight; `yes`, `no`,
+    `on`, `off` are text, not booleans; `1:30` is text, not ninety. A setting means what it reads as."""
+
+
+_CoreSchemaLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_CoreSchemaLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                        list("tTfF"))
+_CoreSchemaLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                                        list("-+0123456789"))
+_CoreSchemaLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: int(
+    text[2:], 8) if (text := loader.construct_scalar(node)).startswith("0o") else int(text, 0 if "x" in text else 10))
+
+
 def _override_value(key: str, raw: str) -> Any:
     """`raw` read as YAML (numbers, bools, null), or the raw text where YAML would drop a `#` comment.
 
@@ -340,7 +355,7 @@ def _override_value(key: str, raw: str) -> Any:
     The text is kept rather than refused because it is what was typed; a field that is not text then
     refuses it as a bad value naming the key (`token_budget=700 #x`).
     """
-    loader = yaml.SafeLoader(raw)
+    loader = _CoreSchemaLoader(raw)
     try:
         node = loader.get_single_node()
         value = loader.construct_document(node) if node is not None else None
@@ -372,7 +387,7 @@ def parse_override(item: str) -> dict:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_CoreSchemaLoader) or {}  # noqa: S506 - a SafeLoader
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from e
     if not isinstance(data, dict):

@@ -92,6 +92,9 @@ def test_fingerprint_tracks_result_settings_only():
     sections = ("program", "chunking", "distill")
     assert changed.fingerprint(*sections) != base.fingerprint(*sections)
     assert moved.fingerprint(*sections) == base.fingerprint(*sections)
+    # How input files are cut into tasks changes no result; how big a document may be does.
+    assert load_config(overrides=["ingest.split_mb=1"]).fingerprint("ingest") == base.fingerprint("ingest")
+    assert load_config(overrides=["ingest.max_doc_chars=10"]).fingerprint("ingest") != base.fingerprint("ingest")
 
 
 @pytest.mark.parametrize("item, needle", [
@@ -103,10 +106,10 @@ def test_fingerprint_tracks_result_settings_only():
     ("chunking.chars_per_token=.inf", "bad value for 'chunking.chars_per_token'"),
     ("expert.chars_per_token=.inf", "bad value for 'expert.chars_per_token'"),
     ("expert.temperature=.nan", "bad value for 'expert.temperature'"),
-    ("program.max_rejected_per_chunk=yes", "bad value for 'program.max_rejected_per_chunk': Value error, must be a "
-                                           "number, not a boolean"),
+    ("program.max_rejected_per_chunk=true", "bad value for 'program.max_rejected_per_chunk': Value error, must be a "
+                                            "number, not a boolean"),
     ("expert.max_requests=true", "bad value for 'expert.max_requests': Value error, must be a number"),
-    ("chunking.chars_per_token=on", "bad value for 'chunking.chars_per_token': Value error, must be a number"),
+    ("chunking.chars_per_token=on", "bad value for 'chunking.chars_per_token': Input should be a valid number"),
     ("ingest.source_field=text", "bad value for 'ingest.source_field': Value error, must differ from ingest."),
     ("ingest.source_field=", "bad value for 'ingest.source_field': Value error, must be a field name, or null"),
     ("model.path=", "bad value for 'model.path': Value error, must be"),
@@ -134,6 +137,16 @@ def test_accepted_values_next_to_refused_ones():
     assert cfg.expert.stratify_by_source is True
     assert (cfg.ingest.text_field, cfg.ingest.source_field, cfg.spark.master) == ("@body", "text", None)
     assert cfg.program.max_rejected_per_chunk == 3 and cfg.chunking.chars_per_token == 2.0
+
+
+def test_yaml_reads_as_people_now_write_it(tmp_path):
+    """YAML 1.2's core schema, in files and in --set alike: 1.1 made 010 eight, `no` false, 1:30 ninety."""
+    (tmp_path / "site.yaml").write_text("distill:\n  seed: 010\ningest:\n  id_field: no\n")
+    cfg = load_config(files=[tmp_path / "site.yaml"], overrides=["train.seed=0o10", "expert.seed=0x10",
+                                                                 "ingest.source_field=1:30", "lake.path=on"])
+    assert (cfg.distill.seed, cfg.train.seed, cfg.expert.seed) == (10, 8, 16)
+    assert (cfg.ingest.id_field, cfg.ingest.source_field, cfg.lake.path) == ("no", "1:30", "on")
+    assert load_config(overrides=["expert.stratify_by_source=false"]).expert.stratify_by_source is False
 
 
 @pytest.mark.parametrize("item, value", [
