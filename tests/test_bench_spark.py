@@ -39,6 +39,8 @@ def test_ratios_follow_from_the_printed_timings(report):
         assert d["pass"] is (d["ratio"] >= 1.6)
     ingest = report["ingest"]
     assert matches(ingest["docs_per_s"], 1, quotient((1000, 0), printed(ingest["seconds"], 2)))
+    assert matches(ingest["split_speedup"], 3,
+                   quotient(printed(ingest["one_task_seconds"], 2), printed(ingest["seconds"], 2)))
     c = report["commit"]
     assert matches(c["overhead_s_per_commit"], 3,
                    (c["delta_commit_s_median"] - c["plain_parquet_write_s_median"], 0.001))

@@ -5,7 +5,8 @@ Prints one JSON object:
   the same docs in this process, and their ratio (target >= 1.6 on 2 cores); beside it the
   same loop split over two forked processes, the most any 2-process run gets out of this
   machine now (shared machines give less than two full cores), and the stage's share of it;
-- ingest: docs/s of the ingest stage (files -> raw_docs);
+- ingest: docs/s of the ingest stage (files -> raw_docs), reading the one input file in splits, and
+  its speedup over reading it whole in one task;
 - commit: seconds per Delta commit of a small frame vs writing the same frame as plain Parquet.
 Both sides of every ratio run in this one invocation, on the same documents.
 """
@@ -22,7 +23,8 @@ from pathlib import Path
 from ..config import load_config
 from ..distill import distill
 from ..jobs import demo, distill as distill_job, expert_import, ingest
-from ..runtime import open_run
+from ..lake import Lake
+from ..runtime import RunContext, StageStats, new_run_id, open_run
 from ..synth import generate_corpus
 
 TARGET_RATIO = 1.6
@@ -76,6 +78,13 @@ def main(argv: list[str] | None = None) -> dict:
     two_s = _two_process_loop_s(docs, config)
 
     ctx = open_run(config, "ingest")
+    # The same file read whole by one task (as before files were split), into a lake of its own.
+    whole = config.model_copy(update={"lake": config.lake.model_copy(update={"path": str(work / "lake-whole")}),
+                                      "ingest": config.ingest.model_copy(update={"split_mb": float(1 << 30)})})
+    t = time.perf_counter()
+    ingest.run(RunContext(whole, ctx.spark, Lake(ctx.spark, whole.lake), StageStats("ingest", new_run_id("ingest"))),
+               [str(raw_path)])
+    whole_s = time.perf_counter() - t
     t = time.perf_counter()
     ingest.run(ctx, [str(raw_path)])
     ingest_s = time.perf_counter() - t
@@ -115,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
             "stage_vs_two_process": round(stage_dps / two_dps, 3),
         },
         "ingest": {"seconds": round(ingest_s, 2), "docs_per_s": round(args.docs / ingest_s, 1),
-                   "mb_per_s": round(total_mb / ingest_s, 2)},
+                   "mb_per_s": round(total_mb / ingest_s, 2), "split_mb": config.ingest.split_mb,
+                   "one_task_seconds": round(whole_s, 2), "split_speedup": round(whole_s / ingest_s, 3)},
         "commit": {
             "rows": 100,
             "delta_commit_s_median": round(sorted(commit_s)[len(commit_s) // 2], 3),
