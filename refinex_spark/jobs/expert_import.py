@@ -14,7 +14,6 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from .. import readers
-from ..config import IngestConfig
 from ..runtime import RunContext, persisted
 from .ingest import read_records, with_original_records
 from .rejects import write_rejects
@@ -25,8 +24,8 @@ KEY = ["doc_id", "expert_model", "prompt_version"]
 
 def run(ctx: RunContext, path: str, default_model: str | None = None) -> dict:
     stats = ctx.stats
-    reader_cfg = IngestConfig(format=ctx.config.ingest.format, id_field="doc_id", text_field="text",
-                              source_field=None, max_doc_chars=ctx.config.ingest.max_doc_chars)
+    # The ingest settings (format, size limit, splits) with the fields of an expert output file.
+    reader_cfg = ctx.config.ingest.model_copy(update={"id_field": "doc_id", "text_field": "text", "source_field": None})
     files = readers.list_input_files([path])
     fingerprint = ctx.config.fingerprint("ingest")
     with ExitStack() as cache:
