@@ -185,7 +185,8 @@ class Lake:
 
     def append(self, table: str, df: DataFrame, *, stage: str, run_id: str, fingerprint: str, txn_app_id: str,
                txn_version: int) -> CommitInfo:
-        """Append df as one transaction; a no-op if (txn_app_id, txn_version) was already committed or df is empty."""
+        """Append df as one transaction; a no-op if (txn_app_id, txn_version) was already committed. An empty df
+        commits nothing on delta-rs and an empty transaction on delta-spark (which finds it empty only by writing)."""
         spec = self.spec(table)
         if not txn_app_id:
             raise LakeError("txn_app_id must be a non-empty string")
@@ -495,8 +496,8 @@ class _SparkEngine:
 
     def append(self, spec: TableSpec, df: DataFrame, *, run_id: str, user_metadata: str, txn_app_id: str,
                txn_version: int) -> tuple[int | None, int, str]:
-        if df.isEmpty():
-            return None, 0, "empty input"
+        # No df.isEmpty() first: it would compute df twice (a second read and shuffle, a wasted GPU batch).
+        # An empty df is then an empty commit, which still records the app transaction.
         self._create_if_missing(spec)
         before = self.version(spec)
         writer = (df.write.format("delta").mode("append")
