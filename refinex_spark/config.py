@@ -332,19 +332,37 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 
 
 class _CoreSchemaLoader(yaml.SafeLoader):
-    """YAML 1.2's core schema, which PyYAML (YAML 1.1) does not follow: `010` is ten, not eight; `yes`, `no`,
-    `on`, `off` are text, not booleans; `1:30` is text, not ninety. A setting means what it reads as."""
+    """YAML 1.2's core schema, which PyYAML (YAML 1.1) does not follow: `010` is ten, not eight; `1e3` is a
+    number; `yes`, `no`, `on`, `off` are text, not booleans; `1:30` and `2024-01-01` are text, not ninety and
+    a date. A setting means what it reads as."""
 
 
+_CORE = {  # tag: (pattern, first characters, constructor of the matched text)
+    "bool": (r"true|True|TRUE|false|False|FALSE", "tTfF", lambda text: text.lower() == "true"),
+    "int": (r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789",
+            lambda text: int(text[2:], 8) if text.startswith("0o") else int(text, 16 if text.startswith("0x") else 10)),
+    "float": (r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+              "-+.0123456789", lambda text: float(text.lower().replace(".", "", 1) if "n" in text.lower() else text)),
+}
 _CoreSchemaLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")]
+    first: [(tag, rx) for tag, rx in resolvers if tag.rpartition(":")[2] not in (*_CORE, "timestamp")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_CoreSchemaLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_CoreSchemaLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
-_CoreSchemaLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: int(
-    text[2:], 8) if (text := loader.construct_scalar(node)).startswith("0o") else int(text, 0 if "x" in text else 10))
+
+
+def _core_constructor(make):
+    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        text = loader.construct_scalar(node)
+        try:
+            return make(text)
+        except ValueError:  # an explicit tag (`!!int 0b1`) on text that is no such value
+            raise yaml.constructor.ConstructorError(None, None, f"{text!r} is no valid {node.tag.rpartition(':')[2]}",
+                                                    node.start_mark) from None
+    return construct
+
+
+for _name, (_pattern, _first, _make) in _CORE.items():
+    _CoreSchemaLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_name}", re.compile(f"^(?:{_pattern})$"), list(_first))
+    _CoreSchemaLoader.add_constructor(f"tag:yaml.org,2002:{_name}", _core_constructor(_make))
 
 
 def _override_value(key: str, raw: str) -> Any:

@@ -69,15 +69,19 @@ def _open(fs: pafs.FileSystem, path: str):
 
 class Split(NamedTuple):
     """The part of one file that one task reads: bytes [start, end) of a jsonl file, whole lines, or row
-    groups [start, end) of a parquet file; first_line is the line (row) number of its first record."""
+    groups [start, end) of a parquet file; first_line is the line (row) number of its first record.
+    size and mtime_ns (-1: unknown) are the file's when planned: a file changed since is not read."""
 
     start: int
     end: int
     first_line: int
+    size: int = -1
+    mtime_ns: int = -1
 
 
-WHOLE = Split(0, -1, 1)  # the whole file
+WHOLE = Split(0, -1, 1)  # the whole file, in one pass
 _BLOCK = 8 << 20  # a jsonl file's newlines are counted this many bytes at a time
+_BUFFER = 1 << 20  # bytes per read: on an object store every read is a request
 
 
 def splittable(source_file: str, cfg: IngestConfig) -> bool:
@@ -93,47 +97,59 @@ def plan_splits(source_file: str, cfg: IngestConfig) -> list[Split]:
     try:
         if not splittable(source_file, cfg):
             return [WHOLE]
-        fmt = detect_format(source_file, cfg.format)
         fs, path = resolve(source_file)
-        if fs.get_file_info(path).size <= split_bytes:
+        info = fs.get_file_info(path)
+        if info.size <= split_bytes:
             return [WHOLE]
-        return _jsonl_splits(fs, path, split_bytes) if fmt == "jsonl" else _parquet_splits(fs, path, split_bytes)
+        cut = _jsonl_splits if detect_format(source_file, cfg.format) == "jsonl" else _parquet_splits
+        stamp = (info.size, info.mtime_ns if info.mtime_ns is not None else -1)
+        return [Split(*bounds, *stamp) for bounds in cut(fs, path, split_bytes)]
     except Exception:  # noqa: BLE001 - the read reports it, as a reject
         return [WHOLE]
 
 
-def _jsonl_splits(fs: pafs.FileSystem, path: str, split_bytes: int) -> list[Split]:
-    """One pass at C speed (counting newlines), a small cost next to parsing the JSON."""
-    splits: list[Split] = []
+def _jsonl_splits(fs: pafs.FileSystem, path: str, split_bytes: int) -> list[tuple[int, int, int]]:
+    """(start, end, first_line) of each split; one pass at C speed (counting newlines), a small cost next to
+    parsing the JSON."""
+    splits = []
     start, first_line = 0, 1
     pos = newlines = 0  # of the bytes before the current block
     with fs.open_input_stream(path) as stream:
         while block := stream.read(_BLOCK):
+            seen, counted = newlines, 0  # newlines before block[counted:]
             # A split ends at the first line end once it holds split_bytes (perhaps in a later block).
             while (at := start + split_bytes - pos) < len(block) and (nl := block.find(b"\n", max(at, 0))) >= 0:
-                end = pos + nl + 1
-                splits.append(Split(start, end, first_line))
-                start, first_line = end, 1 + newlines + block.count(b"\n", 0, nl + 1)
+                seen, counted = seen + block.count(b"\n", counted, nl + 1), nl + 1
+                splits.append((start, pos + counted, first_line))
+                start, first_line = pos + counted, 1 + seen
             newlines += block.count(b"\n")
             pos += len(block)
     if start < pos:
-        splits.append(Split(start, pos, first_line))
+        splits.append((start, pos, first_line))
     return splits
 
 
-def _parquet_splits(fs: pafs.FileSystem, path: str, split_bytes: int) -> list[Split]:
+def _parquet_splits(fs: pafs.FileSystem, path: str, split_bytes: int) -> list[tuple[int, int, int]]:
+    """(first row group, end row group, first row) of each split."""
     with fs.open_input_file(path) as f:
         meta = pq.ParquetFile(f).metadata
-    splits: list[Split] = []
+    splits = []
     start, first_row, row, size = 0, 1, 1, 0
     for i in range(meta.num_row_groups):
         group = meta.row_group(i)
         if i > start and size >= split_bytes:
-            splits.append(Split(start, i, first_row))
+            splits.append((start, i, first_row))
             start, first_row, size = i, row, 0
         size += sum(group.column(j).total_compressed_size for j in range(group.num_columns))
         row += group.num_rows
-    return splits + [Split(start, meta.num_row_groups, first_row)] if meta.num_row_groups else [WHOLE]
+    return splits + [(start, meta.num_row_groups, first_row)]
+
+
+def _check_unchanged(fs: pafs.FileSystem, path: str, split: Split, source_file: str) -> None:
+    """A split's offsets hold only for the file as planned: in one rewritten since, they cut lines apart."""
+    info = fs.get_file_info(path)
+    if (info.size, info.mtime_ns if info.mtime_ns is not None else -1) != (split.size, split.mtime_ns):
+        raise OSError(f"{source_file} changed since its splits were planned: ingest it again")
 
 
 def text_hash(text: str) -> str:
@@ -331,16 +347,15 @@ def _lines(fs: pafs.FileSystem, path: str, split: Split) -> Iterator[tuple[int, 
     """(line number, line) of every line of a split; of the whole file decompressed by its extension."""
     if split.end < 0:
         with _open(fs, path) as stream:
-            yield from enumerate(io.BufferedReader(stream), start=1)
+            yield from enumerate(io.BufferedReader(stream, buffer_size=_BUFFER), start=1)
         return
     with fs.open_input_file(path) as f:
         f.seek(split.start)
-        left = split.end - split.start
-        for numbered in enumerate(io.BufferedReader(f), start=split.first_line):
-            if left <= 0:
-                return
-            left -= len(numbered[1])
-            yield numbered
+        reader, left, line_no = io.BufferedReader(f, buffer_size=_BUFFER), split.end - split.start, split.first_line
+        while left > 0 and (line := reader.readline()):  # the next split's first line is never read
+            left -= len(line)
+            yield line_no, line
+            line_no += 1
 
 
 def _jsonl(fs: pafs.FileSystem, path: str, split: Split, source_file: str, cfg: IngestConfig, require_id: bool,
@@ -402,6 +417,8 @@ def read_file(source_file: str, cfg: IngestConfig, *, split: Split = WHOLE, requ
     try:
         fmt = detect_format(source_file, cfg.format)
         fs, path = resolve(source_file)
+        if split.end >= 0:
+            _check_unchanged(fs, path, split, source_file)
         yield from _READERS[fmt](fs, path, split, source_file, cfg, require_id, keep_record)
     except Exception as e:  # noqa: BLE001 - a broken file must not fail the job; it is recorded
         # A split's failure is a reject of its own: at the line (row) it starts at, which keys it apart.

@@ -147,6 +147,10 @@ def test_yaml_reads_as_people_now_write_it(tmp_path):
     assert (cfg.distill.seed, cfg.train.seed, cfg.expert.seed) == (10, 8, 16)
     assert (cfg.ingest.id_field, cfg.ingest.source_field, cfg.lake.path) == ("no", "1:30", "on")
     assert load_config(overrides=["expert.stratify_by_source=false"]).expert.stratify_by_source is False
+    assert load_config(overrides=["ingest.max_doc_chars=1e6"]).ingest.max_doc_chars == 1_000_000  # 1.1: text
+    assert load_config(overrides=["lake.path=2024-01-01"]).lake.path == "2024-01-01"  # 1.1: a date
+    with pytest.raises(ConfigError, match="'0b1' is no valid int"):  # an explicit tag on what is no int
+        load_config(overrides=["distill.seed=!!int 0b1"])
 
 
 @pytest.mark.parametrize("item, value", [

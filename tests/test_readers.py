@@ -139,6 +139,35 @@ def test_splits_of_a_parquet_file_are_runs_of_row_groups(tmp_path):
     assert [r["line_no"] for r in records] == list(range(1, 501)) and records[123]["reason"] == "missing_text"
 
 
+def test_a_split_never_reads_the_next_splits_first_line(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "dump.jsonl"
+    path.write_bytes(b'{"id": "a", "text": "small"}\n' * 100 + b'{"id": "dump", "text": "' + b"x" * (32 << 20) + b'"}\n')
+    splits = plan_splits(str(path), IngestConfig(split_mb=1 / 1024))
+    tracemalloc.start()
+    try:
+        records = list(read_file(str(path), IngestConfig(split_mb=1 / 1024), split=splits[0]))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert records and all(r["doc_id"] == "a" for r in records)
+    assert peak < 4 << 20  # the 32 MiB line of a later split was not read
+
+
+def test_a_file_changed_since_planning_is_a_reject_per_split_not_lines_cut_apart(tmp_path):
+    path = tmp_path / "grows.jsonl"
+    body = b"".join(b'{"id": "%d", "text": "%s"}\n' % (i, b"z" * 100) for i in range(40))
+    path.write_bytes(body)
+    cfg = IngestConfig(split_mb=1 / 1024)
+    splits = plan_splits(str(path), cfg)
+    path.write_bytes(b'{"id": "new", "text": "shifts every line"}\n' + body)
+    for split in splits:
+        (r,) = read_file(str(path), cfg, split=split)
+        assert (r["reason"], r["line_no"]) == ("unreadable_file", split.first_line)
+        assert "changed since its splits were planned" in r["detail"]
+
+
 def test_compressed_text_small_and_unreadable_files_are_read_whole(tmp_path):
     cfg = IngestConfig(split_mb=1 / 1024)
     body = b"".join(b'{"id": "%d", "text": "%s"}\n' % (i, b"y" * 100) for i in range(100))

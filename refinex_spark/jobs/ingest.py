@@ -33,8 +33,8 @@ _RECORD = StructType([
 ])
 
 
-_SPLIT = StructType([StructField("path", StringType()), StructField("start", LongType()),
-                     StructField("end", LongType()), StructField("first_line", LongType())])
+_SPLIT = StructType([StructField("path", StringType()),
+                     *(StructField(name, LongType()) for name in readers.Split._fields)])
 
 
 def _plan_files(cfg) -> RowsFn:
@@ -46,7 +46,7 @@ def _read_splits(cfg, require_id: bool, keep_record: bool) -> RowsFn:
     def read(rows: list[dict]) -> Iterator[dict]:
         return (record for row in rows
                 for record in readers.read_file(row["path"], cfg, require_id=require_id, keep_record=keep_record,
-                                                split=readers.Split(row["start"], row["end"], row["first_line"])))
+                                                split=readers.Split(*(row[f] for f in readers.Split._fields))))
 
     return read
 
