@@ -132,6 +132,7 @@ class _Engine(Protocol):
     def exists(self, spec: TableSpec) -> bool: ...
     def read(self, spec: TableSpec, version: int | None, session: SparkSession) -> DataFrame | None: ...
     def version(self, spec: TableSpec) -> int | None: ...
+    def last_transaction(self, spec: TableSpec, app_id: str, version: int) -> int | None: ...
     def history(self, spec: TableSpec) -> list[dict[str, Any]]: ...
     def append(self, spec: TableSpec, df: DataFrame, *, run_id: str, user_metadata: str, txn_app_id: str,
                txn_version: int) -> tuple[int | None, int, str]: ...
@@ -172,6 +173,10 @@ class Lake:
 
     def version(self, table: str) -> int | None:
         return self._engine.version(self.spec(table))
+
+    def last_transaction(self, table: str, app_id: str, version: int) -> int | None:
+        """The last app transaction version of app_id in the table at `version` (None: it has none)."""
+        return self._engine.last_transaction(self.spec(table), app_id, version)
 
     def read(self, table: str, version: int | None = None, *, session: SparkSession | None = None) -> DataFrame:
         """The table at `version` (latest if None); an empty frame of the declared schema if it does not exist.
@@ -256,6 +261,9 @@ class _DeltaRsEngine:
 
     def version(self, spec: TableSpec) -> int | None:
         return DeltaTable(self.location(spec)).version() if self.exists(spec) else None
+
+    def last_transaction(self, spec: TableSpec, app_id: str, version: int) -> int | None:
+        return DeltaTable(self.location(spec), version=version).transaction_version(app_id)
 
     def read(self, spec: TableSpec, version: int | None, session: SparkSession) -> DataFrame | None:
         if not self.exists(spec):
@@ -452,6 +460,11 @@ class _SparkEngine:
         if not self.exists(spec):
             return None
         return int(self._delta_table(spec).history(1).select("version").head()[0])
+
+    def last_transaction(self, spec: TableSpec, app_id: str, version: int) -> int | None:
+        # delta-spark's Python API does not show app transactions. The table version stands in: no app
+        # transaction of ours is above it, but a commit without one (OPTIMIZE, auto-compaction) moves it on.
+        return version
 
     def read(self, spec: TableSpec, version: int | None, session: SparkSession) -> DataFrame | None:
         if not self.exists(spec):

@@ -93,15 +93,17 @@ class RunContext:
     def append(self, table: str, df, *, fingerprint: str):
         """Commit df to a lake table as one transaction.
 
-        The app transaction version is the table version this run read plus one (plus the run's
-        earlier commits to the table), so of two runs that computed their rows from the same
-        snapshot only the first commits. The app id is the table's, whichever stage writes: with
-        one per stage, a commit of another stage (import writes `rejects` too) between two
-        ingests' reads gave them different versions, and both wrote the same rejects.
+        The app transaction version is one above the last one in the snapshot this run read (plus
+        the run's earlier commits to the table), so of two runs that computed their rows from the
+        same snapshot, or from two snapshots apart only by commits of no run (OPTIMIZE, compaction),
+        only the first commits. The app id is the table's, whichever stage writes: with one per
+        stage, a commit of another stage (import writes `rejects` too) between two ingests' reads
+        gave them different versions, and both wrote the same rejects.
         """
         app = f"refinex-{table}"
         current = self.read_versions[table] if table in self.read_versions else self.lake.version(table)
-        txn_version = (0 if current is None else current + 1) + self.commits[table]
+        last = None if current is None else self.lake.last_transaction(table, app, current)
+        txn_version = (0 if last is None else last + 1) + self.commits[table]
         info = self.lake.append(table, df, stage=self.stage, run_id=self.run_id, fingerprint=fingerprint,
                                 txn_app_id=app, txn_version=txn_version)
         self.commits[table] += not info.skipped

@@ -134,6 +134,27 @@ def test_overlapping_runs_from_one_snapshot_commit_once_and_the_other_is_told_to
     assert sorted(_rows(make_ctx("x"), "raw_docs")["doc_id"]) == ["a", "b"]
 
 
+def test_a_compaction_between_two_runs_reads_does_not_let_both_commit(make_ctx, tmp_path):
+    """OPTIMIZE (or Databricks' auto-compaction) commits with no app transaction: two runs that read the
+    same rows a compaction apart must still not both commit."""
+    from refinex_spark.runtime import ConcurrentRunError
+
+    for i in range(2):  # two commits, two files to compact
+        (tmp_path / f"seed{i}.jsonl").write_text(f'{{"id": "seed{i}", "text": "already there {i}"}}\n')
+        ingest.run(make_ctx("ingest"), [str(tmp_path / f"seed{i}.jsonl")])
+    (tmp_path / "new.jsonl").write_text('{"id": "new", "text": "pending for both runs"}\n')
+    early = make_ctx("ingest")
+    early.read("raw_docs")
+    table = DeltaTable(early.lake.location("raw_docs"))
+    assert table.optimize.compact()["numFilesRemoved"] >= 2  # a commit of no run
+    late = make_ctx("ingest")
+    assert late.read("raw_docs") and late.read_versions["raw_docs"] == early.read_versions["raw_docs"] + 1
+    ingest.run(early, [str(tmp_path / "new.jsonl")])
+    with pytest.raises(ConcurrentRunError, match="run it again"):
+        ingest.run(late, [str(tmp_path / "new.jsonl")])
+    assert sorted(_rows(make_ctx("x"), "raw_docs")["doc_id"]) == ["new", "seed0", "seed1"]
+
+
 def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path, spark):
     raw_dir, expert_path = corpus
     cache = spark._jsparkSession.sharedState().cacheManager()
