@@ -239,6 +239,9 @@ class ModelConfig(_Section):
 class RefineConfig(_Section):
     # Each slice of this many documents is one Delta commit: a crash loses one slice, not the run.
     docs_per_commit: int = Field(1_000_000, ge=1)
+    # A batch in which this many documents or more all fail, each on its own, with the backend
+    # answering, fails the task: a setting refuses them, and error rows would never be retried.
+    failing_batch_docs: int = Field(8, ge=2)
 
 
 class TrainConfig(_Section):

@@ -73,7 +73,8 @@ def refine_batch(
     # Needed only when something failed: built then, not for every batch.
     probe = lambda: backend.format_prompt(  # noqa: E731
         template, chunk_lines(split_lines(""), config.chunking, count_tokens=count)[0].text)
-    outputs = _generate(backend, prompts, [p for p in plans if not isinstance(p, dict)], probe)
+    outputs = _generate(backend, prompts, [p for p in plans if not isinstance(p, dict)], probe,
+                        config.refine.failing_batch_docs)
 
     rows = []
     for plan in plans:
@@ -103,38 +104,50 @@ class PromptRefused(RuntimeError):
     retry gets the same answer, so it is that document's error, not a sign the backend is down."""
 
 
-def _generate(backend: Backend, prompts: list[str], plans: list, probe: Callable[[], str]) -> list[str | Exception]:
+def _generate(backend: Backend, prompts: list[str], plans: list, probe: Callable[[], str],
+              failing_batch_docs: int) -> list[str | Exception]:
     """All prompts in one call; if that fails, document by document, so one bad document (a
     refused prompt, an unparseable reply) costs only its own row.
 
-    A failure becomes a row only once the backend has shown it works: it must answer `probe()`
-    (the prompt of an empty document) after the documents failed, and a document that failed
-    other than by a refusal gets one more try. Otherwise this raises. An outage, or a setting
-    that makes the server refuse every request (max_new_tokens past its context, a wrong model
-    name), must fail the task (Spark retries it, a rerun resumes), not become error rows that
-    no rerun retries; a document the working backend refuses, even alone in its batch, is its
-    own error row, or it would fail every rerun.
+    A failure becomes a row only where the backend has shown it works: it must answer `probe()`
+    (the prompt of an empty document) before the documents are tried one by one, and again before
+    those that failed other than by a refusal get one more try. And when all of a batch's
+    documents, `failing_batch_docs` or more, still fail, that is a setting (a context too short
+    for a chunk and max_new_tokens), not the documents. Each of these raises: an outage, or a
+    setting that makes the server refuse every request, must fail the task (Spark retries it, a
+    rerun resumes), not become error rows that no rerun retries. A document the working backend
+    refuses, alone or among a few in its batch, is its own error row, or it would fail every rerun.
     """
     if not prompts:
         return []
     try:
         return list(backend.generate(prompts))
     except Exception as batch_error:  # noqa: BLE001 - narrowed down per document below
+        _answers(backend, probe, batch_error)
         outputs: list[str | Exception] = [batch_error] * len(prompts)
-        if len(plans) > 1:
+        if len(plans) > 1 or not isinstance(batch_error, PromptRefused):  # a lone refusal needs no asking again
             _per_document(backend, prompts, plans, outputs)
-        if not any(isinstance(o, Exception) for o in outputs):
-            return outputs
-        try:
-            backend.generate([probe()])
-        except Exception as down:  # noqa: BLE001 - the backend, not the documents, fails
-            raise RuntimeError(f"the backend failed the batch ({type(batch_error).__name__}: {batch_error}) "
-                               f"and then an empty document's prompt ({type(down).__name__}: {down})") from down
         retry = [plan for plan in plans
                  if any(isinstance(outputs[k], Exception) and not isinstance(outputs[k], PromptRefused)
                         for k in plan[2])]
-        _per_document(backend, prompts, retry, outputs)
+        if retry:
+            _answers(backend, probe, outputs[retry[0][2][0]])
+            _per_document(backend, prompts, retry, outputs)
+        failed = [outputs[idx[0]] for _, _, idx in plans if any(isinstance(outputs[k], Exception) for k in idx)]
+        if len(failed) == len(plans) >= failing_batch_docs:
+            raise RuntimeError(f"the backend answers an empty document's prompt but failed all {len(failed)} "
+                               f"documents of the batch, each on its own ({type(failed[0]).__name__}: {failed[0]}): "
+                               "a setting, such as a context too short for a chunk plus model.max_new_tokens?")
         return outputs
+
+
+def _answers(backend: Backend, probe: Callable[[], str], failure: Exception) -> None:
+    """Raises unless the backend answers the probe: then `failure` was the backend's, not a document's."""
+    try:
+        backend.generate([probe()])
+    except Exception as down:  # noqa: BLE001 - the backend, not the documents, fails
+        raise RuntimeError(f"the backend failed ({type(failure).__name__}: {failure}) and then an empty "
+                           f"document's prompt ({type(down).__name__}: {down})") from down
 
 
 def _per_document(backend: Backend, prompts: list[str], plans: list, outputs: list[str | Exception]) -> None:

@@ -54,9 +54,22 @@ def test_documents_a_working_backend_fails_on_are_error_rows_even_when_no_other_
     rows = refine_batch(docs, backend, "", CONFIG)
     assert [r["status"] for r in rows] == ["error"] * len(docs)
     assert all(f"{refusal.__name__}: HTTP 400: content filter" in r["error"] for r in rows)
-    # the batch, each document when several, the probe, and a second try of all but a refusal
-    per_doc = len(docs) if len(docs) > 1 else 0
-    assert backend.calls == 1 + per_doc + 1 + (len(docs) if refusal is RuntimeError else 0)
+    # The batch and the probe; each document when several (or it failed other than by a refusal);
+    # then, for those, the probe again and a last try.
+    per_doc = len(docs) if len(docs) > 1 or refusal is RuntimeError else 0
+    assert backend.calls == 2 + per_doc + (1 + len(docs) if refusal is RuntimeError else 0)
+
+
+def test_a_setting_that_refuses_every_real_prompt_fails_the_batch():
+    """The server answers an empty document's short prompt, but none of a batch's real ones (a context
+    too short for a chunk plus max_new_tokens): error rows would stay, so the task fails instead."""
+    many = [(f"d{i}", f"Real text {i}.\nMore of it.", f"h{i}") for i in range(CONFIG.refine.failing_batch_docs)]
+    backend = RuleBackend(refusal=PromptRefused, marker="Real")
+    with pytest.raises(RuntimeError, match=f"failed all {len(many)} documents of the batch"):
+        refine_batch(many, backend, "", CONFIG)
+    assert backend.calls == 2 + len(many)  # the batch, the probe, each document once
+    rows = refine_batch(many[:-1], RuleBackend(refusal=PromptRefused, marker="Real"), "", CONFIG)
+    assert [r["status"] for r in rows] == ["error"] * (len(many) - 1)  # fewer: the documents' own refusals
 
 
 @pytest.mark.parametrize("backend", [
@@ -72,9 +85,16 @@ def test_a_backend_that_does_not_work_fails_the_batch(backend):
 def test_a_brief_outage_costs_no_document():
     """Down for the batch and the first document's own call, back for the rest: every document
     is refined, none becomes an error row that no rerun would retry."""
-    backend = RuleBackend(down=lambda call: call <= 2)
+    backend = RuleBackend(down=lambda call: call in (1, 3))
     rows = refine_batch(DOCS[:2], backend, "", CONFIG)
-    assert [r["status"] for r in rows] == ["ok", "ok"] and backend.calls == 5
+    assert [r["status"] for r in rows] == ["ok", "ok"] and backend.calls == 6
+
+
+def test_an_outage_fails_the_batch_before_any_document_is_tried_alone():
+    backend = RuleBackend(down=lambda call: True)
+    with pytest.raises(RuntimeError, match="and then an empty document's prompt"):
+        refine_batch(DOCS * 50, backend, "", CONFIG)
+    assert backend.calls == 2  # the batch and the probe, not 150 documents' own retries
 
 
 def test_lone_surrogates_in_model_output_are_rejected_and_stored_visibly():
