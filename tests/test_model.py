@@ -372,6 +372,10 @@ def test_worker_cache_loads_once(chaotic_model: Path) -> None:
     other_batch = cache.get_backend(config.model_copy(update={"batch_size": 8}))
     assert other_batch is not first and other_batch.model is first.model and other_batch.config.batch_size == 8
     assert len(cache.cached_keys()) == 1
+    # The model retrained in place (another revision): loaded again, the stale one dropped.
+    retrained = cache.get_backend(config, revision="r2")
+    assert retrained is not first and retrained.model is not first.model and len(cache.cached_keys()) == 1
+    assert cache.get_backend(config, revision="r2") is retrained
     cache.clear_cache()
     assert cache.get_backend(config) is not first
 

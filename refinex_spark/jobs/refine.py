@@ -62,10 +62,11 @@ def model_revision(path: str) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def fingerprint(config: Config) -> str:
-    """Settings that change a refined row: program + chunking + generation; not batch size or device."""
+def fingerprint(config: Config, revision: str | None) -> str:
+    """Settings that change a refined row: program + chunking + generation (`revision`: the model's,
+    model_revision); not batch size or device."""
     m = config.model
-    generation = {"model": model_id(config), "revision": model_revision(m.path), "backend": m.backend,
+    generation = {"model": model_id(config), "revision": revision, "backend": m.backend,
                   "max_new_tokens": m.max_new_tokens, "prompt_version": m.prompt_version}
     blob = config.fingerprint("program", "chunking") + json.dumps(generation, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -81,10 +82,10 @@ def _bind_gpu() -> None:
         torch.cuda.set_device(int(gpus.addresses[0]))
 
 
-def _refine_rows(config: Config, template: str) -> RowsFn:
+def _refine_rows(config: Config, template: str, revision: str | None) -> RowsFn:
     def run(docs: list[dict]) -> list[dict]:
         _bind_gpu()
-        backend = cache.get_backend(config.model)  # loaded once per Python worker
+        backend = cache.get_backend(config.model, revision)  # loaded once per Python worker and revision
         stats = BatchStats()
         rows = refine_batch([(d["doc_id"], d["text"], d["text_hash"]) for d in docs], backend, template, config, stats)
         ctx = TaskContext.get()
@@ -124,7 +125,8 @@ def run(ctx: RunContext) -> dict:
     """
     config, stats = ctx.config, ctx.stats
     model = model_id(config)
-    fp = fingerprint(config)
+    revision = model_revision(config.model.path)
+    fp = fingerprint(config, revision)
     # Executors get an absolute model path and the template text; they never read conf/.
     shipped = config.model_copy(update={"model": config.model.model_copy(update={"path": model})})
     template = load_template(config.model.prompt_version)
@@ -135,7 +137,7 @@ def run(ctx: RunContext) -> dict:
     stats.counts["pending"] = n_pending
     stats.counts["docs"] = 0  # this run's documents as committed, updated after each slice
     for i, part in enumerate(parts):
-        rows = (map_rows(part, _refine_rows(shipped, template), out_schema, profile=_gpu_profile(ctx.spark))
+        rows = (map_rows(part, _refine_rows(shipped, template, revision), out_schema, profile=_gpu_profile(ctx.spark))
                 .withColumn("model_id", F.lit(model))
                 .withColumn("prompt_version", F.lit(config.model.prompt_version))
                 .withColumn("fingerprint", F.lit(fp))

@@ -26,16 +26,20 @@ def _load_key(config: ModelConfig) -> tuple[str, ...]:
     return key
 
 
-def get_backend(config: ModelConfig | str | dict[str, Any]) -> Backend:
-    """The worker's backend for `config` (a ModelConfig, its JSON, or its dict), loaded once."""
+def get_backend(config: ModelConfig | str | dict[str, Any], revision: str | None = None) -> Backend:
+    """The worker's backend for `config` (a ModelConfig, its JSON, or its dict), loaded once per
+    `revision` of the model directory (`jobs.refine.model_revision`, taken on the driver): a model
+    retrained in place is loaded again, in a worker that a long-lived session keeps."""
     if isinstance(config, str):
         config = ModelConfig.model_validate_json(config)
     elif isinstance(config, dict):
         config = ModelConfig.model_validate(config)
-    key = _load_key(config)
+    key = (*_load_key(config), revision or "")
     with _lock:
         backend = _backends.get(key)
         if backend is None:
+            for stale in [k for k in _backends if k[:-1] == key[:-1]]:  # another revision: its memory goes first
+                del _backends[stale]
             backend = _backends[key] = make_backend(config)
     return backend if backend.config == config else backend.with_config(config)
 
