@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
 from collections import Counter
 
@@ -364,6 +363,14 @@ def test_distill_consumes_the_outputs(pipeline):
     assert kept >= 1  # a deletion-only cleanup distils into training samples
 
 
+@settings(max_examples=300, deadline=None)
+@given(cap=st.integers(0, 5000), n_tasks=st.integers(1, 400))
+def test_task_budgets_add_up_to_the_cap(cap, n_tasks):
+    shares = [expert_generate.task_budget(cap, n_tasks, i) for i in range(n_tasks)]
+    assert sum(shares) == cap and max(shares) - min(shares) <= 1
+    assert expert_generate.task_budget(None, n_tasks, 0) is None
+
+
 @pytest.mark.spark
 def test_request_budget_is_split_over_tasks(spark, tmp_path):
     lake = Lake(spark, LakeConfig(path=str(tmp_path / "lake")))
@@ -373,11 +380,11 @@ def test_request_budget_is_split_over_tasks(spark, tmp_path):
         ctx = context(lake, "expert", **http_settings(server, docs_per_task=4, max_requests=3))
         stats = expert_generate.run(ctx, progress_stream=io.StringIO())
         sent = server.total_requests
-    assert (stats["tasks"], stats["requests_per_task"]) == (2, math.ceil(3 / 2))
+    assert (stats["tasks"], stats["requests_per_task"]) == (2, 2)  # 3 requests dealt out as 2 + 1
     rows = rows_of(lake, ctx.run_id)
     assert sorted(r["doc_id"] for r in rows) == sorted(d for d, _, _ in docs)
     ok = [r for r in rows if r["status"] == "ok"]
-    assert sent == len(ok) == stats["counts"]["requests"] <= 4
+    assert sent == len(ok) == stats["counts"]["requests"] == 3  # the cap, not one more
     assert all(r["text"] == "line one of " + r["doc_id"][4:] + "\nline two" for r in ok)
     assert all(r["error"].startswith("budget_exhausted: ") for r in rows if r["status"] == "error")
     assert stats["counts"]["error.budget_exhausted"] == len(docs) - len(ok) >= 4

@@ -14,9 +14,11 @@ when it would not fit `expert.context_tokens`) to the chat-completions endpoint,
 document at a time: the hf expert is for small local runs; serve a large expert with vLLM).
 
 Request budget: `expert.max_requests` bounds the requests of the run, retries included. Tasks
-cannot share a counter, so each task gets ceil(max_requests / tasks); the run may therefore send
-up to tasks - 1 fewer requests than the cap allows when tasks are uneven, never more. A document
-whose task ran out of budget gets an error row (`budget_exhausted`) and is retried by the next run.
+cannot share a counter, so the cap is dealt out: each task gets max_requests // tasks, and the
+first max_requests % tasks (by their number in the run) one more. A task that runs out of budget
+while another has some left sends fewer than the cap allows, never more (a task Spark re-runs after
+a failure starts its share again). A document whose task ran out of budget gets an error row
+(`budget_exhausted`) and is retried by the next run.
 
 Every pending document leaves exactly one row in this run: `ok` with the cleaned text, or `error`
 with the reason ("<kind>: detail", see `refinex_spark.expert.client`). Errors are tried again by
@@ -39,10 +41,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import pyarrow as pa
+from pyspark import TaskContext
 from pyspark.accumulators import Accumulator, AccumulatorParam
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
@@ -121,7 +124,9 @@ class _Task:
     expert: ExpertConfig
     instruction: str
     piece_tokens: int  # most tokens per piece, and the answer's max_tokens
-    requests_per_task: int | None
+    max_requests: int | None  # of the run, dealt out by task_budget
+    n_tasks: int  # of the run
+    first_task: int  # the run-wide number of this slice's first task
     api_key: str | None = field(repr=False)  # never in logs or error messages
     hf_model: ModelConfig | None  # set for the hf backend
 
@@ -149,13 +154,21 @@ def _piece_completer(task: _Task, budget: RequestBudget) -> Callable[[str], Comp
     return generate
 
 
+def task_budget(max_requests: int | None, n_tasks: int, number: int) -> int | None:
+    """Task `number`'s share of the run's max_requests (None: no cap): the shares add up to it exactly."""
+    if max_requests is None:
+        return None
+    return max_requests // n_tasks + (number < max_requests % n_tasks)
+
+
 def _generate_partition(task: _Task, progress: Accumulator | None):
     """The task body: one request budget and one thread pool per task (not per Arrow batch)."""
     cfg = task.expert
     schema = to_arrow_schema(_OUT)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        complete = _piece_completer(task, RequestBudget(task.requests_per_task))
+        number = task.first_task + TaskContext.get().partitionId()
+        complete = _piece_completer(task, RequestBudget(task_budget(task.max_requests, task.n_tasks, number)))
 
         def clean(text: str) -> Completion:
             try:
@@ -286,13 +299,13 @@ def _generate(ctx: RunContext, cfg: ExpertConfig, pending: DataFrame, n_pending:
     parts = slices(pending, n_pending, cfg.docs_per_commit)
     slice_tasks = math.ceil(math.ceil(n_pending / len(parts)) / cfg.docs_per_task)
     n_tasks = slice_tasks * len(parts)
-    per_task = math.ceil(cfg.max_requests / n_tasks) if cfg.max_requests is not None else None
-    stats.info.update(slices=len(parts), tasks=n_tasks, requests_per_task=per_task)
+    stats.info.update(slices=len(parts), tasks=n_tasks, requests_per_task=task_budget(cfg.max_requests, n_tasks, 0))
     hf_model = None
     if cfg.backend == "hf":
         hf_model = ModelConfig(path=cfg.model, backend="hf", device=ctx.config.model.device,
                                dtype=ctx.config.model.dtype, max_new_tokens=piece_tokens, batch_size=1)
-    task = _Task(cfg, instruction, piece_tokens, per_task, os.environ.get(cfg.api_key_env) or None, hf_model)
+    task = _Task(cfg, instruction, piece_tokens, cfg.max_requests, n_tasks, 0, os.environ.get(cfg.api_key_env) or None,
+                 hf_model)
 
     try:
         accumulator = ctx.spark.sparkContext.accumulator(Counter(), _CounterParam())
@@ -300,9 +313,10 @@ def _generate(ctx: RunContext, cfg: ExpertConfig, pending: DataFrame, n_pending:
         accumulator = None
     with (_Progress(accumulator, n_pending, cfg.progress_interval_s, progress_stream or sys.stderr)
           if accumulator is not None else nullcontext()):
-        for part in parts:  # one commit per slice: a crash loses the answers of one slice at most
+        for i, part in enumerate(parts):  # one commit per slice: a crash loses the answers of one slice at most
+            slice_task = replace(task, first_task=i * slice_tasks)
             results = (part.repartition(slice_tasks, "doc_id")
-                       .mapInArrow(_generate_partition(task, accumulator), _OUT).persist())
+                       .mapInArrow(_generate_partition(slice_task, accumulator), _OUT).persist())
             try:
                 with stats.timer("generate"):
                     results.count()
