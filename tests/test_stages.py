@@ -217,10 +217,22 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path, spa
     assert [m["role"] for m in lines[0]["messages"]] == ["user", "assistant"]
     with pytest.raises(ValueError, match="already exists"):
         export_sft.run(make_ctx("export-sft"), str(out))
-    with pytest.raises(ValueError, match="already exists"):  # created after the check (or remote): Spark's own check
+    with pytest.raises(ValueError, match="already exists"):  # created after the check (or dbfs:/): Spark's own check
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(export_sft.os.path, "exists", lambda path: False)
+            mp.setattr(export_sft, "_existing_output", lambda target: None)
             export_sft.run(make_ctx("export-sft"), str(out))
+    # A crashed export (part files, no _SUCCESS) is written again; a directory of other files never is.
+    crashed = tmp_path / "sft-crashed"
+    (crashed / "_temporary" / "0").mkdir(parents=True)
+    (crashed / "part-00000-half.json").write_text('{"messages": []}\n')
+    again = export_sft.run(make_ctx("export-sft"), str(crashed))
+    assert again["replaced_crashed_export"] and (crashed / "_SUCCESS").exists()
+    assert sorted(p.read_text() for p in crashed.glob("part-*.json")) == sorted(p.read_text() for p in out.glob("part-*.json"))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds files no export wrote"):
+        export_sft.run(make_ctx("export-sft"), str(tmp_path / "mine"))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     uri = export_sft.run(make_ctx("export-sft"), f"file://{tmp_path}/sft-uri", fmt="parquet")
     assert uri["output"] == f"{tmp_path}/sft-uri" and uri["counts"]["samples"] == e["counts"]["samples"]
     assert e["output"] == str(out)

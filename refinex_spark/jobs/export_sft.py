@@ -9,23 +9,51 @@ turn is built by `model.prompt.user_message`, the same function training and inf
 
 from __future__ import annotations
 
-import os
+import re
 
+import pyarrow as pa
+import pyarrow.fs as pafs
 from pyspark.errors import AnalysisException
 from pyspark.sql import functions as F
 
-from ..lake import is_local, resolve_root, spark_path
+from ..lake import resolve_root, spark_path
 from ..model.prompt import load_template, user_message
+from ..readers import resolve
 from ..runtime import RunContext
 from ..spark_session import spark_master
+
+
+# All a crashed export leaves: Spark's part files, their checksums and its temporary directories.
+_SPARK_OUTPUT = re.compile(r"part-.*|\..*\.crc|_temporary|_started_.*|_committed_.*")
+
+
+def _existing_output(target: str) -> str | None:
+    """What is at target: "finished" (an export, with `_SUCCESS`), "crashed" (Spark output without
+    it), "other" (anything else), or None (nothing, or a scheme pyarrow cannot look into, dbfs:/)."""
+    try:
+        fs, path = resolve(target)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return None
+        if info.type != pafs.FileType.Directory:
+            return "other"
+        names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(path))]
+    except (OSError, ValueError, pa.ArrowException):
+        return None  # the writer's own check ("error" mode) still refuses an existing path
+    if "_SUCCESS" in names:
+        return "finished"
+    return "crashed" if all(_SPARK_OUTPUT.fullmatch(n) for n in names) else "other"
 
 
 def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
     # A local path or a storage URI, as for the lake (a relative path is refused on a cluster).
     target = resolve_root(output, spark_master(ctx.spark), what="export path")
     exists = f"output {output} already exists; choose a new path (exports are never overwritten)"
-    if is_local(target) and os.path.exists(target):  # remote: the writer's errorifexists says so
+    found = _existing_output(target)
+    if found == "finished":
         raise ValueError(exists)
+    if found == "other":
+        raise ValueError(f"output {output} exists and holds files no export wrote; choose a new path")
     config, stats = ctx.config, ctx.stats
     template = load_template(config.model.prompt_version)
     fingerprint = config.fingerprint("program", "chunking", "distill")
@@ -46,7 +74,9 @@ def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
         "doc_id", "chunk_index", F.lit(config.model.prompt_version).alias("prompt_version"),
     ).orderBy("doc_id", "chunk_index")
     with stats.timer("write"):
-        writer = rows.coalesce(1).write.mode("error")  # "errorifexists" is not a mode Spark Connect accepts
+        # A crashed export's leftovers are replaced; anything else is never overwritten ("errorifexists" is not a
+        # mode Spark Connect accepts).
+        writer = rows.coalesce(1).write.mode("overwrite" if found == "crashed" else "error")
         try:
             (writer.json if fmt == "jsonl" else writer.parquet)(spark_path(target))
         except AnalysisException as e:
@@ -54,5 +84,5 @@ def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
                 raise
             raise ValueError(exists) from e
     stats.counts["samples"] = n
-    stats.info.update(output=target, format=fmt, fingerprint=fingerprint)
+    stats.info.update(output=target, format=fmt, fingerprint=fingerprint, replaced_crashed_export=found == "crashed")
     return stats.as_dict()
