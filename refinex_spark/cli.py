@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, rest = parse_config(argv)
     except ConfigError as e:
         parser.parse_args(argv)  # usage errors first, then the config error
-        parser.exit(2, f"refinex-spark: config error: {e}\n")
+        parser.exit(2, f"refinex-spark: config error: {' '.join(str(e).split())}\n")  # one line, as run errors
     args = parser.parse_args(rest)
     from deltalake.exceptions import DeltaError
 
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = open_run(config, args.stage)  # refuses bad Spark settings and lakes (ConfigError, LakeError)
         result = args.fn(ctx, args)
     # DeltaError: delta-rs refusing a path or a commit is a run error like the others, not a traceback.
-    except (ValueError, FileNotFoundError, ConcurrentRunError, LakeError, SparkStartError, DeltaError) as e:
+    except (ValueError, OSError, ConcurrentRunError, LakeError, SparkStartError, DeltaError) as e:
         message = " ".join(str(e).split())  # one line, whatever the underlying library put in the message
         print(f"refinex-spark {args.stage}: error: {message}", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from pyspark import TaskContext
 from pyspark.sql import functions as F
@@ -29,6 +30,22 @@ from .slices import file_slices, with_source_file
 
 _COMPUTED = ["doc_id", "text_hash", "refined_text", "program", "op_outcomes", "status", "error",
              "deleted_fraction", "n_chunks", "n_fallback_chunks"]
+
+
+def check_model(config: Config) -> None:
+    """Refuse, on the driver, a model setting every task would fail on (after Spark's retries, in a traceback)."""
+    m = config.model
+    if m.backend == "openai":
+        if not m.base_url:
+            raise ValueError("model.backend openai needs model.base_url (the served model's http(s)://.../v1)")
+        return
+    if os.path.isdir(m.path):
+        if not os.path.isfile(os.path.join(m.path, "config.json")):
+            raise ValueError(f"model.path {m.path} holds no model (no config.json): run `refinex-spark train` "
+                             "first, or point model.path at a model directory")
+    elif not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", m.path):  # a hub id: org/name
+        raise ValueError(f"model.path {m.path!r} is no directory and no hub id (org/name): run `refinex-spark "
+                         "train` first, or point model.path at a model directory")
 
 
 def model_id(config: Config) -> str:
@@ -124,6 +141,7 @@ def run(ctx: RunContext) -> dict:
     left pending. Each slice reads only its files: the run reads raw_docs' texts once.
     """
     config, stats = ctx.config, ctx.stats
+    check_model(config)
     model = model_id(config)
     revision = model_revision(config.model.path)
     fp = fingerprint(config, revision)
