@@ -155,6 +155,16 @@ class FakeExpert:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+                """The model list (`/v1/models`), behind the same bearer key."""
+                if self.path != "/v1/models":
+                    self._send(404, {}, json.dumps({"error": f"no route {self.path}"}).encode())
+                elif expert.api_key is not None and self.headers.get("Authorization") != f"Bearer {expert.api_key}":
+                    self._send(401, {}, json.dumps({"error": "bad or missing bearer key"}).encode())
+                else:
+                    self._send(200, {}, json.dumps({"object": "list", "data": [
+                        {"id": expert.model, "object": "model", "owned_by": "fake"}]}).encode())
+
             def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 checked = expert._check(self.path, self.headers, raw)

@@ -372,6 +372,26 @@ def test_task_budgets_add_up_to_the_cap(cap, n_tasks):
 
 
 @pytest.mark.spark
+def test_an_unusable_endpoint_fails_the_run_before_anything_is_sent(spark, tmp_path, monkeypatch):
+    """A refused key, a model the server does not serve, a host that is down: one error before any
+    document is sent, not an error row per sampled document (which every rerun would add again)."""
+    lake = Lake(spark, LakeConfig(path=str(tmp_path / "lake")))
+    put_raw_docs(lake, [(f"doc-{i}", f"text {i}\nNOISE", "s") for i in range(4)])
+    monkeypatch.setenv(KEY_ENV, "wrong")
+    with FakeExpert(INSTRUCTION, model=MODEL, api_key="sekret") as server:
+        with pytest.raises(ValueError, match=r"is not usable, nothing was sent: http_401"):
+            expert_generate.run(context(lake, "expert", **http_settings(server)))
+        monkeypatch.setenv(KEY_ENV, "sekret")
+        with pytest.raises(ValueError, match=rf"expert.model 'other-model' is not served at .* \(it serves: {MODEL}\)"):
+            expert_generate.run(context(lake, "expert", **http_settings(server, model="other-model")))
+        assert server.total_requests == 0 and not lake.exists("expert_outputs")
+        down = http_settings(server)
+    with pytest.raises(ValueError, match=r"is not usable, nothing was sent: connection"):
+        expert_generate.run(context(lake, "expert", **down))  # the server is gone now
+    assert not lake.exists("expert_outputs")
+
+
+@pytest.mark.spark
 def test_request_budget_is_split_over_tasks(spark, tmp_path):
     lake = Lake(spark, LakeConfig(path=str(tmp_path / "lake")))
     docs = [(f"doc-{i}", f"line one of {i}\nNOISE\nline two", "s") for i in range(8)]

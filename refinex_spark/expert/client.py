@@ -235,7 +235,8 @@ class ChatClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.url = base_url.rstrip("/") + ("/chat/completions" if endpoint == "chat" else "/completions")
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + ("/chat/completions" if endpoint == "chat" else "/completions")
         self.endpoint = endpoint
         self.truncated_ok = truncated_ok
         self.model = model
@@ -288,21 +289,33 @@ class ChatClient:
         return Completion.failed(f"{failure} (after {requests} requests)", latency_s=latency,
                                  requests=requests, retries=retries, failures=failures)
 
+    def served_models(self, timeout_s: float) -> list[str]:
+        """The model ids the server lists (GET <base_url>/models, one attempt, no budget); [] for a listing
+        it does not understand. Raises ExpertFailure as a completion request would."""
+        request = urllib.request.Request(self.base_url + "/models", headers=self._headers, method="GET")
+        try:
+            listed = json.loads(self._fetch(request, timeout_s))["data"]
+            return [m["id"] for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        except (ValueError, KeyError, TypeError):
+            return []
+
     def _attempt(self, body: bytes) -> Completion:
         request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
+        return parse_reply(self._fetch(request, self.timeout_s), self.endpoint, truncated_ok=self.truncated_ok)
+
+    def _fetch(self, request: urllib.request.Request, timeout_s: float) -> bytes:
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                payload = response.read()
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return response.read()
         except urllib.error.HTTPError as e:
             retryable = e.code in RETRYABLE_STATUS or e.code >= 500
             raise ExpertFailure(f"http_{e.code}", _snippet(e) or str(e.reason), retryable=retryable,
                                 retry_after=parse_retry_after(e.headers.get("Retry-After"))) from None
         except TimeoutError:
-            raise ExpertFailure("timeout", f"no answer within {self.timeout_s:g}s", retryable=True) from None
+            raise ExpertFailure("timeout", f"no answer within {timeout_s:g}s", retryable=True) from None
         except urllib.error.URLError as e:
             if isinstance(e.reason, TimeoutError):
-                raise ExpertFailure("timeout", f"no connection within {self.timeout_s:g}s", retryable=True) from None
+                raise ExpertFailure("timeout", f"no connection within {timeout_s:g}s", retryable=True) from None
             raise ExpertFailure("connection", str(e.reason), retryable=True) from None
         except (OSError, http.client.HTTPException) as e:  # reset, refused, incomplete read
             raise ExpertFailure("connection", f"{type(e).__name__}: {e}", retryable=True) from None
-        return parse_reply(payload, self.endpoint, truncated_ok=self.truncated_ok)

@@ -55,13 +55,16 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from ..chunking import approx_tokens
 from ..config import ExpertConfig, ModelConfig
 from ..expert import load_instruction
-from ..expert.client import ChatClient, Completion, RequestBudget, RetryPolicy, clean_pieces
+from ..expert.client import ChatClient, Completion, ExpertFailure, RequestBudget, RetryPolicy, clean_pieces
 from ..expert.sampling import KEY_HEX_DIGITS, allocate, piece_budget, sample_size, split_document
 from ..model.prompt import user_message
 from ..runtime import RunContext
 from .slices import slices
 
 KEY_RANGE = 16**KEY_HEX_DIGITS
+# The model list comes back in well under a second: a host that does not answer it in a minute is down,
+# and should not hold the run for a generation's request_timeout_s.
+_CHECK_TIMEOUT_S = 60.0
 _OUT = T.StructType([
     T.StructField("doc_id", T.StringType(), False),
     T.StructField("raw_text_hash", T.StringType(), False),
@@ -284,6 +287,22 @@ def run(ctx: RunContext, *, fraction: float | None = None, count: int | None = N
         pending.unpersist()
 
 
+def check_endpoint(cfg: ExpertConfig, api_key: str | None) -> None:
+    """Before anything is sent: an endpoint that is down, refuses the key, or does not serve expert.model
+    fails the run at once (a ValueError, one line), instead of an error row for every sampled document.
+    Asked once, for its model list; a server without one (404) is left to the documents' own requests."""
+    client = ChatClient(cfg.base_url or "", cfg.model, api_key=api_key)
+    try:
+        served = client.served_models(timeout_s=min(cfg.request_timeout_s, _CHECK_TIMEOUT_S))
+    except ExpertFailure as e:
+        if e.kind in ("connection", "timeout", "http_401", "http_403"):
+            raise ValueError(f"the expert endpoint {cfg.base_url} is not usable, nothing was sent: {e}") from None
+        return
+    if served and cfg.model not in served:
+        raise ValueError(f"expert.model {cfg.model!r} is not served at {cfg.base_url} (it serves: "
+                         f"{', '.join(served[:10])}{', ...' if len(served) > 10 else ''})")
+
+
 def _generate(ctx: RunContext, cfg: ExpertConfig, pending: DataFrame, n_pending: int, quotas: dict[str, int],
               instruction: str, piece_tokens: int, progress_stream: TextIO | None) -> dict:
     """Generate and commit the pending documents slice by slice."""
@@ -304,8 +323,10 @@ def _generate(ctx: RunContext, cfg: ExpertConfig, pending: DataFrame, n_pending:
     if cfg.backend == "hf":
         hf_model = ModelConfig(path=cfg.model, backend="hf", device=ctx.config.model.device,
                                dtype=ctx.config.model.dtype, max_new_tokens=piece_tokens, batch_size=1)
-    task = _Task(cfg, instruction, piece_tokens, cfg.max_requests, n_tasks, 0, os.environ.get(cfg.api_key_env) or None,
-                 hf_model)
+    api_key = os.environ.get(cfg.api_key_env) or None
+    if hf_model is None:
+        check_endpoint(cfg, api_key)
+    task = _Task(cfg, instruction, piece_tokens, cfg.max_requests, n_tasks, 0, api_key, hf_model)
 
     try:
         accumulator = ctx.spark.sparkContext.accumulator(Counter(), _CounterParam())
