@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import shutil
 from collections import Counter
 
 import pytest
@@ -458,15 +460,30 @@ def test_hf_backend_writes_rows(spark, tmp_path):
     lake = Lake(spark, LakeConfig(path=str(tmp_path / "lake")))
     docs = [(d.doc_id, d.raw, d.source) for d in generate_corpus(6, seed=21, target_chars=(200, 400))]
     put_raw_docs(lake, docs)
-    model_dir = build_tiny_model(tmp_path / "tiny", [INSTRUCTION] + [t for _, t, _ in docs], vocab_size=512)
-    ctx = context(lake, "expert", backend="hf", model=str(model_dir), sample_count=3, seed=4,
-                  stratify_by_source=True, context_tokens=768, docs_per_task=2)
-    stats = expert_generate.run(ctx, progress_stream=io.StringIO())
-    clear_cache()
-    rows = rows_of(lake, ctx.run_id)
+    rambling = build_tiny_model(tmp_path / "tiny", [INSTRUCTION] + [t for _, t, _ in docs], vocab_size=512)
+    # The same weights, but every token ends the answer: it is done at once, well within max_new_tokens.
+    terse = tmp_path / "terse"
+    shutil.copytree(rambling, terse)
+    generation = json.loads((terse / "generation_config.json").read_text())
+    (terse / "generation_config.json").write_text(json.dumps({**generation, "eos_token_id": list(range(512))}))
     raw = lake.spark.createDataFrame([(d, s) for d, _, s in docs], "doc_id string, source string")
     expected = _ids(sample_ids(raw, ExpertConfig(sample_count=3, seed=4, stratify_by_source=True))[0])
-    assert {r["doc_id"] for r in rows} == expected and len(rows) == 3
-    assert all(r["status"] == "ok" and r["text"] is not None and r["tokens"] is not None for r in rows), rows
-    assert all(r["expert_model"] == str(model_dir) for r in rows)
+    outcomes = {}
+    for model_dir in (terse, rambling):
+        ctx = context(lake, "expert", backend="hf", model=str(model_dir), sample_count=3, seed=4,
+                      stratify_by_source=True, context_tokens=768, docs_per_task=2)
+        stats = expert_generate.run(ctx, progress_stream=io.StringIO())
+        clear_cache()
+        rows = rows_of(lake, ctx.run_id)
+        assert {r["doc_id"] for r in rows} == expected and len(rows) == 3
+        assert all(r["expert_model"] == str(model_dir) for r in rows)
+        outcomes[model_dir.name] = stats, rows
+    stats, rows = outcomes["terse"]
+    assert all(r["status"] == "ok" and r["text"] == "" and r["tokens"] == 0 for r in rows), rows
     assert stats["counts"]["docs.ok"] == 3 and stats["counts"]["requests"] >= 3
+    # Random weights never stop within max_new_tokens here: a cut answer is a `truncated` error, as the
+    # openai backend's finish_reason=length is, not an `ok` cleanup whose lost tail distill would delete.
+    stats, rows = outcomes["tiny"]
+    assert all(r["status"] == "error" and r["error"].startswith("truncated: the answer hit max_new_tokens=")
+               for r in rows), rows
+    assert stats["counts"]["error.truncated"] == 3

@@ -151,8 +151,12 @@ def _piece_completer(task: _Task, budget: RequestBudget) -> Callable[[str], Comp
         backend = get_backend(task.hf_model)
         before, started = backend.stats.output_tokens, time.perf_counter()
         [text] = backend.generate([backend.format_prompt(task.instruction, piece)])
-        return Completion(text, latency_s=time.perf_counter() - started,
-                          tokens=backend.stats.output_tokens - before, requests=1)
+        tokens, latency = backend.stats.output_tokens - before, time.perf_counter() - started
+        if tokens >= task.hf_model.max_new_tokens:  # no stop token within the limit: the answer was cut
+            # Kept, the cut-off tail would read to distill as text the expert deleted (as openai's finish_reason=length).
+            return Completion.failed(f"truncated: the answer hit max_new_tokens={task.hf_model.max_new_tokens}",
+                                     latency_s=latency, tokens=tokens, requests=1)
+        return Completion(text, latency_s=latency, tokens=tokens, requests=1)
 
     return generate
 
