@@ -41,7 +41,7 @@ def _by_status(names) -> list[str]:
 
 def bin_of(fraction: float) -> int:
     """Histogram bin of a deleted fraction (jobs/report.py bins in SQL the same way)."""
-    return min(int(math.floor(fraction * BINS)), BINS - 1)
+    return max(min(int(math.floor(fraction * BINS)), BINS - 1), 0)
 
 
 def bin_edges() -> list[float]:
@@ -61,7 +61,7 @@ class Snapshot:
 class ReportInput:
     meta: dict[str, Any]  # shown at the top of the report and copied into the JSON
     current: Snapshot
-    previous: Snapshot | None  # refined_docs one version earlier; None when there is none
+    previous: Snapshot | None  # refined_docs before the last run's commits; None when there is none
     ops: pd.DataFrame  # op_stats view: kind, applied, reason, ops, docs
     sources: pd.DataFrame  # source, status, docs
     distill: pd.DataFrame  # reason, samples
@@ -213,7 +213,7 @@ def distill_figure(distill: pd.DataFrame) -> Figure:
 
 
 def comparison_figure(current: Snapshot, previous: Snapshot | None) -> Figure:
-    title = "Run over run: refined_docs at this version vs the previous one"
+    title = "Run over run: refined_docs now vs before the last run"
     fig, (left, right) = _canvas(2, width=10)
     if previous is None:
         _no_data(left, "previous version of refined_docs")

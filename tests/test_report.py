@@ -72,6 +72,20 @@ def test_report_json_matches_golden() -> None:
     assert build_report(sample_input()).json() == GOLDEN.read_text(encoding="utf-8")
 
 
+def test_a_text_lengthened_by_normalize_is_in_the_first_bin() -> None:
+    assert bin_of(-0.08) == 0 and bin_of(0.0) == 0 and bin_of(1.0) == BINS - 1
+
+
+def test_run_over_run_compares_with_the_lake_before_the_last_run() -> None:
+    from refinex_spark.jobs.report import _before_last_run
+
+    commit = lambda version, run: {"version": version, "user_metadata": {"run_id": run} if run else "by hand"}  # noqa: E731
+    # refine commits a slice at a time: versions 7, 6 and 5 are one run's, 4 the one before it
+    assert _before_last_run([commit(7, "r2"), commit(6, "r2"), commit(5, "r2"), commit(4, "r1")]) == 4
+    assert _before_last_run([commit(3, None), commit(2, "r1")]) == 2  # a commit of no run: the version before
+    assert _before_last_run([commit(1, "r1"), commit(0, "r1")]) is None and _before_last_run([]) is None
+
+
 def test_figure_data_is_what_the_input_says() -> None:
     figures = {f.id: f.data for f in build_report(sample_input()).figures}
     assert list(figures) == FIGURES

@@ -21,11 +21,24 @@ from . import sql
 
 def snapshot(refined: DataFrame, version: int | None) -> Snapshot:
     """Deleted-fraction histogram (bins as `report.bin_of`) and status counts of refined_docs rows."""
-    bin_col = F.least(F.floor(F.col("deleted_fraction") * BINS).cast("int"), F.lit(BINS - 1)).alias("bin")
+    # Clamped both ways: ProX's normalize can lengthen a text (a negative fraction) into the first bin.
+    bin_col = F.greatest(F.least(F.floor(F.col("deleted_fraction") * BINS).cast("int"), F.lit(BINS - 1)),
+                         F.lit(0)).alias("bin")
     histogram = (refined.where(F.col("deleted_fraction").isNotNull()).groupBy(bin_col)
                  .agg(F.count("*").alias("docs")).toPandas())
     statuses = refined.groupBy("status").agg(F.count("*").alias("docs")).toPandas()
     return Snapshot(version, histogram, statuses)
+
+
+def _run_of(commit: dict) -> str | None:
+    meta = commit["user_metadata"]
+    return meta.get("run_id") if isinstance(meta, dict) else None
+
+
+def _before_last_run(history: list[dict]) -> int | None:
+    """The newest version that the last run's commits are not in (refine commits once per slice)."""
+    last = _run_of(history[0]) if history else None
+    return next((c["version"] for c in history[1:] if last is None or _run_of(c) != last), None)
 
 
 def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_example_chars: int = 20_000,
@@ -38,8 +51,8 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
         sql.register(ctx, {t: v for t, v in versions.items() if v is not None})
         refined_version = versions["refined_docs"]
         current = snapshot(spark.table("refined_docs"), refined_version)
-        previous = (snapshot(lake.read("refined_docs", version=refined_version - 1), refined_version - 1)
-                    if refined_version else None)
+        before = _before_last_run(lake.history("refined_docs"))
+        previous = snapshot(lake.read("refined_docs", version=before), before) if before is not None else None
         ops = spark.table("op_stats").toPandas()
         sources = spark.sql("SELECT coalesce(source, '(unknown)') AS source, status, count(*) AS docs "
                             "FROM audit GROUP BY 1, 2").toPandas()
