@@ -242,6 +242,7 @@ class RefineConfig(_Section):
     # A batch in which this many documents or more all fail, each on its own, with the backend
     # answering, fails the task: a setting refuses them, and error rows would never be retried.
     failing_batch_docs: int = Field(8, ge=2)
+    progress_interval_s: float = Field(10.0, gt=0)
 
 
 class TrainConfig(_Section):

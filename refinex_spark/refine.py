@@ -39,6 +39,9 @@ def is_subsequence(small: str, big: str) -> bool:
     return all(c in it for c in small)
 
 
+STATUSES = ("ok", "kept", "fallback", "error")  # of a refined_docs row (DESIGN.md)
+
+
 def _error_row(doc_id: str, text_hash: str, message: str) -> dict:
     return {"doc_id": doc_id, "text_hash": text_hash, "refined_text": None, "program": None, "op_outcomes": None,
             "status": "error", "error": message[:2000], "deleted_fraction": None, "n_chunks": None,

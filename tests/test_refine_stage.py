@@ -6,6 +6,7 @@ transformers model built locally."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -49,14 +50,19 @@ def _check_rows(df, raw_by_id):
         json.loads(row.op_outcomes)
 
 
-def test_refine_served_model_statuses_and_incremental_rerun(ingested):
+def test_refine_served_model_statuses_and_incremental_rerun(ingested, capsys):
     raw_by_id = {d.doc_id: d.raw for d in DOCS}
     with RefineServer() as server:
+        capsys.readouterr()
         result = refine.run(ingested("refine", *_served(server)))
         assert result["counts"]["docs"] == len(DOCS)
         ctx = ingested("refine", *_served(server))
         df = _table(ctx)
         _check_rows(df, raw_by_id)
+        # Progress as tasks finish, and a last line at the end that adds up to the rows written.
+        last = [line for line in capsys.readouterr().err.splitlines() if line.startswith("refine: ")][-1]
+        statuses = ", ".join(f"{s} {int((df.status == s).sum())}" for s in ("ok", "kept", "fallback", "error"))
+        assert re.fullmatch(rf"refine: \d+s docs {len(DOCS)}/{len(DOCS)} \({statuses}\) \d+\.\d\d MB/s", last), last
         assert {"ok", "fallback"} <= set(df["status"])  # noise removed; ads chunks fell back
         ok = df[df.status == "ok"].iloc[0]
         assert "remove_lines" in ok.program and ok.deleted_fraction > 0

@@ -24,9 +24,9 @@ Every pending document leaves exactly one row in this run: `ok` with the cleaned
 with the reason ("<kind>: detail", see `refinex_spark.expert.client`). Errors are tried again by
 the next run; `distill` uses the newest `ok` row of a document.
 
-Progress: tasks add their counts to an accumulator when they finish (PySpark accumulators travel
-with task results), and a driver thread prints them every `expert.progress_interval_s` seconds to
-stderr, in the format of `format_progress`. The end-of-run summary in `ctx.stats` is computed from
+Progress (`jobs.progress`): tasks add their counts to an accumulator when they finish, and a driver
+thread prints them every `expert.progress_interval_s` seconds to stderr, in the format of
+`format_progress`. The end-of-run summary in `ctx.stats` is computed from
 the written rows, so it is exact even when Spark re-ran a task.
 """
 
@@ -34,19 +34,16 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import pyarrow as pa
 from pyspark import TaskContext
-from pyspark.accumulators import Accumulator, AccumulatorParam
+from pyspark.accumulators import Accumulator
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -59,6 +56,7 @@ from ..expert.client import ChatClient, Completion, ExpertFailure, RequestBudget
 from ..expert.sampling import KEY_HEX_DIGITS, allocate, piece_budget, sample_size, split_document
 from ..model.prompt import user_message
 from ..runtime import RunContext
+from .progress import progress
 from .slices import slices
 
 KEY_RANGE = 16**KEY_HEX_DIGITS
@@ -206,15 +204,6 @@ def _progress_counts(results: list[Completion]) -> Counter:
                    tokens=sum(r.tokens or 0 for r in results))
 
 
-class _CounterParam(AccumulatorParam):
-    def zero(self, value: Counter) -> Counter:
-        return Counter()
-
-    def addInPlace(self, value1: Counter, value2: Counter) -> Counter:
-        value1.update(value2)
-        return value1
-
-
 def format_progress(counts: dict[str, int], total_docs: int, elapsed_s: float) -> str:
     """One progress line, e.g.
     `expert: 42s docs 128/500 (ok 120, error 8) requests 150 (failed 30, retried 22) 812.4 tokens/s`."""
@@ -222,32 +211,6 @@ def format_progress(counts: dict[str, int], total_docs: int, elapsed_s: float) -
     rate = c["tokens"] / elapsed_s if elapsed_s > 0 else 0.0
     return (f"expert: {elapsed_s:.0f}s docs {c['docs']}/{total_docs} (ok {c['ok']}, error {c['error']}) "
             f"requests {c['requests']} (failed {c['failures']}, retried {c['retries']}) {rate:.1f} tokens/s")
-
-
-class _Progress:
-    """Prints `format_progress` from the accumulator every `interval_s` on a driver thread, and at exit."""
-
-    def __init__(self, accumulator: Accumulator, total_docs: int, interval_s: float, stream: TextIO) -> None:
-        self.accumulator, self.total_docs, self.interval_s, self.stream = accumulator, total_docs, interval_s, stream
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="expert-progress", daemon=True)
-        self._started = time.perf_counter()
-
-    def line(self) -> str:
-        return format_progress(dict(self.accumulator.value), self.total_docs, time.perf_counter() - self._started)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            print(self.line(), file=self.stream, flush=True)
-
-    def __enter__(self) -> _Progress:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        print(self.line(), file=self.stream, flush=True)
 
 
 def settings(config: ExpertConfig, *, fraction: float | None = None, count: int | None = None,
@@ -332,12 +295,8 @@ def _generate(ctx: RunContext, cfg: ExpertConfig, pending: DataFrame, n_pending:
         check_endpoint(cfg, api_key)
     task = _Task(cfg, instruction, piece_tokens, cfg.max_requests, n_tasks, 0, api_key, hf_model)
 
-    try:
-        accumulator = ctx.spark.sparkContext.accumulator(Counter(), _CounterParam())
-    except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext: no live progress, same summary
-        accumulator = None
-    with (_Progress(accumulator, n_pending, cfg.progress_interval_s, progress_stream or sys.stderr)
-          if accumulator is not None else nullcontext()):
+    line = lambda counts, seconds: format_progress(counts, n_pending, seconds)  # noqa: E731
+    with progress(ctx.spark, line, cfg.progress_interval_s, progress_stream) as accumulator:
         for i, part in enumerate(parts):  # one commit per slice: a crash loses the answers of one slice at most
             slice_task = replace(task, first_task=i * slice_tasks)
             results = (part.repartition(slice_tasks, "doc_id")

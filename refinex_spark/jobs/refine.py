@@ -15,17 +15,21 @@ import json
 import os
 import re
 import sys
+from collections import Counter
+
 from pyspark import TaskContext
+from pyspark.accumulators import Accumulator
 from pyspark.sql import functions as F
 
 from ..config import Config
 from ..model import cache
 from ..model.prompt import load_template
-from ..refine import BatchStats, refine_batch
+from ..refine import STATUSES, BatchStats, refine_batch
 from ..runtime import RunContext
 from ..schemas import TABLES
 from ..spark_session import spark_master
 from .batches import RowsFn, map_rows
+from .progress import progress
 from .slices import file_slices, with_source_file
 
 _COMPUTED = ["doc_id", "text_hash", "refined_text", "program", "op_outcomes", "status", "error",
@@ -99,12 +103,22 @@ def _bind_gpu() -> None:
         torch.cuda.set_device(int(gpus.addresses[0]))
 
 
-def _refine_rows(config: Config, template: str, revision: str | None) -> RowsFn:
+def format_progress(counts: dict[str, int], total_docs: int, elapsed_s: float) -> str:
+    """One progress line, e.g. `refine: 42s docs 1200/5000 (ok 1000, kept 150, fallback 40, error 10) 0.52 MB/s`."""
+    c = Counter(counts)
+    statuses = ", ".join(f"{s} {c[s]}" for s in STATUSES)
+    rate = c["input_chars"] / elapsed_s / 1e6 if elapsed_s > 0 else 0.0
+    return f"refine: {elapsed_s:.0f}s docs {c['docs']}/{total_docs} ({statuses}) {rate:.2f} MB/s"
+
+
+def _refine_rows(config: Config, template: str, revision: str | None, progress: Accumulator | None) -> RowsFn:
     def run(docs: list[dict]) -> list[dict]:
         _bind_gpu()
         backend = cache.get_backend(config.model, revision)  # loaded once per Python worker and revision
         stats = BatchStats()
         rows = refine_batch([(d["doc_id"], d["text"], d["text_hash"]) for d in docs], backend, template, config, stats)
+        if progress is not None:
+            progress.add(Counter(docs=stats.docs, input_chars=stats.input_chars, **stats.statuses))
         ctx = TaskContext.get()
         rate = stats.input_chars / stats.seconds / 1e6 if stats.seconds else 0.0
         print(f"[refine] partition {ctx.partitionId() if ctx else -1}: {stats.docs} docs, {stats.chunks} chunks "
@@ -154,24 +168,32 @@ def run(ctx: RunContext) -> dict:
         n_pending, parts = file_slices(docs, config.refine.docs_per_commit)
     stats.counts["pending"] = n_pending
     stats.counts["docs"] = 0  # this run's documents as committed, updated after each slice
-    for i, part in enumerate(parts):
-        rows = (map_rows(part, _refine_rows(shipped, template, revision), out_schema, profile=_gpu_profile(ctx.spark))
-                .withColumn("model_id", F.lit(model))
-                .withColumn("prompt_version", F.lit(config.model.prompt_version))
-                .withColumn("fingerprint", F.lit(fp))
-                .withColumn("run_id", F.lit(ctx.run_id))
-                .withColumn("created_at", F.current_timestamp()))
-        with stats.timer("refine_and_write"):  # the model runs as the rows are written
-            info = ctx.append("refined_docs", rows, fingerprint=fp)
-        if info.version is not None:  # this run's rows so far, as committed
-            written = ctx.lake.read("refined_docs", version=info.version).where(F.col("run_id") == ctx.run_id)
-            by_status = {r["status"]: r["count"] for r in written.groupBy("status").count().collect()}
-            for status, n in by_status.items():  # all of this run's rows: set, not added (Counter.update adds)
-                stats.counts[f"status.{status}"] = n
-            stats.counts["docs"] = sum(by_status.values())
-        print(f"[refine] slice {i + 1}/{len(parts)} committed: {stats.counts['docs']}/{n_pending} docs",
-              file=sys.stderr, flush=True)
+    line = lambda counts, seconds: format_progress(counts, n_pending, seconds)  # noqa: E731
+    with progress(ctx.spark, line, config.refine.progress_interval_s) as accumulator:
+        for i, part in enumerate(parts):
+            _refine_slice(ctx, part, _refine_rows(shipped, template, revision, accumulator), out_schema, model, fp)
+            print(f"[refine] slice {i + 1}/{len(parts)} committed: {stats.counts['docs']}/{n_pending} docs",
+                  file=sys.stderr, flush=True)
     seconds = stats.timings.get("refine_and_write", 0.0)
     stats.info.update(model_id=model, fingerprint=fp, slices=len(parts),
                       docs_per_s=round(stats.counts["docs"] / seconds, 2) if seconds else None)
     return stats.as_dict()
+
+
+def _refine_slice(ctx: RunContext, part, refine_rows: RowsFn, out_schema, model: str, fp: str) -> None:
+    """One slice refined and committed; the run's counts set from what is committed so far."""
+    config, stats = ctx.config, ctx.stats
+    rows = (map_rows(part, refine_rows, out_schema, profile=_gpu_profile(ctx.spark))
+            .withColumn("model_id", F.lit(model))
+            .withColumn("prompt_version", F.lit(config.model.prompt_version))
+            .withColumn("fingerprint", F.lit(fp))
+            .withColumn("run_id", F.lit(ctx.run_id))
+            .withColumn("created_at", F.current_timestamp()))
+    with stats.timer("refine_and_write"):  # the model runs as the rows are written
+        info = ctx.append("refined_docs", rows, fingerprint=fp)
+    if info.version is not None:  # this run's rows so far, as committed
+        written = ctx.lake.read("refined_docs", version=info.version).where(F.col("run_id") == ctx.run_id)
+        by_status = {r["status"]: r["count"] for r in written.groupBy("status").count().collect()}
+        for status, n in by_status.items():  # all of this run's rows: set, not added (Counter.update adds)
+            stats.counts[f"status.{status}"] = n
+        stats.counts["docs"] = sum(by_status.values())
