@@ -74,7 +74,7 @@ def _train(ctx, a):
 
 def _refine(ctx, a):
     from .jobs import refine
-    return refine.run(ctx)
+    return refine.run(ctx, retry_errors=a.retry_errors)
 
 
 def _sql(ctx, a):
@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", _train, "fine-tune the refine model on distill_samples")
     p.add_argument("--init-tiny", action="store_true", help="build a tiny local Qwen3 model as the base (CI, demo)")
     p.add_argument("--distributed", action="store_true", help="train through TorchDistributor")
-    add("refine", _refine, "raw_docs -> refined_docs with the refine model")
+    p = add("refine", _refine, "raw_docs -> refined_docs with the refine model")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="refine again the documents whose row for this model and fingerprint is an error")
     p = add("sql", _sql, "run SQL over the lake tables (each registered as a view)")
     p.add_argument("query")
     p.add_argument("--limit", type=_positive_int, default=50, help="rows to show (default 50)")

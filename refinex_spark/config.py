@@ -240,7 +240,7 @@ class RefineConfig(_Section):
     # Each slice of this many documents is one Delta commit: a crash loses one slice, not the run.
     docs_per_commit: int = Field(1_000_000, ge=1)
     # A batch in which this many documents or more all fail, each on its own, with the backend
-    # answering, fails the task: a setting refuses them, and error rows would never be retried.
+    # answering, fails the task: a setting refuses them, and error rows are retried only on request.
     failing_batch_docs: int = Field(8, ge=2)
     progress_interval_s: float = Field(10.0, gt=0)
 

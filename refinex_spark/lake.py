@@ -136,6 +136,7 @@ class _Engine(Protocol):
     def history(self, spec: TableSpec) -> list[dict[str, Any]]: ...
     def append(self, spec: TableSpec, df: DataFrame, *, run_id: str, user_metadata: str, txn_app_id: str,
                txn_version: int) -> tuple[int | None, int, str]: ...
+    def delete(self, spec: TableSpec, predicate: str, user_metadata: str) -> int: ...
 
 
 class Lake:
@@ -202,6 +203,17 @@ class Lake:
             spec, _conform(df, spec), run_id=run_id, user_metadata=_user_metadata(run_id, stage, fingerprint),
             txn_app_id=txn_app_id, txn_version=txn_version)
         return CommitInfo(table, version, rows, version is None, time.perf_counter() - start, reason)
+
+    def delete(self, table: str, where: dict[str, str], *, stage: str, run_id: str, fingerprint: str) -> int:
+        """Delete, in one commit, the rows whose columns equal the given values; returns how many went."""
+        spec = self.spec(table)
+        unknown = [c for c in where if c not in spec.column_names]
+        if unknown or not where:
+            raise LakeError(f"{table}: cannot delete by {unknown or 'nothing'} (columns: {', '.join(spec.column_names)})")
+        predicate = " AND ".join(f"{column} = '{value.replace(chr(39), chr(39) * 2)}'" for column, value in where.items())
+        if not self.exists(table):
+            return 0
+        return self._engine.delete(spec, predicate, _user_metadata(run_id, stage, fingerprint))
 
     def history(self, table: str) -> list[dict[str, Any]]:
         """Commits, newest first: version, timestamp (UTC), operation, user_metadata (parsed), rows_added."""
@@ -376,6 +388,11 @@ class _DeltaRsEngine:
             if self.fs.get_file_info(staging).type != pafs.FileType.NotFound:
                 self.fs.delete_dir(staging)
 
+    def delete(self, spec: TableSpec, predicate: str, user_metadata: str) -> int:
+        metrics = DeltaTable(self.location(spec)).delete(
+            predicate, commit_properties=CommitProperties(custom_metadata={"userMetadata": user_metadata}))
+        return int(metrics.get("num_deleted_rows") or 0)
+
     def _staged_files(self, spec: TableSpec, staging: str) -> list[tuple[str, int, int, dict[str, int]]]:
         """(path, size, rows, null counts) of the non-empty Parquet parts; refuses nulls in NOT NULL columns."""
         out = []
@@ -527,3 +544,16 @@ class _SparkEngine:
             return None, 0, _already(txn_app_id, txn_version)
         metrics = self._delta_table(spec).history(1).select("operationMetrics").head()[0] or {}
         return after, int(metrics.get("numOutputRows", 0)), ""
+
+    def delete(self, spec: TableSpec, predicate: str, user_metadata: str) -> int:
+        before = self.version(spec)
+        key = "spark.databricks.delta.commitInfo.userMetadata"  # how delta-spark tags a DELETE's commit
+        self.spark.conf.set(key, user_metadata)
+        try:
+            self._delta_table(spec).delete(predicate)
+        finally:
+            self.spark.conf.unset(key)
+        if self.version(spec) == before:
+            return 0
+        metrics = self._delta_table(spec).history(1).select("operationMetrics").head()[0] or {}
+        return int(metrics.get("numDeletedRows", 0))

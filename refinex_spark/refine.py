@@ -118,8 +118,9 @@ def _generate(backend: Backend, prompts: list[str], plans: list, probe: Callable
     documents, `failing_batch_docs` or more, still fail, that is a setting (a context too short
     for a chunk and max_new_tokens), not the documents. Each of these raises: an outage, or a
     setting that makes the server refuse every request, must fail the task (Spark retries it, a
-    rerun resumes), not become error rows that no rerun retries. A document the working backend
-    refuses, alone or among a few in its batch, is its own error row, or it would fail every rerun.
+    rerun resumes), not become error rows, which only `refine --retry-errors` retries. A document
+    the working backend refuses, alone or among a few in its batch, is its own error row, or it
+    would fail every rerun.
     """
     if not prompts:
         return []

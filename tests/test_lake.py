@@ -555,6 +555,19 @@ def test_tables_have_no_deletion_vectors_and_no_column_mapping(spark, tmp_lake):
     assert table.metadata().partition_columns == []
 
 
+def test_delete_takes_declared_columns_and_any_value_as_data(spark, tmp_lake):
+    rows = random_rows(TABLES["raw_docs"], 3, seed=17)
+    rows[0]["doc_id"], rows[1]["doc_id"], rows[2]["doc_id"] = "it's' OR '1'='1", "plain", "other"
+    append(tmp_lake, "raw_docs", frame(spark, "raw_docs", rows))
+    kw = dict(stage="test", run_id="run-2", fingerprint="fp")
+    with pytest.raises(LakeError, match="cannot delete by"):
+        tmp_lake.delete("raw_docs", {"doc_id = doc_id OR 1": "x"}, **kw)
+    assert tmp_lake.delete("raw_docs", {"doc_id": "it's' OR '1'='1"}, **kw) == 1  # a quote is data, not SQL
+    assert sorted(r["doc_id"] for r in tmp_lake.read("raw_docs").collect()) == ["other", "plain"]
+    assert tmp_lake.history("raw_docs")[0]["user_metadata"]["run_id"] == "run-2"
+    assert tmp_lake.delete("rejects", {"reason": "x"}, **kw) == 0  # no table yet: nothing to delete
+
+
 def test_frames_are_conformed_to_the_declared_schema(spark, tmp_lake):
     rows = rejects(3, seed=13)
     for i, r in enumerate(rows):

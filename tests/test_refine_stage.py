@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 
+import pandas as pd
 import pytest
 
 from refinex_spark.chunking import normalize_newlines
@@ -84,6 +85,16 @@ def test_a_refused_document_is_an_error_row_and_the_rest_are_refined(ingested):
     bad = df[df.doc_id == DOCS[5].doc_id].iloc[0]
     assert bad.status == "error" and "http_400: refused" in bad.error and bad.refined_text is None
     _check_rows(df[df.doc_id != DOCS[5].doc_id], {d.doc_id: d.raw for d in DOCS if d.doc_id != DOCS[5].doc_id})
+    with RefineServer() as server:  # the refusal is gone (a provider's filter changed, say)
+        assert refine.run(ingested("refine", *_served(server)))["counts"]["docs"] == 0  # an error row is a row
+        again = refine.run(ingested("refine", *_served(server)), retry_errors=True)
+        assert again["counts"]["errors_retried"] == 1 and again["counts"]["docs"] == 1 and server.requests >= 1
+    after = _table(ingested("x"))
+    _check_rows(after, {d.doc_id: d.raw for d in DOCS})  # one row per document, none an error
+    others = lambda t: t.drop(columns=["created_at", "run_id"]).set_index("doc_id").drop(index=DOCS[5].doc_id)  # noqa: E731
+    pd.testing.assert_frame_equal(others(after), others(df), check_dtype=False)  # the other rows untouched
+    commit = ingested("x").lake.history("refined_docs")[1]  # the delete, tagged like every commit
+    assert commit["operation"] == "DELETE" and commit["user_metadata"]["stage"] == "refine"
 
 
 def test_aborted_run_then_rerun_equals_uninterrupted(make_ctx, tmp_path):

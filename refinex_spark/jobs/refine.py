@@ -147,8 +147,10 @@ def pending(ctx: RunContext, model: str, fp: str):
     return raw.join(done, ["doc_id", "text_hash"], "left_anti")
 
 
-def run(ctx: RunContext) -> dict:
-    """Refine what is pending, committing every `refine.docs_per_commit` documents.
+def run(ctx: RunContext, retry_errors: bool = False) -> dict:
+    """Refine what is pending, committing every `refine.docs_per_commit` documents; `retry_errors`:
+    first delete this model and fingerprint's `error` rows (one commit), so their documents are pending
+    again (a crash after it only leaves them pending).
 
     Slices are disjoint groups of raw_docs files (`file_slices`), each is one Delta commit, so a
     crash loses at most the slice in flight and a rerun continues from what the committed slices
@@ -163,6 +165,10 @@ def run(ctx: RunContext) -> dict:
     shipped = config.model_copy(update={"model": config.model.model_copy(update={"path": model})})
     template = load_template(config.model.prompt_version)
     out_schema = TABLES["refined_docs"].spark_schema(_COMPUTED)
+    if retry_errors:  # before pending() pins refined_docs' version
+        stats.counts["errors_retried"] = ctx.lake.delete(
+            "refined_docs", {"model_id": model, "fingerprint": fp, "status": "error"}, stage=ctx.stage,
+            run_id=ctx.run_id, fingerprint=fp)
     docs = pending(ctx, model, fp)
     with stats.timer("plan"):
         n_pending, parts = file_slices(docs, config.refine.docs_per_commit)
