@@ -391,8 +391,8 @@ def test_cli_errors_are_one_line(cli_lake, capsys):
         (["sql", "SELECT 1", "--set", "spark.conf.spark.sql.session.timeZone=CET"],
          "sql: error: spark.conf.spark.sql.session.timeZone must be 'UTC'"),
         # A model no task could load: refused before any Spark job, not after every task's retries.
-        (["refine", "--set", "model.path=./no-model-here"], "refine: error: model.path './no-model-here' is no "
-                                                           "directory and no hub id"),
+        (["refine", "--retry-errors", "--set", "model.path=./no-model-here"],
+         "refine: error: model.path './no-model-here' is no directory and no hub id"),
         (["refine", "--set", "model.backend=openai"], "refine: error: model.backend openai needs model.base_url"),
     ]:
         assert cli.main([*argv, *lake]) == 1, argv
