@@ -187,7 +187,11 @@ class Lake:
         spec = self.spec(table)
         session = session or self.spark
         df = self._engine.read(spec, version, session)
-        return df if df is not None else session.read.schema(spec.spark_schema()).parquet()
+        return df if df is not None else self.empty(table, session=session)
+
+    def empty(self, table: str, *, session: SparkSession | None = None) -> DataFrame:
+        """No rows, the declared schema; a file scan like a table's (`_metadata.file_path` resolves)."""
+        return (session or self.spark).read.schema(self.spec(table).spark_schema()).parquet()
 
     def append(self, table: str, df: DataFrame, *, stage: str, run_id: str, fingerprint: str, txn_app_id: str,
                txn_version: int) -> CommitInfo:

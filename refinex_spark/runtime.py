@@ -76,6 +76,8 @@ class RunContext:
         if table not in self.read_versions:
             self.read_versions[table] = self.lake.version(table)
         version = self.read_versions[table]
+        if version is None:  # it did not exist then: still empty to this run, whatever was committed since
+            return self.lake.empty(table)
         return self.lake.read(table, version=version)
 
     @property
@@ -90,6 +92,23 @@ class RunContext:
         """A context for another stage on the same Spark session and lake (the demo chains stages)."""
         return RunContext(self.config, self.spark, self.lake, StageStats(stage=stage, run_id=new_run_id(stage)))
 
+    def _next_transaction(self, table: str) -> tuple[str, int | None, int]:
+        """(app id, table version this run read, the app transaction version of its next commit)."""
+        app = f"refinex-{table}"
+        current = self.read_versions[table] if table in self.read_versions else self.lake.version(table)
+        last = None if current is None else self.lake.last_transaction(table, app, current)
+        return app, current, (0 if last is None else last + 1) + self.commits[table]
+
+    def check_not_overtaken(self, table: str) -> None:
+        """ConcurrentRunError now, before costly work (paid expert requests), if another run has committed
+        to table since this run read it: this run's commit would be refused anyway."""
+        app, current, txn_version = self._next_transaction(table)
+        latest = self.lake.version(table)
+        done = None if latest is None else self.lake.last_transaction(table, app, latest)
+        if done is not None and done >= txn_version:
+            raise ConcurrentRunError(f"{table}: another run committed to it since this run read version {current}; "
+                                     "nothing more of this run was done, run it again")
+
     def append(self, table: str, df, *, fingerprint: str):
         """Commit df to a lake table as one transaction.
 
@@ -100,10 +119,7 @@ class RunContext:
         stage, a commit of another stage (import writes `rejects` too) between two ingests' reads
         gave them different versions, and both wrote the same rejects.
         """
-        app = f"refinex-{table}"
-        current = self.read_versions[table] if table in self.read_versions else self.lake.version(table)
-        last = None if current is None else self.lake.last_transaction(table, app, current)
-        txn_version = (0 if last is None else last + 1) + self.commits[table]
+        app, current, txn_version = self._next_transaction(table)
         info = self.lake.append(table, df, stage=self.stage, run_id=self.run_id, fingerprint=fingerprint,
                                 txn_app_id=app, txn_version=txn_version)
         self.commits[table] += not info.skipped

@@ -412,6 +412,26 @@ def test_request_budget_is_split_over_tasks(spark, tmp_path):
     assert stats["counts"]["error.budget_exhausted"] == len(docs) - len(ok) >= 4
 
 
+@pytest.mark.spark
+def test_a_run_overtaken_since_its_read_pays_for_no_answers(spark, tmp_path):
+    """Two runs read the same pending sample; the first commits. The second learns it before it sends
+    anything (its commit would be refused), not after paying for a slice of answers."""
+    from refinex_spark.runtime import ConcurrentRunError
+
+    lake = Lake(spark, LakeConfig(path=str(tmp_path / "lake")))
+    put_raw_docs(lake, [(f"doc-{i}", f"line one of {i}\nNOISE\nline two", "s") for i in range(4)])
+    with FakeExpert(INSTRUCTION, model=MODEL) as server:
+        first, late = (context(lake, "expert", **http_settings(server)) for _ in range(2))
+        for ctx in (first, late):
+            ctx.read("expert_outputs")  # both start from the same (empty) table
+        expert_generate.run(first, progress_stream=io.StringIO())
+        sent = server.total_requests
+        with pytest.raises(ConcurrentRunError, match="nothing more of this run was done, run it again"):
+            expert_generate.run(late, progress_stream=io.StringIO())
+        assert server.total_requests == sent == 4
+    assert len(lake.read("expert_outputs").collect()) == 4
+
+
 class _DriverKilled(Exception):
     pass
 

@@ -298,6 +298,7 @@ def _generate(ctx: RunContext, cfg: ExpertConfig, pending: DataFrame, n_pending:
     line = lambda counts, seconds: format_progress(counts, n_pending, seconds)  # noqa: E731
     with progress(ctx.spark, line, cfg.progress_interval_s, progress_stream) as accumulator:
         for i, part in enumerate(parts):  # one commit per slice: a crash loses the answers of one slice at most
+            ctx.check_not_overtaken("expert_outputs")  # before paying for answers whose commit would be refused
             slice_task = replace(task, first_task=i * slice_tasks)
             results = (part.repartition(slice_tasks, "doc_id")
                        .mapInArrow(_generate_partition(slice_task, accumulator), _OUT).persist())
