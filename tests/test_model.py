@@ -148,6 +148,10 @@ def test_prompt_without_chat_template(base_model: Path, template: str) -> None:
     expected = f"{template}\n\n{chunk}{PLAIN_SUFFIX}"
     assert build_prompt(tokenizer, template, chunk) == expected == build_prompt(None, template, chunk)
     assert expected.endswith("\n\nProgram:\n")
+    # A local expert continues with the cleaned text, not with a refine program.
+    from refinex_spark.expert import PLAIN_SUFFIX as EXPERT_SUFFIX
+
+    assert build_prompt(tokenizer, "Clean it.", chunk, EXPERT_SUFFIX) == f"Clean it.\n\n{chunk}\n\nCleaned text:\n"
 
 
 # --- tiny models ----------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from pathlib import Path
 from refinex_spark.config import CONF_DIR
 
 PROMPT_VERSION_RE = re.compile(r"expert-v[0-9]+")
+# What a local expert without a chat template continues from: the cleaned text, not a refine program.
+PLAIN_SUFFIX = "\n\nCleaned text:\n"
 
 
 def load_instruction(version: str, conf_dir: Path | str = CONF_DIR) -> str:

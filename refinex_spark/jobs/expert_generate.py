@@ -51,10 +51,10 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from ..chunking import approx_tokens
 from ..config import ExpertConfig, ModelConfig
-from ..expert import load_instruction
+from ..expert import PLAIN_SUFFIX, load_instruction
 from ..expert.client import ChatClient, Completion, ExpertFailure, RequestBudget, RetryPolicy, clean_pieces
 from ..expert.sampling import KEY_HEX_DIGITS, allocate, piece_budget, sample_size, split_document
-from ..model.prompt import user_message
+from ..model.prompt import build_prompt, user_message
 from ..runtime import RunContext
 from .progress import progress
 from .slices import slices
@@ -148,7 +148,7 @@ def _piece_completer(task: _Task, budget: RequestBudget) -> Callable[[str], Comp
             return Completion.failed(f"budget_exhausted: request budget of {budget.limit} for this task used up")
         backend = get_backend(task.hf_model)
         before, started = backend.stats.output_tokens, time.perf_counter()
-        [text] = backend.generate([backend.format_prompt(task.instruction, piece)])
+        [text] = backend.generate([build_prompt(backend.tokenizer, task.instruction, piece, PLAIN_SUFFIX)])
         tokens, latency = backend.stats.output_tokens - before, time.perf_counter() - started
         if tokens >= task.hf_model.max_new_tokens:  # no stop token within the limit: the answer was cut
             # Kept, the cut-off tail would read to distill as text the expert deleted (as openai's finish_reason=length).

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 from collections import Counter
+from contextlib import nullcontext
 
 from pyspark import TaskContext
 from pyspark.accumulators import Accumulator
@@ -175,7 +176,7 @@ def run(ctx: RunContext, retry_errors: bool = False) -> dict:
     stats.counts["pending"] = n_pending
     stats.counts["docs"] = 0  # this run's documents as committed, updated after each slice
     line = lambda counts, seconds: format_progress(counts, n_pending, seconds)  # noqa: E731
-    with progress(ctx.spark, line, config.refine.progress_interval_s) as accumulator:
+    with progress(ctx.spark, line, config.refine.progress_interval_s) if parts else nullcontext() as accumulator:
         for i, part in enumerate(parts):
             _refine_slice(ctx, part, _refine_rows(shipped, template, revision, accumulator), out_schema, model, fp)
             print(f"[refine] slice {i + 1}/{len(parts)} committed: {stats.counts['docs']}/{n_pending} docs",

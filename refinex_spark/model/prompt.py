@@ -45,14 +45,15 @@ def has_chat_template(tokenizer: Any) -> bool:
     return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
 
 
-def build_prompt(tokenizer: Any, template: str, chunk_text: str) -> str:
-    """The full prompt string the model continues with a program.
+def build_prompt(tokenizer: Any, template: str, chunk_text: str, plain_suffix: str = PLAIN_SUFFIX) -> str:
+    """The full prompt string the model continues with a program (or, with the expert's
+    `plain_suffix`, with the cleaned text).
 
     With a chat template the instruction and chunk form one user turn (a system turn is not
     portable: some chat templates reject it) followed by the assistant generation prefix;
-    otherwise the plain `instruction, chunk, "Program:"` layout. `tokenizer` may be None.
+    otherwise the plain `instruction, chunk, plain_suffix` layout. `tokenizer` may be None.
     """
     if has_chat_template(tokenizer):
         messages = [{"role": "user", "content": user_message(template, chunk_text)}]
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return user_message(template, chunk_text) + PLAIN_SUFFIX
+    return user_message(template, chunk_text) + plain_suffix
