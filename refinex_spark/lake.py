@@ -214,7 +214,7 @@ class Lake:
         unknown = [c for c in where if c not in spec.column_names]
         if unknown or not where:
             raise LakeError(f"{table}: cannot delete by {unknown or 'nothing'} (columns: {', '.join(spec.column_names)})")
-        predicate = " AND ".join(f"{column} = '{value.replace(chr(39), chr(39) * 2)}'" for column, value in where.items())
+        predicate = " AND ".join(f"{column} = {_sql_string(value)}" for column, value in where.items())
         if not self.exists(table):
             return 0
         return self._engine.delete(spec, predicate, _user_metadata(run_id, stage, fingerprint))
@@ -230,6 +230,11 @@ class Lake:
         for name in TABLES:
             self.read(name, version=as_of.get(name), session=session).createOrReplaceTempView(name)
         return list(TABLES)
+
+
+def _sql_string(value: str) -> str:
+    """A SQL string literal: the value is data, whatever quotes it holds."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _conform(df: DataFrame, spec: TableSpec) -> DataFrame:

@@ -102,8 +102,7 @@ def plan_splits(source_file: str, cfg: IngestConfig) -> list[Split]:
         if info.size <= split_bytes:
             return [WHOLE]
         cut = _jsonl_splits if detect_format(source_file, cfg.format) == "jsonl" else _parquet_splits
-        stamp = (info.size, info.mtime_ns if info.mtime_ns is not None else -1)
-        return [Split(*bounds, *stamp) for bounds in cut(fs, path, split_bytes)]
+        return [Split(*bounds, *_stamp(info)) for bounds in cut(fs, path, split_bytes)]
     except Exception:  # noqa: BLE001 - the read reports it, as a reject
         return [WHOLE]
 
@@ -145,10 +144,14 @@ def _parquet_splits(fs: pafs.FileSystem, path: str, split_bytes: int) -> list[tu
     return splits + [(start, meta.num_row_groups, first_row)]
 
 
+def _stamp(info: pafs.FileInfo) -> tuple[int, int]:
+    """(size, mtime_ns) of a file as a Split records them (-1: the filesystem gives no mtime)."""
+    return info.size, info.mtime_ns if info.mtime_ns is not None else -1
+
+
 def _check_unchanged(fs: pafs.FileSystem, path: str, split: Split, source_file: str) -> None:
     """A split's offsets hold only for the file as planned: in one rewritten since, they cut lines apart."""
-    info = fs.get_file_info(path)
-    if (info.size, info.mtime_ns if info.mtime_ns is not None else -1) != (split.size, split.mtime_ns):
+    if _stamp(fs.get_file_info(path)) != (split.size, split.mtime_ns):
         raise OSError(f"{source_file} changed since its splits were planned: ingest it again")
 
 

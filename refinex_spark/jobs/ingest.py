@@ -63,10 +63,10 @@ def read_records(spark, files: list[str], cfg, *, require_id: bool = False, keep
     (see readers.read_file). Planning reads only the files that may split, one task each."""
     for f in files:
         readers.detect_format(f, cfg.format)  # fail fast, before any Spark work, on an unknown extension
-    splittable = [f for f in files if readers.splittable(f, cfg)]
-    splits = [(f, *readers.WHOLE) for f in files if not readers.splittable(f, cfg)]
+    splittable = {f for f in files if readers.splittable(f, cfg)}
+    splits = [(f, *readers.WHOLE) for f in files if f not in splittable]
     if splittable:
-        paths = _one_per_task(spark, [(f,) for f in splittable], StructType(_SPLIT.fields[:1]))
+        paths = _one_per_task(spark, [(f,) for f in sorted(splittable)], StructType(_SPLIT.fields[:1]))
         splits += [tuple(r) for r in map_rows(paths, _plan_files(cfg), _SPLIT).collect()]
     return map_rows(_one_per_task(spark, splits, _SPLIT), _read_splits(cfg, require_id, keep_record), _RECORD)
 

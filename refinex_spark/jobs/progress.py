@@ -29,21 +29,6 @@ class _CounterParam(AccumulatorParam):
         return value1
 
 
-class _Printer:
-    def __init__(self, accumulator: Accumulator, line: Line, interval_s: float, stream: TextIO) -> None:
-        self.accumulator, self.line, self.interval_s, self.stream = accumulator, line, interval_s, stream
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
-        self._started = time.perf_counter()
-
-    def print(self) -> None:
-        print(self.line(dict(self.accumulator.value), time.perf_counter() - self._started), file=self.stream, flush=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.print()
-
-
 @contextmanager
 def progress(spark: Any, line: Line, interval_s: float, stream: TextIO | None = None) -> Iterator[Accumulator | None]:
     """An accumulator for the tasks' counts (None on Spark Connect), printed as `line` every interval_s
@@ -53,11 +38,20 @@ def progress(spark: Any, line: Line, interval_s: float, stream: TextIO | None = 
     except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext
         yield None
         return
-    printer = _Printer(accumulator, line, interval_s, stream or sys.stderr)
-    printer._thread.start()
+    started, stop = time.perf_counter(), threading.Event()
+
+    def show() -> None:
+        print(line(dict(accumulator.value), time.perf_counter() - started), file=stream or sys.stderr, flush=True)
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            show()
+
+    printer = threading.Thread(target=loop, name="progress", daemon=True)
+    printer.start()
     try:
         yield accumulator
     finally:
-        printer._stop.set()
-        printer._thread.join()
-        printer.print()
+        stop.set()
+        printer.join()
+        show()
