@@ -474,36 +474,39 @@ def test_slices_commit_separately_and_a_crash_loses_one_slice(spark, tmp_path):
 @pytest.mark.spark
 @pytest.mark.slow
 def test_hf_backend_writes_rows(spark, tmp_path):
-    from refinex_spark.model.cache import clear_cache
+    """Two runs of one model directory, replaced in place between them: the Python workers that
+    Spark keeps load it again (their cache is keyed by the directory's revision), so the second run
+    answers as the new weights do."""
     from refinex_spark.model.tiny import build_tiny_model
 
-    lake = Lake(spark, LakeConfig(path=str(tmp_path / "lake")))
     docs = [(d.doc_id, d.raw, d.source) for d in generate_corpus(6, seed=21, target_chars=(200, 400))]
-    put_raw_docs(lake, docs)
     rambling = build_tiny_model(tmp_path / "tiny", [INSTRUCTION] + [t for _, t, _ in docs], vocab_size=512)
     # The same weights, but every token ends the answer: it is done at once, well within max_new_tokens.
-    terse = tmp_path / "terse"
-    shutil.copytree(rambling, terse)
-    generation = json.loads((terse / "generation_config.json").read_text())
-    (terse / "generation_config.json").write_text(json.dumps({**generation, "eos_token_id": list(range(512))}))
-    raw = lake.spark.createDataFrame([(d, s) for d, _, s in docs], "doc_id string, source string")
+    model_dir = tmp_path / "expert"
+    shutil.copytree(rambling, model_dir)
+    generation = json.loads((model_dir / "generation_config.json").read_text())
+    (model_dir / "generation_config.json").write_text(json.dumps({**generation, "eos_token_id": list(range(512))}))
+    raw = spark.createDataFrame([(d, s) for d, _, s in docs], "doc_id string, source string")
     expected = _ids(sample_ids(raw, ExpertConfig(sample_count=3, seed=4, stratify_by_source=True))[0])
     outcomes = {}
-    for model_dir in (terse, rambling):
+    for name in ("terse", "rambling"):
+        if name == "rambling":
+            shutil.copytree(rambling, model_dir, dirs_exist_ok=True)  # the model replaced in place
+        lake = Lake(spark, LakeConfig(path=str(tmp_path / f"lake-{name}")))
+        put_raw_docs(lake, docs)
         ctx = context(lake, "expert", backend="hf", model=str(model_dir), sample_count=3, seed=4,
                       stratify_by_source=True, context_tokens=768, docs_per_task=2)
         stats = expert_generate.run(ctx, progress_stream=io.StringIO())
-        clear_cache()
         rows = rows_of(lake, ctx.run_id)
         assert {r["doc_id"] for r in rows} == expected and len(rows) == 3
         assert all(r["expert_model"] == str(model_dir) for r in rows)
-        outcomes[model_dir.name] = stats, rows
+        outcomes[name] = stats, rows
     stats, rows = outcomes["terse"]
     assert all(r["status"] == "ok" and r["text"] == "" and r["tokens"] == 0 for r in rows), rows
     assert stats["counts"]["docs.ok"] == 3 and stats["counts"]["requests"] >= 3
     # Random weights never stop within max_new_tokens here: a cut answer is a `truncated` error, as the
     # openai backend's finish_reason=length is, not an `ok` cleanup whose lost tail distill would delete.
-    stats, rows = outcomes["tiny"]
+    stats, rows = outcomes["rambling"]
     assert all(r["status"] == "error" and r["error"].startswith("truncated: the answer hit max_new_tokens=")
                for r in rows), rows
     assert stats["counts"]["error.truncated"] == 3

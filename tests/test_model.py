@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM, 
 
 from refinex_spark.config import ChunkingConfig, ModelConfig, TrainConfig
 from refinex_spark.distill import distill
-from refinex_spark.jobs.refine import model_revision
+from refinex_spark.model.revision import model_revision
 from refinex_spark.model import cache
 from refinex_spark.model.backends import HFBackend, OpenAIBackend, is_oom, make_backend
 from refinex_spark.refine import PromptRefused

@@ -55,6 +55,7 @@ from ..expert import PLAIN_SUFFIX, load_instruction
 from ..expert.client import ChatClient, Completion, ExpertFailure, RequestBudget, RetryPolicy, clean_pieces
 from ..expert.sampling import KEY_HEX_DIGITS, allocate, piece_budget, sample_size, split_document
 from ..model.prompt import build_prompt, user_message
+from ..model.revision import model_revision
 from ..runtime import RunContext
 from .progress import progress
 from .slices import slices
@@ -130,6 +131,7 @@ class _Task:
     first_task: int  # the run-wide number of this slice's first task
     api_key: str | None = field(repr=False)  # never in logs or error messages
     hf_model: ModelConfig | None  # set for the hf backend
+    hf_revision: str | None = None  # of hf_model's directory: a model replaced in place is loaded again
 
 
 def _piece_completer(task: _Task, budget: RequestBudget) -> Callable[[str], Completion]:
@@ -146,7 +148,7 @@ def _piece_completer(task: _Task, budget: RequestBudget) -> Callable[[str], Comp
     def generate(piece: str) -> Completion:
         if not budget.take():
             return Completion.failed(f"budget_exhausted: request budget of {budget.limit} for this task used up")
-        backend = get_backend(task.hf_model)
+        backend = get_backend(task.hf_model, task.hf_revision)
         before, started = backend.stats.output_tokens, time.perf_counter()
         [text] = backend.generate([build_prompt(backend.tokenizer, task.instruction, piece, PLAIN_SUFFIX)])
         tokens, latency = backend.stats.output_tokens - before, time.perf_counter() - started
@@ -293,7 +295,8 @@ def _generate(ctx: RunContext, cfg: ExpertConfig, pending: DataFrame, n_pending:
     api_key = os.environ.get(cfg.api_key_env) or None
     if hf_model is None:
         check_endpoint(cfg, api_key)
-    task = _Task(cfg, instruction, piece_tokens, cfg.max_requests, n_tasks, 0, api_key, hf_model)
+    task = _Task(cfg, instruction, piece_tokens, cfg.max_requests, n_tasks, 0, api_key, hf_model,
+                 model_revision(cfg.model) if hf_model else None)
 
     line = lambda counts, seconds: format_progress(counts, n_pending, seconds)  # noqa: E731
     with progress(ctx.spark, line, cfg.progress_interval_s, progress_stream) as accumulator:

@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 from ..config import Config
 from ..model import cache
 from ..model.prompt import load_template
+from ..model.revision import model_revision
 from ..refine import STATUSES, BatchStats, refine_batch
 from ..runtime import RunContext
 from ..schemas import TABLES
@@ -59,29 +60,6 @@ def model_id(config: Config) -> str:
     if m.backend == "openai":
         return m.served_model or m.path
     return os.path.abspath(m.path) if os.path.exists(m.path) else m.path
-
-
-# What a local model directory's revision covers: weights, configs and tokenizer files (the chat
-# template is its own file since transformers 5), not the card or the Trainer's pickled arguments.
-_REVISION_SUFFIXES = (".safetensors", ".bin", ".json", ".jinja")
-_REVISION_NAMES = frozenset({"tokenizer.model", "merges.txt", "vocab.txt"})
-_NOT_REVISION = frozenset({"training_args.bin"})
-
-
-def model_revision(path: str) -> str | None:
-    """Identity of a local model directory: sha256 over the contents of its weight, config and
-    tokenizer files in name order. A retrained model with other weights is a new revision (its
-    documents are refined again); the same bytes rewritten (a rerun of `train`) are not."""
-    if not os.path.isdir(path):
-        return None
-    files = sorted(f for f in os.listdir(path)
-                   if (f.endswith(_REVISION_SUFFIXES) or f in _REVISION_NAMES) and f not in _NOT_REVISION
-                   and os.path.isfile(os.path.join(path, f)))
-    digest = hashlib.sha256()
-    for name in files:
-        with open(os.path.join(path, name), "rb") as f:  # file_digest streams: weights can be GBs
-            digest.update(f"{name}\0".encode() + hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()[:16]
 
 
 def fingerprint(config: Config, revision: str | None) -> str:

@@ -28,7 +28,7 @@ def _load_key(config: ModelConfig) -> tuple[str, ...]:
 
 def get_backend(config: ModelConfig | str | dict[str, Any], revision: str | None = None) -> Backend:
     """The worker's backend for `config` (a ModelConfig, its JSON, or its dict), loaded once per
-    `revision` of the model directory (`jobs.refine.model_revision`, taken on the driver): a model
+    `revision` of the model directory (`model.revision.model_revision`, taken on the driver): a model
     retrained in place is loaded again, in a worker that a long-lived session keeps."""
     if isinstance(config, str):
         config = ModelConfig.model_validate_json(config)
