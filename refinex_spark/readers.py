@@ -14,7 +14,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -69,8 +69,9 @@ def _open(fs: pafs.FileSystem, path: str):
 
 class Split(NamedTuple):
     """The part of one file that one task reads: bytes [start, end) of a jsonl file, whole lines, or row
-    groups [start, end) of a parquet file; first_line is the line (row) number of its first record.
-    size and mtime_ns (-1: unknown) are the file's when planned: a file changed since is not read."""
+    groups [start, end) of a parquet file; first_line is the line (row) number of its first record (0 in
+    a jsonl piece, not yet at line ends: see plan_file). size and mtime_ns (-1: unknown) are the file's
+    when planned: a file changed since is not read."""
 
     start: int
     end: int
@@ -80,7 +81,7 @@ class Split(NamedTuple):
 
 
 WHOLE = Split(0, -1, 1)  # the whole file, in one pass
-_BLOCK = 8 << 20  # a jsonl file's newlines are counted this many bytes at a time
+_BLOCK = 8 << 20  # a jsonl piece's newlines are counted this many bytes at a time
 _BUFFER = 1 << 20  # bytes per read: on an object store every read is a request
 
 
@@ -92,7 +93,20 @@ def splittable(source_file: str, cfg: IngestConfig) -> bool:
 def plan_splits(source_file: str, cfg: IngestConfig) -> list[Split]:
     """The splits of a file, each about `cfg.split_mb`: uncompressed jsonl at line ends, parquet at row
     groups. A compressed or text file, one no bigger than a split, or one that cannot be read is WHOLE
-    (read_file then records why it is unreadable)."""
+    (read_file then records why it is unreadable).
+
+    In one process: plan_file, snap_piece on each jsonl piece, number_pieces. The ingest job runs the
+    same three steps with a Spark task per file, then per piece, so no task reads a whole big file.
+    """
+    planned = plan_file(source_file, cfg)
+    if not any(is_piece(s) for s in planned):
+        return planned
+    return number_pieces([snap_piece(source_file, piece) for piece in planned])
+
+
+def plan_file(source_file: str, cfg: IngestConfig) -> list[Split]:
+    """plan_splits' first step, from the file's metadata: WHOLE, a parquet file's splits, or a big jsonl
+    file's pieces (is_piece: byte ranges of split_mb each, not yet moved to line ends or numbered)."""
     split_bytes = int(cfg.split_mb * (1 << 20))
     try:
         if not splittable(source_file, cfg):
@@ -101,30 +115,62 @@ def plan_splits(source_file: str, cfg: IngestConfig) -> list[Split]:
         info = fs.get_file_info(path)
         if info.size <= split_bytes:
             return [WHOLE]
-        cut = _jsonl_splits if detect_format(source_file, cfg.format) == "jsonl" else _parquet_splits
-        return [Split(*bounds, *_stamp(info)) for bounds in cut(fs, path, split_bytes)]
+        if detect_format(source_file, cfg.format) == "jsonl":
+            return [Split(at, min(at + split_bytes, info.size), 0, *_stamp(info))
+                    for at in range(0, info.size, split_bytes)]
+        return [Split(*bounds, *_stamp(info)) for bounds in _parquet_splits(fs, path, split_bytes)]
     except Exception:  # noqa: BLE001 - the read reports it, as a reject
         return [WHOLE]
 
 
-def _jsonl_splits(fs: pafs.FileSystem, path: str, split_bytes: int) -> list[tuple[int, int, int]]:
-    """(start, end, first_line) of each split; one pass at C speed (counting newlines), a small cost next to
-    parsing the JSON."""
-    splits = []
-    start, first_line = 0, 1
-    pos = newlines = 0  # of the bytes before the current block
-    with fs.open_input_stream(path) as stream:
-        while block := stream.read(_BLOCK):
-            seen, counted = newlines, 0  # newlines before block[counted:]
-            # A split ends at the first line end once it holds split_bytes (perhaps in a later block).
-            while (at := start + split_bytes - pos) < len(block) and (nl := block.find(b"\n", max(at, 0))) >= 0:
-                seen, counted = seen + block.count(b"\n", counted, nl + 1), nl + 1
-                splits.append((start, pos + counted, first_line))
-                start, first_line = pos + counted, 1 + seen
-            newlines += block.count(b"\n")
-            pos += len(block)
-    if start < pos:
-        splits.append((start, pos, first_line))
+def is_piece(split: Split) -> bool:
+    return split.first_line == 0  # line numbers start at 1
+
+
+def snap_piece(source_file: str, piece: Split) -> tuple[Split, int]:
+    """A jsonl piece moved to line ends (each bound to the first line start at or after it), and the
+    newlines in it; (piece, -1) when the file cannot be read.
+
+    Every piece moves its bounds by the same rule, so the snapped pieces of a file tile it without
+    knowing each other. A piece with no line start of its own is empty, found by reading only its own
+    bytes; one with a line start reads from it through the line over its end. So a file is read at
+    most about twice, however long its lines.
+    """
+    try:
+        fs, path = resolve(source_file)
+        with fs.open_input_file(path) as f:
+            start = _next_line_start(f, piece.start - 1, piece.start, stop=piece.end - 1) if piece.start else (0, 0)
+            if start is None:
+                return piece._replace(start=piece.end), 0
+            end = _next_line_start(f, start[0], piece.end)
+        return piece._replace(start=start[0], end=end[0]), end[1]
+    except Exception:  # noqa: BLE001 - number_pieces reads the file whole, and the read reports it
+        return piece, -1
+
+
+def _next_line_start(f, pos: int, at: int, stop: int | None = None) -> tuple[int, int] | None:
+    """The first line start at or after `at` (the end of the file if there is none), and the newlines
+    from `pos` (< at) to it; None when it is past `stop` (read no further)."""
+    f.seek(pos)
+    newlines = 0
+    while block := f.read(_BLOCK if stop is None else min(_BLOCK, stop - pos)):
+        if (nl := block.find(b"\n", max(at - 1 - pos, 0))) >= 0:
+            return pos + nl + 1, newlines + block.count(b"\n", 0, nl + 1)
+        newlines += block.count(b"\n")
+        pos += len(block)
+    return None if stop is not None else (pos, newlines)
+
+
+def number_pieces(snapped: Sequence[tuple[Split, int]]) -> list[Split]:
+    """One file's snapped pieces, in order, as splits numbered from their newline counts (the empty
+    ones left out); [WHOLE] if a piece could not be read."""
+    if any(newlines < 0 for _, newlines in snapped):
+        return [WHOLE]
+    splits, first_line = [], 1
+    for piece, newlines in snapped:
+        if piece.start < piece.end:
+            splits.append(piece._replace(first_line=first_line))
+        first_line += newlines
     return splits
 
 

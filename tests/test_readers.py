@@ -106,7 +106,8 @@ def _read_split_by_split(path: Path, cfg: IngestConfig) -> tuple[list, list]:
        final_newline=st.booleans(), bom=st.booleans(), split_kb=st.integers(1, 6), block=st.integers(1, 3000))
 def test_splits_of_a_jsonl_file_read_what_the_whole_file_reads(lines, final_newline, bom, split_kb, block):
     """Split by split, a file yields exactly the records (line numbers included) of one whole read;
-    the splits tile the file, each about split_mb and ending at a line end, wherever the blocks fall."""
+    the splits tile the file, each starting at the first line start at or after a multiple of
+    split_mb, wherever the blocks fall."""
     # Padding inside a JSON string lets one line be long; blank lines, bad UTF-8 and a missing final newline stay.
     padded = [line.replace(b'"text": "', b'"text": "' + b"p" * pad, 1) for (line, _), pad in lines]
     data = (codecs.BOM_UTF8 if bom else b"") + b"\n".join(padded) + (b"\n" if final_newline else b"")
@@ -120,11 +121,12 @@ def test_splits_of_a_jsonl_file_read_what_the_whole_file_reads(lines, final_newl
     if len(data) <= split_kb * 1024:
         assert splits == [WHOLE]
         return
-    assert splits[0].start == 0 and splits[-1].end == len(data)
-    for a, b in zip(splits, splits[1:]):
-        assert a.end == b.start and data[a.end - 1:a.end] == b"\n"
-        assert a.end - a.start >= split_kb * 1024  # no line end in between lets one split grow
-        assert b.first_line == 1 + data[:b.start].count(b"\n")
+    step = split_kb * 1024
+    line_starts = [0] + [i + 1 for i, byte in enumerate(data) if byte == ord("\n")]
+    firsts = {min([s for s in line_starts if s >= at], default=len(data)) for at in range(0, len(data), step)}
+    assert [s.start for s in splits] == sorted(firsts - {len(data)})
+    assert splits[-1].end == len(data) and all(a.end == b.start for a, b in zip(splits, splits[1:]))
+    assert all(s.first_line == 1 + data[:s.start].count(b"\n") for s in splits)
 
 
 def test_splits_of_a_parquet_file_are_runs_of_row_groups(tmp_path):
@@ -155,6 +157,20 @@ def test_a_split_never_reads_the_next_splits_first_line(tmp_path):
     assert peak < 4 << 20  # the 32 MiB line of a later split was not read
 
 
+def test_pieces_inside_one_long_line_are_empty_and_a_file_gone_while_planning_is_read_whole(tmp_path):
+    path = tmp_path / "minified.jsonl"  # one record, no newline at all: a JSON array dumped on one line
+    path.write_bytes(b'{"id": "all", "text": "' + b"w" * 20_000 + b'"}')
+    cfg = IngestConfig(split_mb=1 / 1024)
+    pieces = readers.plan_file(str(path), cfg)
+    assert len(pieces) == 20 and all(readers.is_piece(p) for p in pieces)
+    snapped = [readers.snap_piece(str(path), p) for p in pieces]
+    # Only the first piece has a line start; the others read their own KiB, find none, and are empty.
+    assert [n for _, n in snapped] == [0] * 20 and snapped[0][0][:2] == (0, path.stat().st_size)
+    assert readers.number_pieces(snapped) == [snapped[0][0]._replace(first_line=1)]
+    path.unlink()  # gone between planning a piece and snapping it: read whole, which records why
+    assert readers.number_pieces([readers.snap_piece(str(path), p) for p in pieces]) == [WHOLE]
+
+
 def test_a_file_changed_since_planning_is_a_reject_per_split_not_lines_cut_apart(tmp_path):
     path = tmp_path / "grows.jsonl"
     body = b"".join(b'{"id": "%d", "text": "%s"}\n' % (i, b"z" * 100) for i in range(40))
@@ -178,7 +194,7 @@ def test_compressed_text_small_and_unreadable_files_are_read_whole(tmp_path):
     for name in ["a.jsonl.gz", "a.txt", "small.jsonl", "broken.parquet", "missing.jsonl"]:
         assert plan_splits(str(tmp_path / name), cfg) == [WHOLE], name
     (tmp_path / "a.jsonl").write_bytes(body)
-    assert len(plan_splits(str(tmp_path / "a.jsonl"), cfg)) == 12  # 9 lines of 124-125 bytes pass 1 KiB
+    assert len(plan_splits(str(tmp_path / "a.jsonl"), cfg)) == 13  # 12,490 bytes: a split per KiB begun
     # A split that cannot be read (the file went away) is a reject at the line it starts at.
     split = plan_splits(str(tmp_path / "a.jsonl"), cfg)[3]
     (tmp_path / "a.jsonl").unlink()

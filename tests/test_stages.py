@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from refinex_spark import cli
+from refinex_spark import cli, readers
 from refinex_spark.config import IngestConfig
 from refinex_spark.jobs import demo, distill, expert_import, export_sft, ingest, sql
 from refinex_spark.jobs.demo import BAD_RECORDS, EXPERT_MODEL, write_docs
@@ -96,7 +96,18 @@ def test_a_big_file_is_read_by_a_task_per_split(spark, corpus):
     assert n_splits[0] >= 3 and sum(n_splits) == n_splits[0] + 3  # docs.jsonl splits; gz, parquet, text do not
     from pyspark.sql import functions as F
 
-    read = ingest.read_records(spark, files, cfg).withColumn("task", F.spark_partition_id()).toPandas()
+    sc = spark.sparkContext
+    sc.setJobGroup("planning", "ingest planning")  # planning runs as read_records is called; the read waits
+    try:
+        planned = ingest.read_records(spark, files, cfg)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    tracker = sc.statusTracker()
+    stage_tasks = [tracker.getStageInfo(s).numTasks for j in tracker.getJobIdsForGroup("planning")
+                   for s in tracker.getJobInfo(j).stageIds]
+    # The big file's newlines are counted by a task per piece, not by one task reading it all.
+    assert len(readers.plan_file(files[0], cfg)) in stage_tasks
+    read = planned.withColumn("task", F.spark_partition_id()).toPandas()
     assert read["task"].nunique() == sum(n_splits)
     key = lambda r: tuple(str(r.get(k)) for k in ("source_file", "line_no", "kind", "doc_id", "reason"))  # noqa: E731
     expected = sorted(key(r) for f in files for r in read_file(f, cfg))

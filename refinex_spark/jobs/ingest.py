@@ -1,7 +1,7 @@
 """ingest: jsonl / parquet / text files -> `raw_docs`, bad records -> `rejects`.
 
 One Spark task per split of an input file (`readers.plan_splits`: big uncompressed jsonl and
-parquet files are read by several tasks) reads it with `readers.read_file`. Within the batch the first
+parquet files are read by several tasks, and planned by several too) reads it with `readers.read_file`. Within the batch the first
 record of a doc_id wins; a doc_id already in `raw_docs` with the same text is skipped (so
 ingesting the same files again adds nothing), with different text it is a `duplicate_id`
 reject, which keeps the offending record as read (re-read from just the files that hold one).
@@ -35,18 +35,29 @@ _RECORD = StructType([
 
 _SPLIT = StructType([StructField("path", StringType()),
                      *(StructField(name, LongType()) for name in readers.Split._fields)])
+_SNAPPED = StructType([*_SPLIT.fields, StructField("newlines", LongType())])
+
+
+def _split_of(row: dict) -> readers.Split:
+    return readers.Split(*(row[f] for f in readers.Split._fields))
 
 
 def _plan_files(cfg) -> RowsFn:
     return lambda rows: ({"path": row["path"], **split._asdict()}
-                         for row in rows for split in readers.plan_splits(row["path"], cfg))
+                         for row in rows for split in readers.plan_file(row["path"], cfg))
+
+
+def _snap_pieces(rows: list[dict]) -> Iterator[dict]:
+    for row in rows:
+        piece, newlines = readers.snap_piece(row["path"], _split_of(row))
+        yield {"path": row["path"], **piece._asdict(), "newlines": newlines}
 
 
 def _read_splits(cfg, require_id: bool, keep_record: bool) -> RowsFn:
     def read(rows: list[dict]) -> Iterator[dict]:
         return (record for row in rows
                 for record in readers.read_file(row["path"], cfg, require_id=require_id, keep_record=keep_record,
-                                                split=readers.Split(*(row[f] for f in readers.Split._fields))))
+                                                split=_split_of(row)))
 
     return read
 
@@ -60,14 +71,24 @@ def _one_per_task(spark, rows: list[tuple], schema: StructType) -> DataFrame:
 
 def read_records(spark, files: list[str], cfg, *, require_id: bool = False, keep_record: bool = False) -> DataFrame:
     """One task per split of a file (`readers.plan_splits`); each yields its `doc` and `reject` records
-    (see readers.read_file). Planning reads only the files that may split, one task each."""
+    (see readers.read_file). Planning takes a task per file that may split (`readers.plan_file`, from
+    metadata), then one per piece of a big jsonl file (`readers.snap_piece`, which counts its newlines),
+    so a big file's planning pass is as parallel as its read."""
     for f in files:
         readers.detect_format(f, cfg.format)  # fail fast, before any Spark work, on an unknown extension
     splittable = {f for f in files if readers.splittable(f, cfg)}
     splits = [(f, *readers.WHOLE) for f in files if f not in splittable]
     if splittable:
         paths = _one_per_task(spark, [(f,) for f in sorted(splittable)], StructType(_SPLIT.fields[:1]))
-        splits += [tuple(r) for r in map_rows(paths, _plan_files(cfg), _SPLIT).collect()]
+        planned = [r.asDict() for r in map_rows(paths, _plan_files(cfg), _SPLIT).collect()]
+        splits += [tuple(r.values()) for r in planned if not readers.is_piece(_split_of(r))]
+        pieces = [tuple(r.values()) for r in planned if readers.is_piece(_split_of(r))]
+        if pieces:
+            by_file: dict[str, list[tuple[readers.Split, int]]] = {}
+            for r in map_rows(_one_per_task(spark, pieces, _SPLIT), _snap_pieces, _SNAPPED).collect():
+                by_file.setdefault(r["path"], []).append((_split_of(r), r["newlines"]))
+            splits += [(path, *split) for path, snapped in sorted(by_file.items())
+                       for split in readers.number_pieces(sorted(snapped))]
     return map_rows(_one_per_task(spark, splits, _SPLIT), _read_splits(cfg, require_id, keep_record), _RECORD)
 
 
