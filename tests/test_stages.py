@@ -223,9 +223,21 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path, spa
 
     out = tmp_path / "sft"
     e = export_sft.run(make_ctx("export-sft"), str(out))
-    lines = [json.loads(line) for p in out.glob("part-*.json") for line in p.read_text().splitlines()]
+    lines = [json.loads(line) for p in sorted(out.glob("part-*.json")) for line in p.read_text().splitlines()]
     assert len(lines) == e["counts"]["samples"] == int(samples["kept"].sum())
     assert [m["role"] for m in lines[0]["messages"]] == ["user", "assistant"]
+    keys = [(line["doc_id"], line["chunk_index"]) for line in lines]
+    assert keys == sorted(keys)
+    # A big export is many part files (here: small ranges left unmerged), still in order file after file.
+    spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
+    try:
+        export_sft.run(make_ctx("export-sft"), str(tmp_path / "sft-parts"))
+    finally:
+        spark.conf.unset("spark.sql.adaptive.coalescePartitions.enabled")
+    parts = sorted((tmp_path / "sft-parts").glob("part-*.json"))
+    assert len(parts) > 1
+    assert [(json.loads(line)["doc_id"], json.loads(line)["chunk_index"])
+            for p in parts for line in p.read_text().splitlines()] == keys
     with pytest.raises(ValueError, match="already exists"):
         export_sft.run(make_ctx("export-sft"), str(out))
     with pytest.raises(ValueError, match="already exists"):  # created after the check (or dbfs:/): Spark's own check

@@ -76,7 +76,9 @@ def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
     with stats.timer("write"):
         # A crashed export's leftovers are replaced; anything else is never overwritten ("errorifexists" is not a
         # mode Spark Connect accepts).
-        writer = rows.coalesce(1).write.mode("overwrite" if found == "crashed" else "error")
+        # Written by as many tasks as the sort has ranges (adaptive execution merges small ones, so a
+        # small export is one file): part files in name order hold the samples in (doc_id, chunk) order.
+        writer = rows.write.mode("overwrite" if found == "crashed" else "error")
         try:
             (writer.json if fmt == "jsonl" else writer.parquet)(spark_path(target))
         except AnalysisException as e:
