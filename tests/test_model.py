@@ -32,6 +32,7 @@ from refinex_spark.model.tiny import IM_END, build_tiny_model, qwen3_0_6b_config
 from refinex_spark.model.train import (
     CHECKPOINTS,
     IGNORE_INDEX,
+    _encode_all,
     encode_sample,
     evaluate_model,
     program_metrics,
@@ -282,6 +283,18 @@ def test_retraining_on_the_same_data_keeps_the_refine_revision(tmp_path: Path, s
 @pytest.fixture(scope="module")
 def tokenizer(base_model: Path):  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(base_model)
+
+
+@settings(max_examples=50, deadline=None)
+@given(pairs=st.lists(st.tuples(st.text(max_size=300), st.text(max_size=120)), max_size=8),
+       max_len=st.integers(64, 200))
+def test_packed_training_rows_are_the_encoded_samples(tokenizer, pairs, max_len) -> None:
+    """The training set keeps its rows in one int32 array: each reads back as encode_sample made it,
+    and the samples it leaves out are counted."""
+    encoded = [encode_sample(tokenizer, "Clean.", c, p, max_len) for c, p in pairs]
+    packed, dropped, truncated = _encode_all(tokenizer, "Clean.", pairs, max_len)
+    assert [packed[i] for i in range(len(packed))] == [e[0] for e in encoded if e is not None]
+    assert dropped == sum(e is None for e in encoded) and truncated == sum(e is not None and e[1] for e in encoded)
 
 
 @settings(max_examples=150, deadline=None)

@@ -14,7 +14,8 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,14 +99,46 @@ def encode_sample(
 
 
 class _Encoded(torch.utils.data.Dataset):
-    def __init__(self, rows: list[dict[str, list[int]]]) -> None:
-        self.rows = rows
+    """Encoded samples packed into one int32 array, with each row's offset and prompt length.
+
+    Every rank holds every training sample: as lists of Python ints (ids and labels) a token costs
+    tens of bytes, here four. Labels are rebuilt per row: the prompt's are IGNORE_INDEX, the rest
+    are the ids.
+    """
+
+    def __init__(self, rows: Iterable[dict[str, list[int]]]) -> None:
+        self.ids = array("i")
+        self.offsets = array("q", [0])
+        self.prompt_lens = array("i")
+        for row in rows:
+            self.ids.extend(row["input_ids"])
+            self.offsets.append(len(self.ids))
+            self.prompt_lens.append(row["labels"].count(IGNORE_INDEX))  # program ids are never negative
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.prompt_lens)
 
     def __getitem__(self, i: int) -> dict[str, list[int]]:
-        return self.rows[i]
+        ids, n = self.ids[self.offsets[i]:self.offsets[i + 1]].tolist(), self.prompt_lens[i]
+        return {"input_ids": ids, "labels": [IGNORE_INDEX] * n + ids[n:]}
+
+
+def _encode_all(tokenizer: Any, template: str, pairs: Sequence[tuple[str, str]],
+                max_seq_len: int) -> tuple[_Encoded, int, int]:
+    """The trainable samples of `pairs`, packed, and how many were dropped as too long and had their prompt cut."""
+    dropped = truncated = 0
+
+    def rows() -> Iterator[dict[str, list[int]]]:
+        nonlocal dropped, truncated
+        for chunk_text, program in pairs:
+            encoded = encode_sample(tokenizer, template, chunk_text, program, max_seq_len)
+            if encoded is None:
+                dropped += 1
+                continue
+            truncated += encoded[1]
+            yield encoded[0]
+
+    return _Encoded(rows()), dropped, truncated
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,12 +296,10 @@ def train_model(
         tokenizer.pad_token = tokenizer.eos_token
     train_pairs, eval_pairs = split_samples(samples, config.eval_fraction, config.seed, config.max_eval_samples,
                                             groups)
-    encoded = [encode_sample(tokenizer, template, c, p, config.max_seq_len) for c, p in train_pairs]
-    rows = [e[0] for e in encoded if e is not None]
+    rows, dropped, truncated = _encode_all(tokenizer, template, train_pairs, config.max_seq_len)
     if not rows:
         raise ValueError(f"no trainable samples: {len(samples)} given, none fits max_seq_len={config.max_seq_len}")
-    eval_encoded = (encode_sample(tokenizer, template, c, p, config.max_seq_len) for c, p in eval_pairs)
-    eval_rows = [e[0] for e in eval_encoded if e is not None]
+    eval_rows = _encode_all(tokenizer, template, eval_pairs, config.max_seq_len)[0]
 
     identity = {
         "base": base,
@@ -288,8 +319,8 @@ def train_model(
         model=model,
         args=args,
         data_collator=_PadCollator(tokenizer.pad_token_id),
-        train_dataset=_Encoded(rows),
-        eval_dataset=_Encoded(eval_rows) if eval_rows else None,
+        train_dataset=rows,
+        eval_dataset=eval_rows if eval_rows else None,
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
@@ -299,8 +330,8 @@ def train_model(
         "n_train": len(rows),
         "n_eval": len(eval_pairs),
         "eval_held_out_by": "document" if groups is not None else "sample",
-        "dropped_too_long": sum(e is None for e in encoded),
-        "truncated_prompts": sum(e is not None and e[1] for e in encoded),
+        "dropped_too_long": dropped,
+        "truncated_prompts": truncated,
         "world_size": world_size,
         "global_step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
