@@ -1,10 +1,11 @@
 """ingest: jsonl / parquet / text files -> `raw_docs`, bad records -> `rejects`.
 
 One Spark task per split of an input file (`readers.plan_splits`: big uncompressed jsonl and
-parquet files are read by several tasks, and planned by several too) reads it with `readers.read_file`. Within the batch the first
-record of a doc_id wins; a doc_id already in `raw_docs` with the same text is skipped (so
-ingesting the same files again adds nothing), with different text it is a `duplicate_id`
-reject, which keeps the offending record as read (re-read from just the files that hold one).
+parquet files are read, and planned, by several tasks) reads it with `readers.read_file`. Within
+the batch the first record of a doc_id wins; a doc_id already in `raw_docs` with the same text is
+skipped (so ingesting the same files again adds nothing), with different text it is a
+`duplicate_id` reject, which keeps the offending record as read (re-read from just the files that
+hold one).
 Rejects already recorded for the same file, line and reason are not written again.
 read = accepted + rejected + already_present.
 """
