@@ -14,7 +14,8 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -172,6 +173,12 @@ def number_pieces(snapped: Sequence[tuple[Split, int]]) -> list[Split]:
             splits.append(piece._replace(first_line=first_line))
         first_line += newlines
     return splits
+
+
+def splits_holding(splits: Sequence[Split], lines: Iterable[int]) -> list[Split]:
+    """Those of one file's splits (as planned, in order) that hold any of the given line numbers."""
+    firsts = [split.first_line for split in splits]
+    return [splits[i] for i in sorted({bisect_right(firsts, n) - 1 for n in lines} - {-1})]
 
 
 def _parquet_splits(fs: pafs.FileSystem, path: str, split_bytes: int) -> list[tuple[int, int, int]]:

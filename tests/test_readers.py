@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from refinex_spark.config import IngestConfig
 from refinex_spark import readers
-from refinex_spark.readers import (REJECT_REASONS, WHOLE, _remote_name, detect_format, list_input_files, plan_splits,
-                                   read_file, text_hash)
+from refinex_spark.readers import (REJECT_REASONS, WHOLE, Split, _remote_name, detect_format, list_input_files,
+                                   plan_splits, read_file, text_hash)
 
 BAD_LINES = [
     (b'{"id": "m", "text": "unterminated', "malformed_json"),
@@ -169,6 +169,15 @@ def test_pieces_inside_one_long_line_are_empty_and_a_file_gone_while_planning_is
     assert readers.number_pieces(snapped) == [snapped[0][0]._replace(first_line=1)]
     path.unlink()  # gone between planning a piece and snapping it: read whole, which records why
     assert readers.number_pieces([readers.snap_piece(str(path), p) for p in pieces]) == [WHOLE]
+
+
+def test_splits_holding_lines_are_the_splits_whose_line_ranges_contain_them():
+    splits = [Split(0, 10, 1), Split(10, 20, 5), Split(20, 30, 9)]
+    assert readers.splits_holding(splits, []) == []
+    assert readers.splits_holding(splits, [4, 1, 3]) == splits[:1]
+    assert readers.splits_holding(splits, [5, 100]) == [splits[1], splits[2]]
+    assert readers.splits_holding(splits, [0, 8]) == [splits[1]]  # line numbers start at 1
+    assert readers.splits_holding([WHOLE], [7]) == [WHOLE]
 
 
 def test_a_file_changed_since_planning_is_a_reject_per_split_not_lines_cut_apart(tmp_path):

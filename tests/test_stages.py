@@ -114,6 +114,19 @@ def test_a_big_file_is_read_by_a_task_per_split(spark, corpus):
     assert sorted(key(r) for r in read.astype(object).where(read.notna(), None).to_dict("records")) == expected
 
 
+def test_reading_given_lines_again_reads_only_the_splits_that_hold_them(spark, corpus):
+    """How the records of duplicate_id rejects are found again: of a big file, only the splits they are in."""
+    raw_dir, _ = corpus
+    big = str(raw_dir / "docs.jsonl")
+    cfg = IngestConfig(split_mb=8 / 1024)
+    splits = plan_splits(big, cfg)
+    wanted = [splits[1].first_line, splits[1].first_line + 2, splits[-1].first_line + 1]
+    got = ingest.read_records(spark, [big], cfg, lines={big: wanted}).toPandas()
+    expected = [r["line_no"] for split in (splits[1], splits[-1]) for r in read_file(big, cfg, split=split)]
+    assert sorted(got["line_no"]) == sorted(expected) and set(wanted) <= set(got["line_no"])
+    assert len(splits) > 3  # so the splits in between were really left out
+
+
 def test_a_stored_record_read_again_is_present_even_after_a_conflicting_one(make_ctx, tmp_path):
     """The stored record of an id is never rejected as a duplicate of a new record with other text
     that happens to sort first: that one is the conflict."""

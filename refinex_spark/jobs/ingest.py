@@ -70,11 +70,13 @@ def _one_per_task(spark, rows: list[tuple], schema: StructType) -> DataFrame:
     return numbered.repartitionByRange(max(1, len(rows)), "_i").drop("_i")
 
 
-def read_records(spark, files: list[str], cfg, *, require_id: bool = False, keep_record: bool = False) -> DataFrame:
+def read_records(spark, files: list[str], cfg, *, require_id: bool = False, keep_record: bool = False,
+                 lines: dict[str, list[int]] | None = None) -> DataFrame:
     """One task per split of a file (`readers.plan_splits`); each yields its `doc` and `reject` records
     (see readers.read_file). Planning takes a task per file that may split (`readers.plan_file`, from
     metadata), then one per piece of a big jsonl file (`readers.snap_piece`, which counts its newlines),
-    so a big file's planning pass is as parallel as its read."""
+    so a big file's planning pass is as parallel as its read. With `lines` (file -> line numbers) only
+    the splits that hold those lines are read."""
     for f in files:
         readers.detect_format(f, cfg.format)  # fail fast, before any Spark work, on an unknown extension
     splittable = {f for f in files if readers.splittable(f, cfg)}
@@ -90,6 +92,12 @@ def read_records(spark, files: list[str], cfg, *, require_id: bool = False, keep
                 by_file.setdefault(r["path"], []).append((_split_of(r), r["newlines"]))
             splits += [(path, *split) for path, snapped in sorted(by_file.items())
                        for split in readers.number_pieces(sorted(snapped))]
+    if lines is not None:
+        planned_splits: dict[str, list[readers.Split]] = {}
+        for path, *split in splits:
+            planned_splits.setdefault(path, []).append(readers.Split(*split))
+        splits = [(path, *split) for path, of_file in planned_splits.items()
+                  for split in readers.splits_holding(sorted(of_file), lines.get(path, []))]
     return map_rows(_one_per_task(spark, splits, _SPLIT), _read_splits(cfg, require_id, keep_record), _RECORD)
 
 
@@ -97,12 +105,14 @@ def with_original_records(spark, rejected: DataFrame, cfg) -> DataFrame:
     """Rejected docs (reason, source_file, line_no, record, detail, text_hash) with `record` set to the
     record as its file holds it, like the readers' own rejects keep it.
 
-    Docs are read without their raw record (it would double what a run holds), so the few files that
-    hold a rejected doc are read again. A record whose file changed since (other text at that line)
-    keeps the `record` it came with.
+    Docs are read without their raw record (it would double what a run holds), so the splits that
+    hold a rejected doc are read again (of a big file, not all of it). A record whose file changed
+    since (other text at that line) keeps the `record` it came with.
     """
-    files = sorted(r["source_file"] for r in rejected.select("source_file").distinct().collect())
-    originals = (read_records(spark, files, cfg, keep_record=True).where("kind = 'doc'")
+    lines: dict[str, list[int]] = {}
+    for r in rejected.select("source_file", "line_no").distinct().collect():
+        lines.setdefault(r["source_file"], []).append(r["line_no"])
+    originals = (read_records(spark, sorted(lines), cfg, keep_record=True, lines=lines).where("kind = 'doc'")
                  .select("source_file", "line_no", "text_hash", F.col("record").alias("_original")))
     return (rejected.join(originals, ["source_file", "line_no", "text_hash"], "left")
             .select("reason", "source_file", "line_no", F.coalesce("_original", "record").alias("record"), "detail"))
