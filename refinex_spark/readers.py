@@ -140,11 +140,14 @@ def snap_piece(source_file: str, piece: Split) -> tuple[Split, int]:
     try:
         fs, path = resolve(source_file)
         with fs.open_input_file(path) as f:
-            start = _next_line_start(f, piece.start - 1, piece.start, stop=piece.end - 1) if piece.start else (0, 0)
-            if start is None:
-                return piece._replace(start=piece.end), 0
-            end = _next_line_start(f, start[0], piece.end)
-        return piece._replace(start=start[0], end=end[0]), end[1]
+            start = 0
+            if piece.start:
+                found = _next_line_start(f, piece.start - 1, piece.start, stop=piece.end - 1)
+                if found is None:
+                    return piece._replace(start=piece.end), 0
+                start = found[0]
+            end, newlines = _next_line_start(f, start, piece.end)
+        return piece._replace(start=start, end=end), newlines
     except Exception:  # noqa: BLE001 - number_pieces reads the file whole, and the read reports it
         return piece, -1
 

@@ -80,24 +80,22 @@ def read_records(spark, files: list[str], cfg, *, require_id: bool = False, keep
     for f in files:
         readers.detect_format(f, cfg.format)  # fail fast, before any Spark work, on an unknown extension
     splittable = {f for f in files if readers.splittable(f, cfg)}
-    splits = [(f, *readers.WHOLE) for f in files if f not in splittable]
+    plans: dict[str, list[readers.Split]] = {f: [readers.WHOLE] for f in files if f not in splittable}
     if splittable:
         paths = _one_per_task(spark, [(f,) for f in sorted(splittable)], StructType(_SPLIT.fields[:1]))
-        planned = [r.asDict() for r in map_rows(paths, _plan_files(cfg), _SPLIT).collect()]
-        splits += [tuple(r.values()) for r in planned if not readers.is_piece(_split_of(r))]
-        pieces = [tuple(r.values()) for r in planned if readers.is_piece(_split_of(r))]
-        if pieces:
-            by_file: dict[str, list[tuple[readers.Split, int]]] = {}
-            for r in map_rows(_one_per_task(spark, pieces, _SPLIT), _snap_pieces, _SNAPPED).collect():
-                by_file.setdefault(r["path"], []).append((_split_of(r), r["newlines"]))
-            splits += [(path, *split) for path, snapped in sorted(by_file.items())
-                       for split in readers.number_pieces(sorted(snapped))]
+        pieces = []
+        for r in map_rows(paths, _plan_files(cfg), _SPLIT).collect():
+            if readers.is_piece(split := _split_of(r)):
+                pieces.append(tuple(r))
+            else:
+                plans.setdefault(r["path"], []).append(split)
+        snapped: dict[str, list[tuple[readers.Split, int]]] = {}
+        for r in (map_rows(_one_per_task(spark, pieces, _SPLIT), _snap_pieces, _SNAPPED).collect() if pieces else []):
+            snapped.setdefault(r["path"], []).append((_split_of(r), r["newlines"]))
+        plans.update((path, readers.number_pieces(sorted(of_file))) for path, of_file in snapped.items())
     if lines is not None:
-        planned_splits: dict[str, list[readers.Split]] = {}
-        for path, *split in splits:
-            planned_splits.setdefault(path, []).append(readers.Split(*split))
-        splits = [(path, *split) for path, of_file in planned_splits.items()
-                  for split in readers.splits_holding(sorted(of_file), lines.get(path, []))]
+        plans = {path: readers.splits_holding(sorted(of_file), lines.get(path, [])) for path, of_file in plans.items()}
+    splits = [(path, *split) for path, of_file in sorted(plans.items()) for split in of_file]
     return map_rows(_one_per_task(spark, splits, _SPLIT), _read_splits(cfg, require_id, keep_record), _RECORD)
 
 

@@ -155,8 +155,9 @@ def run(ctx: RunContext, retry_errors: bool = False) -> dict:
     stats.counts["docs"] = 0  # this run's documents as committed, updated after each slice
     line = lambda counts, seconds: format_progress(counts, n_pending, seconds)  # noqa: E731
     with progress(ctx.spark, line, config.refine.progress_interval_s) if parts else nullcontext() as accumulator:
+        refine_rows = _refine_rows(shipped, template, revision, accumulator)
         for i, part in enumerate(parts):
-            _refine_slice(ctx, part, _refine_rows(shipped, template, revision, accumulator), out_schema, model, fp)
+            _refine_slice(ctx, part, refine_rows, out_schema, model, fp)
             print(f"[refine] slice {i + 1}/{len(parts)} committed: {stats.counts['docs']}/{n_pending} docs",
                   file=sys.stderr, flush=True)
     seconds = stats.timings.get("refine_and_write", 0.0)
