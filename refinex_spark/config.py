@@ -258,6 +258,9 @@ class TrainConfig(_Section):
     max_eval_samples: int = Field(200, ge=0)
     save_steps: int = Field(500, ge=1)
     seed: int = 0
+    # `train --distributed`: TorchDistributor processes (one GPU each). None: every executor GPU
+    # (spark.executor.instances x spark.executor.resource.gpu.amount); one in local mode.
+    processes: int | None = Field(None, ge=1)
 
     _check_output_dir = field_validator("output_dir")(classmethod(lambda cls, v: _not_blank(v, "a directory path")))
     _check_base = field_validator("base")(classmethod(lambda cls, v: _not_blank(v, "a model directory or hub id")))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import random
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -24,6 +26,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM, 
 from refinex_spark.config import ChunkingConfig, ModelConfig, TrainConfig
 from refinex_spark.distill import distill
 from refinex_spark.model.revision import model_revision
+from refinex_spark.model import sample_file
+from refinex_spark.model.sample_file import SampleFile, write_sample_file
 from refinex_spark.model import cache
 from refinex_spark.model.backends import HFBackend, OpenAIBackend, is_oom, make_backend
 from refinex_spark.refine import PromptRefused
@@ -37,7 +41,7 @@ from refinex_spark.model.train import (
     evaluate_model,
     program_metrics,
     read_model_card,
-    split_samples,
+    held_out,
     train_model,
 )
 from refinex_spark.program import parse_program
@@ -115,8 +119,8 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, base_model: Path, samples) -> Trained:
-    _, held_out = split_samples(samples, TRAIN.eval_fraction, TRAIN.seed, TRAIN.max_eval_samples)
-    untrained_rate = evaluate_model(base_model, held_out, TRAIN_TEMPLATE)["valid_program_rate"]
+    held = [samples[i] for i in held_out(len(samples), TRAIN.eval_fraction, TRAIN.seed, TRAIN.max_eval_samples)]
+    untrained_rate = evaluate_model(base_model, held, TRAIN_TEMPLATE)["valid_program_rate"]
     out = tmp_path_factory.mktemp("refine")
     kwargs = dict(base=str(base_model), data_version=7, fingerprint="fp-test")
     first = train_model(samples, TRAIN, TRAIN_TEMPLATE, out, callbacks=[_StopAt(STOP_AT)], **kwargs)
@@ -223,29 +227,55 @@ def test_model_card_records_the_run(trained: Trained, base_model: Path) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(n=st.integers(0, 300), fraction=st.floats(0, 0.99), seed=st.integers(0, 3), max_eval=st.integers(0, 50))
-def test_split_is_a_seeded_partition(n: int, fraction: float, seed: int, max_eval: int) -> None:
-    items = [(f"chunk {i}", f"program {i}") for i in range(n)]
-    train, held = split_samples(items, fraction, seed, max_eval)
-    assert sorted(train + held) == sorted(items)
+def test_held_out_is_a_seeded_sample(n: int, fraction: float, seed: int, max_eval: int) -> None:
+    held = held_out(n, fraction, seed, max_eval)
+    assert len(set(held)) == len(held) and set(held) <= set(range(n))
     assert len(held) == (min(max_eval, math.ceil(n * fraction)) if n > 1 else 0)
-    assert split_samples(items, fraction, seed, max_eval) == (train, held)
+    assert held_out(n, fraction, seed, max_eval) == held
 
 
 @settings(max_examples=200, deadline=None)
 @given(sizes=st.lists(st.integers(1, 6), max_size=60), fraction=st.floats(0, 0.99), seed=st.integers(0, 3),
        max_eval=st.integers(0, 50))
-def test_grouped_split_holds_out_whole_documents(sizes: list[int], fraction: float, seed: int, max_eval: int) -> None:
-    groups = [f"doc{d}" for d, n in enumerate(sizes) for _ in range(n)]
-    items = [(f"chunk {i}", f"program {i}") for i in range(len(groups))]
-    train, held = split_samples(items, fraction, seed, max_eval, groups)
-    assert sorted(train + held) == sorted(items)
-    n_eval = min(max_eval, math.ceil(len(items) * fraction)) if len(items) > 1 else 0
+def test_grouped_held_out_is_whole_documents(sizes: list[int], fraction: float, seed: int, max_eval: int) -> None:
+    groups = [d for d, n in enumerate(sizes) for _ in range(n)]
+    held = held_out(len(groups), fraction, seed, max_eval, [f"doc{d}" for d in groups])
+    assert len(set(held)) == len(held) and set(held) <= set(range(len(groups)))
+    n_eval = min(max_eval, math.ceil(len(groups) * fraction)) if len(groups) > 1 else 0
     assert len(held) <= n_eval
-    doc_of = dict(zip(items, groups))
-    assert not {doc_of[s] for s in train} & {doc_of[s] for s in held}
+    held_docs = {groups[i] for i in held}
+    assert all(sum(d == g for g in groups) == sum(groups[i] == d for i in held) for d in held_docs)
     # As full as whole documents allow: no document left in training would still fit.
-    assert all(len(held) + sizes[int(doc_of[s][3:])] > n_eval for s in train)
-    assert split_samples(items, fraction, seed, max_eval, groups) == (train, held)
+    assert all(len(held) + sizes[d] > n_eval for d in set(groups) - held_docs)
+    assert held_out(len(groups), fraction, seed, max_eval, [f"doc{d}" for d in groups]) == held
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.lists(st.tuples(st.text(max_size=8), st.text(max_size=40), st.text(max_size=20)), max_size=12),
+       batch_rows=st.integers(1, 5))
+def test_sample_file_reads_back_what_was_written(tmp_path_factory, rows, batch_rows) -> None:
+    """Any text, in order, across row-group boundaries; an empty file is an empty sample set."""
+    path = tmp_path_factory.mktemp("samples") / "s.parquet"
+    with patch.object(sample_file, "BATCH_ROWS", batch_rows):
+        samples = write_sample_file(path, iter(rows))
+        assert len(samples) == len(rows)
+        assert list(samples) == [(prompt, program) for _, prompt, program in rows]
+    assert samples.doc_ids() == [doc for doc, _, _ in rows]
+    assert pickle.loads(pickle.dumps(samples)) == samples  # what TorchDistributor sends: a path
+
+
+def test_sample_file_is_replaced_whole(tmp_path: Path) -> None:
+    """A write that dies midway leaves the previous file as it was."""
+    path = tmp_path / "s.parquet"
+    write_sample_file(path, [("d1", "chunk", "keep_all()")])
+
+    def dying():  # type: ignore[no-untyped-def]
+        yield ("d2", "other", "keep_all()")
+        raise RuntimeError("driver lost its executor")
+
+    with pytest.raises(RuntimeError):
+        write_sample_file(path, dying())
+    assert list(SampleFile(str(path))) == [("chunk", "keep_all()")]
 
 
 def test_resume_refuses_other_hyperparameters(trained: Trained, base_model: Path, samples) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -15,9 +16,11 @@ from deltalake import DeltaTable
 
 from refinex_spark import cli, readers
 from refinex_spark.config import IngestConfig
-from refinex_spark.jobs import demo, distill, expert_import, export_sft, ingest, sql
+from refinex_spark.jobs import demo, distill, expert_import, export_sft, ingest, sql, train
 from refinex_spark.jobs.demo import BAD_RECORDS, EXPERT_MODEL, write_docs
 from refinex_spark.lake import Lake
+from refinex_spark.model.sample_file import SampleFile
+from refinex_spark.model.train import read_model_card
 from refinex_spark.readers import plan_splits, read_file
 from refinex_spark.runtime import RunContext, StageStats, new_run_id
 from refinex_spark.schemas import TABLES
@@ -499,3 +502,24 @@ def test_rerunning_the_demo_adds_no_rows(spark, demo_lake):
     stages = demo.run(ctx, n_docs=60, workdir=str(data))["stages"]
     assert stages["refine"]["pending"] == 0 and stages["distill"]["docs"] == 0
     assert {t: Lake(spark, demo_lake.lake).read(t).count() for t in before} == before
+
+
+def test_distributed_training_runs_ddp_processes_that_read_the_samples_file(spark, demo_lake, tmp_path):
+    """`train --distributed` in local mode with two processes (DDP over gloo): the driver streams the
+    samples into one file, each process reads it and trains on its half of every batch, and
+    rank 0 writes the model."""
+    out = tmp_path / "model"
+    config = demo_lake.model_copy(update={"train": demo_lake.train.model_copy(
+        update={"output_dir": str(out), "processes": 2, "epochs": 0.25})})
+    ctx = RunContext(config, spark, Lake(spark, config.lake), StageStats("train", new_run_id("train")))
+    summary = train.run(ctx, init_tiny=True, distributed=True)
+    metrics = summary["metrics"]
+    samples = SampleFile(str(tmp_path / "model-samples.parquet"))
+    kept = ctx.read("distill_samples").where("kept").count()
+    assert summary["counts"]["samples"] == len(samples) == kept > 0
+    assert metrics["n_train"] + metrics["n_eval"] + metrics["dropped_too_long"] == kept
+    # Two ranks share each step's batches: half the steps one process would take.
+    batch = config.train.batch_size
+    assert metrics["world_size"] == 2 and metrics["completed"]
+    assert metrics["max_steps"] == math.ceil(math.ceil(metrics["n_train"] / (2 * batch)) * 0.25)
+    assert read_model_card(out)["refinex"]["metrics"]["world_size"] == 2

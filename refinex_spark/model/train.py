@@ -15,7 +15,7 @@ import random
 import shutil
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from refinex_spark.config import ModelConfig, TrainConfig
 from refinex_spark.model.backends import Backend, HFBackend
 from refinex_spark.model.prompt import PROMPT_VERSION, build_prompt, template_digest
+from refinex_spark.model.sample_file import SampleFile
 from refinex_spark.program import parse_program, render_program
 
 IGNORE_INDEX = -100
@@ -44,36 +45,32 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def split_samples(
-    samples: Sequence[tuple[str, str]], eval_fraction: float, seed: int, max_eval: int,
-    groups: Sequence[str] | None = None,
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Seeded held-out split: (train, eval). Every rank computes the same split.
+def held_out(
+    n: int, eval_fraction: float, seed: int, max_eval: int, groups: Sequence[str] | None = None,
+) -> list[int]:
+    """Indices of the seeded held-out samples of `n`, in eval order. Every rank computes the same.
 
     With `groups` (the document of each sample), whole documents are held out, so the eval
     metrics measure documents the model never saw, not other chunks of a page it trained on;
     the held-out set then has at most, instead of exactly, the target size.
     """
-    n_eval = min(max_eval, math.ceil(len(samples) * eval_fraction)) if len(samples) > 1 else 0
+    n_eval = min(max_eval, math.ceil(n * eval_fraction)) if n > 1 else 0
     if groups is None:
-        order = list(range(len(samples)))
+        order = list(range(n))
         random.Random(seed).shuffle(order)
-        held_order = order[:n_eval]
-    else:
-        if len(groups) != len(samples):
-            raise ValueError(f"{len(groups)} groups for {len(samples)} samples")
-        members: dict[str, list[int]] = {}
-        for i, g in enumerate(groups):
-            members.setdefault(g, []).append(i)
-        names = sorted(members)
-        random.Random(seed).shuffle(names)
-        held_order = []
-        for name in names:
-            if len(held_order) + len(members[name]) <= n_eval:
-                held_order += members[name]
-    held = set(held_order)
-    train = [s for i, s in enumerate(samples) if i not in held]
-    return train, [samples[i] for i in held_order]
+        return order[:n_eval]
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} groups for {n} samples")
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    names = sorted(members)
+    random.Random(seed).shuffle(names)
+    held: list[int] = []
+    for name in names:
+        if len(held) + len(members[name]) <= n_eval:
+            held += members[name]
+    return held
 
 
 def encode_sample(
@@ -123,7 +120,7 @@ class _Encoded(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": [IGNORE_INDEX] * n + ids[n:]}
 
 
-def _encode_all(tokenizer: Any, template: str, pairs: Sequence[tuple[str, str]],
+def _encode_all(tokenizer: Any, template: str, pairs: Iterable[tuple[str, str]],
                 max_seq_len: int) -> tuple[_Encoded, int, int]:
     """The trainable samples of `pairs`, packed, and how many were dropped as too long and had their prompt cut."""
     dropped = truncated = 0
@@ -261,7 +258,7 @@ def _training_args(config: TrainConfig, ckpt_dir: Path, n_rows: int, world_size:
 
 
 def train_model(
-    samples: Sequence[tuple[str, str]],
+    samples: Collection[tuple[str, str]] | SampleFile,
     config: TrainConfig,
     template: str,
     output_dir: str | Path,
@@ -276,7 +273,9 @@ def train_model(
 ) -> TrainResult:
     """Fine-tune `base` (default `config.base`) on (chunk_text, program) samples.
 
-    `groups` (each sample's doc_id) makes the held-out split one of whole documents.
+    `groups` (each sample's doc_id) makes the held-out split one of whole documents; a
+    `SampleFile` brings its own. Samples are read once, in order, and only the held-out ones are
+    kept as text: the training set is held as packed token ids.
 
     Checkpoints go to `output_dir/checkpoints` every `config.save_steps` optimizer steps; with
     `resume` the newest one of the same run (same base, data, fingerprint, prompt) is resumed.
@@ -294,9 +293,20 @@ def train_model(
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_pairs, eval_pairs = split_samples(samples, config.eval_fraction, config.seed, config.max_eval_samples,
-                                            groups)
-    rows, dropped, truncated = _encode_all(tokenizer, template, train_pairs, config.max_seq_len)
+    if groups is None and isinstance(samples, SampleFile):
+        groups = samples.doc_ids()
+    held = held_out(len(samples), config.eval_fraction, config.seed, config.max_eval_samples, groups)
+    slots = {i: k for k, i in enumerate(held)}
+    eval_pairs: list[tuple[str, str]] = [("", "")] * len(held)
+
+    def train_pairs() -> Iterator[tuple[str, str]]:
+        for i, pair in enumerate(samples):
+            if i in slots:
+                eval_pairs[slots[i]] = pair
+            else:
+                yield pair
+
+    rows, dropped, truncated = _encode_all(tokenizer, template, train_pairs(), config.max_seq_len)
     if not rows:
         raise ValueError(f"no trainable samples: {len(samples)} given, none fits max_seq_len={config.max_seq_len}")
     eval_rows = _encode_all(tokenizer, template, eval_pairs, config.max_seq_len)[0]
