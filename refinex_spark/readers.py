@@ -86,9 +86,15 @@ _BLOCK = 8 << 20  # a jsonl piece's newlines are counted this many bytes at a ti
 _BUFFER = 1 << 20  # bytes per read: on an object store every read is a request
 
 
-def splittable(source_file: str, cfg: IngestConfig) -> bool:
-    """Whether plan_splits may split the file: uncompressed jsonl or parquet (a stream decompresses from the start)."""
-    return detect_format(source_file, cfg.format) != "text" and _compression(source_file) is None
+def splittable(source_file: str, cfg: IngestConfig, size: int | None = None) -> bool:
+    """Whether plan_splits may split the file: uncompressed jsonl or parquet (a stream decompresses from the
+    start) bigger than a split (`size` in bytes; None: not known yet)."""
+    return (detect_format(source_file, cfg.format) != "text" and _compression(source_file) is None
+            and (size is None or size > _split_bytes(cfg)))
+
+
+def _split_bytes(cfg: IngestConfig) -> int:
+    return int(cfg.split_mb * (1 << 20))
 
 
 def plan_splits(source_file: str, cfg: IngestConfig) -> list[Split]:
@@ -108,13 +114,13 @@ def plan_splits(source_file: str, cfg: IngestConfig) -> list[Split]:
 def plan_file(source_file: str, cfg: IngestConfig) -> list[Split]:
     """plan_splits' first step, from the file's metadata: WHOLE, a parquet file's splits, or a big jsonl
     file's pieces (is_piece: byte ranges of split_mb each, not yet moved to line ends or numbered)."""
-    split_bytes = int(cfg.split_mb * (1 << 20))
+    split_bytes = _split_bytes(cfg)
     try:
         if not splittable(source_file, cfg):
             return [WHOLE]
         fs, path = resolve(source_file)
         info = fs.get_file_info(path)
-        if info.size <= split_bytes:
+        if not splittable(source_file, cfg, info.size):
             return [WHOLE]
         if detect_format(source_file, cfg.format) == "jsonl":
             return [Split(at, min(at + split_bytes, info.size), 0, *_stamp(info))
@@ -230,12 +236,13 @@ def _local_name(path: str) -> str:
     return os.path.join(os.path.realpath(head), name)
 
 
-def list_input_files(paths: list[str]) -> list[str]:
-    """Files under the given files/directories, sorted, hidden files and `_SUCCESS`-style markers skipped.
+def list_input_files(paths: list[str]) -> dict[str, int]:
+    """Files under the given files/directories, sorted, with their sizes in bytes; hidden files and
+    `_SUCCESS`-style markers skipped.
 
     Local files come back as plain absolute paths (see _local_name); remote URIs (s3://, hdfs://) as given.
     """
-    out: list[str] = []
+    found: dict[str, int] = {}
     for p in paths:
         fs, root = resolve(p)
         info = fs.get_file_info(root)
@@ -243,17 +250,14 @@ def list_input_files(paths: list[str]) -> list[str]:
             raise FileNotFoundError(f"input path does not exist: {p}")
         if info.type == pafs.FileType.Directory:
             selector = pafs.FileSelector(root, recursive=True)
-            infos = [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
             # Hidden and underscore names (.git, _SUCCESS, _temporary/) are never data, at any depth.
-            names = [i.path for i in infos
-                     if not any(part.startswith((".", "_")) for part in os.path.relpath(i.path, root).split(os.sep))]
+            infos = [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File
+                     and not any(part.startswith((".", "_")) for part in os.path.relpath(i.path, root).split(os.sep))]
         else:
-            names = [root]
-        if isinstance(fs, pafs.LocalFileSystem):
-            out += [_local_name(n) for n in names]
-        else:
-            out += [_remote_name(p, n) for n in names]
-    return sorted(set(out))
+            infos = [info]
+        local = isinstance(fs, pafs.LocalFileSystem)
+        found.update(((_local_name(i.path) if local else _remote_name(p, i.path)), i.size) for i in infos)
+    return dict(sorted(found.items()))
 
 
 def _remote_name(given: str, listed: str) -> str:

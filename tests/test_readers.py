@@ -302,10 +302,13 @@ def test_unreadable_file_is_one_reject(tmp_path):
 def test_listing_and_format_detection(tmp_path):
     for d in ["d", "_temporary", ".git"]:
         (tmp_path / d).mkdir()
-    for name in ["a.jsonl", "b.jsonl.gz", "_SUCCESS", ".hidden", "d/c.parquet", "_temporary/x.jsonl", ".git/y.json"]:
-        (tmp_path / name).write_bytes(b"")
+    for i, name in enumerate(["a.jsonl", "b.jsonl.gz", "_SUCCESS", ".hidden", "d/c.parquet", "_temporary/x.jsonl",
+                              ".git/y.json"]):
+        (tmp_path / name).write_bytes(b"x" * i)
     files = list_input_files([str(tmp_path)])
-    assert [f.rsplit("/", 1)[1] for f in files] == ["a.jsonl", "b.jsonl.gz", "c.parquet"]
+    assert [(f.rsplit("/", 1)[1], size) for f, size in files.items()] == [("a.jsonl", 0), ("b.jsonl.gz", 1),
+                                                                          ("c.parquet", 4)]
+    assert list_input_files([str(tmp_path / "d" / "c.parquet")]) == {str(tmp_path / "d" / "c.parquet"): 4}
     assert [detect_format(f) for f in files] == ["jsonl", "jsonl", "parquet"]
     with pytest.raises(ValueError, match="set ingest.format"):
         detect_format("data.csv")
@@ -344,5 +347,5 @@ def test_local_files_have_one_spelling(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     real = str(data.resolve() / "a.jsonl")
     for spelling in [real, f"file://{real}", "data/a.jsonl", "current/a.jsonl", "./current/../data/a.jsonl"]:
-        assert list_input_files([spelling]) == [real], spelling
-    assert list_input_files([f"file://{tmp_path}/current"]) == [real, str(data.resolve() / "link.jsonl")]
+        assert list_input_files([spelling]) == {real: 3}, spelling
+    assert list_input_files([f"file://{tmp_path}/current"]) == {real: 3, str(data.resolve() / "link.jsonl"): 3}

@@ -12,7 +12,7 @@ read = accepted + rejected + already_present.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 
 from pyspark.sql import DataFrame, Window
@@ -70,16 +70,17 @@ def _one_per_task(spark, rows: list[tuple], schema: StructType) -> DataFrame:
     return numbered.repartitionByRange(max(1, len(rows)), "_i").drop("_i")
 
 
-def read_records(spark, files: list[str], cfg, *, require_id: bool = False, keep_record: bool = False,
+def read_records(spark, files: Mapping[str, int | None], cfg, *, require_id: bool = False, keep_record: bool = False,
                  lines: dict[str, list[int]] | None = None) -> DataFrame:
     """One task per split of a file (`readers.plan_splits`); each yields its `doc` and `reject` records
-    (see readers.read_file). Planning takes a task per file that may split (`readers.plan_file`, from
-    metadata), then one per piece of a big jsonl file (`readers.snap_piece`, which counts its newlines),
-    so a big file's planning pass is as parallel as its read. With `lines` (file -> line numbers) only
-    the splits that hold those lines are read."""
+    (see readers.read_file). `files` maps each file to its size in bytes as listed (None: not known).
+    Planning takes a task per file that may split (`readers.plan_file`, from metadata: only files
+    bigger than a split, where the size is known), then one per piece of a big jsonl file
+    (`readers.snap_piece`, which counts its newlines), so a big file's planning pass is as parallel as
+    its read. With `lines` (file -> line numbers) only the splits that hold those lines are read."""
     for f in files:
         readers.detect_format(f, cfg.format)  # fail fast, before any Spark work, on an unknown extension
-    splittable = {f for f in files if readers.splittable(f, cfg)}
+    splittable = {f for f, size in files.items() if readers.splittable(f, cfg, size)}
     plans: dict[str, list[readers.Split]] = {f: [readers.WHOLE] for f in files if f not in splittable}
     if splittable:
         paths = _one_per_task(spark, [(f,) for f in sorted(splittable)], StructType(_SPLIT.fields[:1]))
@@ -110,7 +111,7 @@ def with_original_records(spark, rejected: DataFrame, cfg) -> DataFrame:
     lines: dict[str, list[int]] = {}
     for r in rejected.select("source_file", "line_no").distinct().collect():
         lines.setdefault(r["source_file"], []).append(r["line_no"])
-    originals = (read_records(spark, sorted(lines), cfg, keep_record=True, lines=lines).where("kind = 'doc'")
+    originals = (read_records(spark, dict.fromkeys(sorted(lines)), cfg, keep_record=True, lines=lines).where("kind = 'doc'")
                  .select("source_file", "line_no", "text_hash", F.col("record").alias("_original")))
     return (rejected.join(originals, ["source_file", "line_no", "text_hash"], "left")
             .select("reason", "source_file", "line_no", F.coalesce("_original", "record").alias("record"), "detail"))
