@@ -40,7 +40,11 @@ class StageStats:
         try:
             yield
         finally:
-            self.timings[phase] = round(self.timings.get(phase, 0.0) + time.perf_counter() - start, 3)
+            self.add_time(phase, time.perf_counter() - start)
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        """Add to a phase's time: a phase run several times (a commit per slice) reports its total."""
+        self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
 
     def as_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "run_id": self.run_id, "counts": dict(sorted(self.counts.items())),
@@ -124,8 +128,7 @@ class RunContext:
                                 txn_app_id=app, txn_version=txn_version)
         self.commits[table] += not info.skipped
         self.stats.counts[f"rows_written.{table}"] += info.rows if not info.skipped else 0
-        key = f"commit.{table}"  # summed: refine and expert generate commit once per slice
-        self.stats.timings[key] = round(self.stats.timings.get(key, 0.0) + info.seconds, 3)
+        self.stats.add_time(f"commit.{table}", info.seconds)  # refine and expert generate commit once per slice
         if info.skipped and info.reason.startswith("already committed"):
             # Another run computed its rows from the same snapshot and committed first: this run's
             # rows may overlap them, so nothing was written. A rerun starts from the new snapshot.

@@ -103,14 +103,15 @@ class _Encoded(torch.utils.data.Dataset):
     are the ids.
     """
 
-    def __init__(self, rows: Iterable[dict[str, list[int]]]) -> None:
+    def __init__(self) -> None:
         self.ids = array("i")
         self.offsets = array("q", [0])
         self.prompt_lens = array("i")
-        for row in rows:
-            self.ids.extend(row["input_ids"])
-            self.offsets.append(len(self.ids))
-            self.prompt_lens.append(row["labels"].count(IGNORE_INDEX))  # program ids are never negative
+
+    def append(self, row: dict[str, list[int]]) -> None:
+        self.ids.extend(row["input_ids"])
+        self.offsets.append(len(self.ids))
+        self.prompt_lens.append(row["labels"].count(IGNORE_INDEX))  # program ids are never negative
 
     def __len__(self) -> int:
         return len(self.prompt_lens)
@@ -123,19 +124,15 @@ class _Encoded(torch.utils.data.Dataset):
 def _encode_all(tokenizer: Any, template: str, pairs: Iterable[tuple[str, str]],
                 max_seq_len: int) -> tuple[_Encoded, int, int]:
     """The trainable samples of `pairs`, packed, and how many were dropped as too long and had their prompt cut."""
-    dropped = truncated = 0
-
-    def rows() -> Iterator[dict[str, list[int]]]:
-        nonlocal dropped, truncated
-        for chunk_text, program in pairs:
-            encoded = encode_sample(tokenizer, template, chunk_text, program, max_seq_len)
-            if encoded is None:
-                dropped += 1
-                continue
+    packed, dropped, truncated = _Encoded(), 0, 0
+    for chunk_text, program in pairs:
+        encoded = encode_sample(tokenizer, template, chunk_text, program, max_seq_len)
+        if encoded is None:
+            dropped += 1
+        else:
+            packed.append(encoded[0])
             truncated += encoded[1]
-            yield encoded[0]
-
-    return _Encoded(rows()), dropped, truncated
+    return packed, dropped, truncated
 
 
 @dataclass(frozen=True, slots=True)
