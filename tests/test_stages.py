@@ -16,10 +16,10 @@ import pytest
 from deltalake import DeltaTable
 
 from refinex_spark import cli, readers
-from refinex_spark.config import IngestConfig
+from refinex_spark.config import IngestConfig, TrainConfig
 from refinex_spark.jobs import demo, distill, expert_import, export_sft, ingest, sql, train
 from refinex_spark.jobs.demo import BAD_RECORDS, EXPERT_MODEL, write_docs
-from refinex_spark.lake import Lake
+from refinex_spark.lake import Lake, LakeError
 from refinex_spark.model.sample_file import SampleFile
 from refinex_spark.model.train import read_model_card
 from refinex_spark.readers import plan_splits, read_file
@@ -530,3 +530,31 @@ def test_distributed_training_runs_ddp_processes_that_read_the_samples_file(spar
     assert metrics["world_size"] == 2 and metrics["completed"]
     assert metrics["max_steps"] == math.ceil(math.ceil(metrics["n_train"] / (2 * batch)) * 0.25)
     assert read_model_card(out)["refinex"]["metrics"]["world_size"] == 2
+
+
+@pytest.mark.parametrize("path, master, expected", [
+    ("./models/refine", "local[2]", Path("models/refine").resolve()),
+    ("/mnt/shared/models/refine", "yarn", Path("/mnt/shared/models/refine")),
+    ("file:///dbfs/models/refine", "yarn", Path("/dbfs/models/refine")),
+    ("./models/refine", "yarn", "is relative"),  # the driver container's directory: gone with it
+    ("hdfs:///models/refine", "local[2]", "is a URI"),  # would become a local directory named hdfs:
+    ("s3://bucket/models/refine", "yarn", "is a URI"),
+])
+def test_train_output_dir_is_a_path_the_writers_can_use(path, master, expected):
+    if isinstance(expected, Path):
+        assert train.output_dir(path, master) == expected
+    else:
+        with pytest.raises((LakeError, ValueError), match=expected):
+            train.output_dir(path, master)
+
+
+def test_distributed_training_processes():
+    conf = {"spark.executor.instances": "4", "spark.executor.resource.gpu.amount": "2"}
+    one_per_gpu = TrainConfig()
+    assert train.processes(one_per_gpu, "yarn", lambda k, d: conf.get(k, d)) == 8
+    assert train.processes(one_per_gpu, "local[2]", lambda k, d: conf.get(k, d)) == 1
+    assert train.processes(TrainConfig(processes=3), "yarn", lambda k, d: conf.get(k, d)) == 3
+    dynamic = {**conf, "spark.dynamicAllocation.enabled": "true"}
+    with pytest.raises(ValueError, match="set train.processes"):
+        train.processes(one_per_gpu, "yarn", lambda k, d: dynamic.get(k, d))
+    assert train.processes(TrainConfig(processes=3), "yarn", lambda k, d: dynamic.get(k, d)) == 3

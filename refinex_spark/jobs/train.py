@@ -9,11 +9,14 @@ tiny Qwen3-architecture base model with a locally trained tokenizer (no hub), fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
 
 from pyspark.sql import functions as F
 
+from ..config import TrainConfig
+from ..lake import is_local, resolve_root
 from ..model.prompt import load_template
 from ..model.sample_file import write_sample_file
 from ..model.tiny import build_tiny_model
@@ -26,11 +29,13 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
     config, stats = ctx.config, ctx.stats
     fingerprint = config.fingerprint("program", "chunking", "distill")
     template = load_template(config.model.prompt_version)
-    output_dir = Path(config.train.output_dir).resolve()
+    master = spark_master(ctx.spark)
+    out = output_dir(config.train.output_dir, master)
+    n_processes = processes(config.train, master, ctx.spark.conf.get) if distributed else 1
     with stats.timer("collect"):
         kept = (ctx.read("distill_samples").where(F.col("kept") & (F.col("fingerprint") == fingerprint))
                 .select("doc_id", "prompt", "program").orderBy("doc_id", "chunk_index"))
-        samples = write_sample_file(output_dir.parent / f"{output_dir.name}-samples.parquet",
+        samples = write_sample_file(out.parent / f"{out.name}-samples.parquet",
                                     ((r["doc_id"], r["prompt"], r["program"]) for r in kept.toLocalIterator()))
     if not len(samples):
         raise ValueError(f"no kept distill_samples under fingerprint {fingerprint}: run `distill` first")
@@ -39,7 +44,7 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
     if init_tiny:
         with stats.timer("init_tiny"):
             texts = chain([template], chain.from_iterable(samples))
-            base = str(build_tiny_model(output_dir.parent / f"{output_dir.name}-tiny-base", texts,
+            base = str(build_tiny_model(out.parent / f"{out.name}-tiny-base", texts,
                                         seed=config.train.seed))
     kwargs = dict(base=base, data_version=ctx.read_versions.get("distill_samples"), fingerprint=fingerprint,
                   prompt_version=config.model.prompt_version)
@@ -47,20 +52,35 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
         if distributed:
             from pyspark.ml.torch.distributor import TorchDistributor
 
-            local = spark_master(ctx.spark).startswith("local")
-            result = TorchDistributor(num_processes=_processes(ctx, local), local_mode=local, use_gpu=not local).run(
-                train_model, samples, config.train, template, str(output_dir), **kwargs)
+            local = master.startswith("local")
+            result = TorchDistributor(num_processes=n_processes, local_mode=local, use_gpu=not local).run(
+                train_model, samples, config.train, template, str(out), **kwargs)
         else:
-            result = train_model(samples, config.train, template, output_dir, **kwargs)
-    stats.info.update(output_dir=str(output_dir), base=base, metrics=result.metrics)
+            result = train_model(samples, config.train, template, out, **kwargs)
+    stats.info.update(output_dir=str(out), base=base, metrics=result.metrics)
     return stats.as_dict()
 
 
-def _processes(ctx: RunContext, local: bool) -> int:
-    """`train.processes`, else one per GPU of the cluster (one process in local mode)."""
-    if ctx.config.train.processes is not None:
-        return ctx.config.train.processes
-    if local:
+def processes(train: TrainConfig, master: str, conf: Callable[[str, str], str]) -> int:
+    """`train.processes`, else one per GPU of the cluster (one process in local mode); `conf(key,
+    default)` reads the Spark configuration."""
+    if train.processes is not None:
+        return train.processes
+    if master.startswith("local"):
         return 1
-    conf = ctx.spark.conf
-    return int(conf.get("spark.executor.instances", "1")) * int(conf.get("spark.executor.resource.gpu.amount", "1"))
+    if conf("spark.dynamicAllocation.enabled", "false").lower() == "true":
+        # Executors come and go: spark.executor.instances is not how many GPUs there are.
+        raise ValueError("train --distributed under dynamic allocation: set train.processes to the number of "
+                         "GPUs to train on (e.g. --set train.processes=8)")
+    return int(conf("spark.executor.instances", "1")) * int(conf("spark.executor.resource.gpu.amount", "1"))
+
+
+def output_dir(path: str, master: str) -> Path:
+    """train.output_dir as an absolute local path: transformers and the training processes write it
+    through the file system, so a URI is refused (a mount such as /dbfs/... or /Volumes/... works),
+    as is a relative path on a cluster (a directory of the driver's container, lost with it)."""
+    resolved = resolve_root(path, master, what="train.output_dir")
+    if not is_local(resolved):
+        raise ValueError(f"train.output_dir {resolved!r} is a URI; the model is written through the file system: "
+                         "use a local path, or a mount every node shares (e.g. /dbfs/..., /Volumes/...)")
+    return Path(resolved)
