@@ -93,8 +93,8 @@ class OpOutcome:
 @dataclass(frozen=True, slots=True)
 class Refinement:
     text: str
-    # ok (text changed) | kept (nothing rejected) | fallback (text unchanged: a chunk fell back, or nothing
-    # applied and something rejected) | dropped
+    # ok (text changed) | kept (unchanged, nothing rejected) | fallback (text unchanged: a chunk fell back,
+    # or an op was rejected) | dropped
     status: str
     outcomes: tuple[OpOutcome, ...]  # every op and rejection in program order, chunk by chunk
     n_applied: int
@@ -546,8 +546,8 @@ def execute(
         status = "dropped"
     elif text != norm:
         status = "ok"
-    else:  # unchanged: "kept" only when the program said so, not when all of it was rejected
-        status = "fallback" if fallback or (n_rejected and not n_applied) else "kept"
+    else:  # unchanged: "kept" only when nothing was rejected (keep_all() beside a bad op is not a keep)
+        status = "fallback" if fallback or n_rejected else "kept"
     return Refinement(
         text=text,
         status=status,

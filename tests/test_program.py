@@ -354,9 +354,12 @@ def test_a_program_with_only_rejections_falls_back(program: str, reason: str) ->
     assert (result.n_applied, [o.reason for o in result.outcomes]) == (0, [reason])
 
 
-def test_a_valid_no_op_beside_a_rejection_is_kept() -> None:
+def test_a_valid_no_op_beside_a_rejection_is_a_fallback() -> None:
+    """`kept` means the program kept the text and nothing in it was rejected: an audit of fallbacks
+    must find a keep_all() written beside a bad line."""
     result = execute(DOC, "keep_all()\nfoo()")
-    assert (result.status, result.n_applied, result.n_rejected) == ("kept", 1, 1)
+    assert (result.status, result.n_applied, result.n_rejected) == ("fallback", 1, 1)
+    assert execute(DOC, "keep_all()\nremove_lines(start=99, end=99)").status == "fallback"
 
 
 @pytest.mark.parametrize("program", ["", "keep_all()", "```\n```", "keep_all()\nkeep_all()"])
