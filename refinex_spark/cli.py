@@ -89,7 +89,8 @@ def _history(ctx, a):
 
 def _report(ctx, a):
     from .jobs import report
-    return report.run(ctx, a.output_dir, examples_per_status=a.examples_per_status)
+    return report.run(ctx, a.output_dir, examples_per_status=a.examples_per_status, model_id=a.model_id,
+                      fingerprint=a.fingerprint)
 
 
 def _demo(ctx, a):
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", _report, "HTML report with plots (+ JSON of the figures) of the lake")
     p.add_argument("output_dir", nargs="?", default="./report")
     p.add_argument("--examples-per-status", type=int, default=3, help="example diffs shown per refine status")
+    p.add_argument("--model-id", help="report this model's refined_docs rows (default: the newest generation's)")
+    p.add_argument("--fingerprint", help="report the rows of this refine fingerprint (default: the newest generation's)")
     p = add("demo", _demo, "synthetic corpus through the whole pipeline into ./lake")
     p.add_argument("--docs", type=int, default=300)
     p.add_argument("--workdir", default="./demo-data")

@@ -22,7 +22,7 @@ from refinex_spark.diff import compute_diff
 from refinex_spark.jobs import report as report_stage
 from refinex_spark.report import BINS, ReportInput, Snapshot, bin_edges, bin_of, build_report
 
-from audit_lake import audited_lake_config, context  # noqa: F401 - audited_lake_config is a fixture
+from audit_lake import ORACLE_MODEL, audited_lake_config, context  # noqa: F401 - audited_lake_config is a fixture
 
 GOLDEN = Path(__file__).parent / "golden" / "report.json"
 FIGURES = ["deleted_fraction", "op_kinds", "status", "sources", "distill_reasons", "run_over_run"]
@@ -160,9 +160,13 @@ def test_stage_figures_reconcile_with_the_lake(stage_report) -> None:
     lake = ctx.lake
     base = lake.version("refined_docs") - 1
     figures = {f["id"]: f["data"] for f in data["figures"]}
-    now = lake.read("refined_docs").toPandas()
-    before = lake.read("refined_docs", version=base).toPandas()
-    assert result["versions"]["refined_docs"] == base + 1 and result["counts"]["docs"] == len(now)
+    # Of the newest generation only: the oracle's commit, not the demo model's rows of the same documents.
+    assert (result["model_id"], result["fingerprint"]) == (ORACLE_MODEL, "oracle")
+    assert (data["meta"]["model_id"], data["meta"]["generations_in_table"]) == (ORACLE_MODEL, 2)
+    oracle = lambda df: df[(df.model_id == ORACLE_MODEL) & (df.fingerprint == "oracle")]  # noqa: E731
+    now = oracle(lake.read("refined_docs").toPandas())
+    before = oracle(lake.read("refined_docs", version=base).toPandas())
+    assert result["versions"]["refined_docs"] == base + 1 and result["counts"]["docs"] == len(now) > 0
 
     assert figures["status"]["docs"] == dict(Counter(now["status"]))
     hist = Counter(bin_of(f) for f in now["deleted_fraction"].dropna())
@@ -175,6 +179,20 @@ def test_stage_figures_reconcile_with_the_lake(stage_report) -> None:
     sources = now.merge(raw[["doc_id", "text_hash", "source"]], on=["doc_id", "text_hash"])
     assert {s: sum(v.values()) for s, v in figures["sources"]["docs"].items()} == dict(Counter(sources["source"]))
     assert sum(figures["distill_reasons"]["samples"].values()) == lake.read("distill_samples").count()
+
+
+@pytest.mark.spark
+def test_report_of_an_older_generation(spark, audited_lake_config, tmp_path) -> None:
+    """--model-id picks the demo model's rows; a model with no rows is refused, naming the generations."""
+    ctx = context(spark, audited_lake_config, "report")
+    rows = ctx.lake.read("refined_docs").toPandas()
+    demo = rows[rows.model_id != ORACLE_MODEL]
+    (model,) = set(demo.model_id)
+    result = report_stage.run(ctx, str(tmp_path), examples_per_status=1, model_id=model)
+    figures = {f["id"]: f["data"] for f in json.loads((tmp_path / "report.json").read_text())["figures"]}
+    assert result["counts"]["docs"] == len(demo) and figures["status"]["docs"] == dict(Counter(demo.status))
+    with pytest.raises(ValueError, match=f"generations: {ORACLE_MODEL} / oracle, "):
+        report_stage.run(ctx, str(tmp_path), model_id="no-such-model")
 
 
 @pytest.mark.spark

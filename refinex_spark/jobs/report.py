@@ -4,6 +4,10 @@ Spark SQL over the audit views computes small aggregates on the cluster; only th
 few example documents) reach the driver, where `refinex_spark.report` draws and renders them.
 Every table is read at the version it has when the stage starts; the run-over-run figure
 compares refined_docs at that version with the version before it (Delta time travel).
+
+refined_docs holds a row per document for every generation (model and fingerprint) that refined
+it: a retrained model refines the corpus again. The report is of one generation, the newest
+unless `model_id` / `fingerprint` pick another, so no document counts twice.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pyspark.sql import functions as F
 from ..report import BINS, ReportInput, Snapshot, write_report
 from ..runtime import RunContext
 from ..schemas import TABLES
-from . import sql
+from ..views import register_views
 
 
 def snapshot(refined: DataFrame, version: int | None) -> Snapshot:
@@ -41,18 +45,40 @@ def _before_last_run(history: list[dict]) -> int | None:
     return next((c["version"] for c in history[1:] if last is None or _run_of(c) != last), None)
 
 
+def generation(refined: DataFrame, model_id: str | None = None, fingerprint: str | None = None
+               ) -> tuple[tuple[str, str] | None, int]:
+    """The (model_id, fingerprint) of the newest refined_docs row matching the given ones (None: no rows at
+    all), and how many generations the table holds. A ValueError names them if none matches."""
+    found = (refined.groupBy("model_id", "fingerprint").agg(F.max("created_at").alias("last"))
+             .orderBy(F.col("last").desc(), "model_id", "fingerprint").collect())
+    matching = [(r["model_id"], r["fingerprint"]) for r in found
+                if model_id in (None, r["model_id"]) and fingerprint in (None, r["fingerprint"])]
+    if found and not matching:
+        have = ", ".join(f"{r['model_id']} / {r['fingerprint']}" for r in found)
+        raise ValueError(f"no refined_docs rows of model {model_id!r} / fingerprint {fingerprint!r} "
+                         f"(generations: {have})")
+    return (matching[0] if matching else None), len(found)
+
+
 def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_example_chars: int = 20_000,
-        seed: int = 0) -> dict:
+        seed: int = 0, model_id: str | None = None, fingerprint: str | None = None) -> dict:
     if examples_per_status < 0 or max_example_chars < 1:
         raise ValueError("examples_per_status must be >= 0 and max_example_chars >= 1")
     spark, lake, stats = ctx.spark, ctx.lake, ctx.stats
     versions = {t: lake.version(t) for t in TABLES}
     with stats.timer("aggregate"):
-        sql.register(ctx, {t: v for t, v in versions.items() if v is not None})
+        lake.register_views(spark, {t: v for t, v in versions.items() if v is not None})
+        chosen, n_generations = generation(spark.table("refined_docs"), model_id, fingerprint)
+        of_chosen = lambda df: df if chosen is None else df.where(  # noqa: E731
+            (F.col("model_id") == chosen[0]) & (F.col("fingerprint") == chosen[1]))
+        # The audit views read the refined_docs view: narrowed first, every figure is of this generation.
+        of_chosen(spark.table("refined_docs")).createOrReplaceTempView("refined_docs")
+        register_views(spark)
         refined_version = versions["refined_docs"]
         current = snapshot(spark.table("refined_docs"), refined_version)
         before = _before_last_run(lake.history("refined_docs"))
-        previous = snapshot(lake.read("refined_docs", version=before), before) if before is not None else None
+        previous = (snapshot(of_chosen(lake.read("refined_docs", version=before)), before)
+                    if before is not None else None)
         ops = spark.table("op_stats").toPandas()
         sources = spark.sql("SELECT coalesce(source, '(unknown)') AS source, status, count(*) AS docs "
                             "FROM audit GROUP BY 1, 2").toPandas()
@@ -67,6 +93,8 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
             WHERE pick <= {int(examples_per_status)}
             ORDER BY status, deleted_fraction DESC, doc_id""").toPandas()
     meta = {"lake": lake.location("refined_docs").rsplit("/", 1)[0], "engine": lake.engine,
+            "model_id": chosen and chosen[0], "fingerprint": chosen and chosen[1],
+            "generations_in_table": n_generations,
             "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run_id": ctx.run_id,
             **{f"version.{t}": v for t, v in versions.items()}}
     inp = ReportInput(meta=meta, current=current, previous=previous, ops=ops, sources=sources, distill=distill,
@@ -75,5 +103,6 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
         html_path, json_path = write_report(inp, output_dir)
     stats.counts["docs"] = int(current.statuses["docs"].sum()) if not current.statuses.empty else 0
     stats.counts["examples"] = len(examples)
-    stats.info.update(html=str(html_path), json=str(json_path), versions=versions)
+    stats.info.update(html=str(html_path), json=str(json_path), versions=versions,
+                      model_id=chosen and chosen[0], fingerprint=chosen and chosen[1])
     return stats.as_dict()
