@@ -85,7 +85,8 @@ def _bind_gpu() -> None:
 def format_progress(counts: dict[str, int], total_docs: int, elapsed_s: float) -> str:
     """One progress line, e.g. `refine: 42s docs 1200/5000 (ok 1000, kept 150, fallback 40, error 10) 0.52 MB/s`."""
     c = Counter(counts)
-    statuses = ", ".join(f"{s} {c[s]}" for s in STATUSES)
+    shown = (*STATUSES, "dropped") if c["dropped"] else STATUSES  # ProX drop_doc(): only when it happened
+    statuses = ", ".join(f"{s} {c[s]}" for s in shown)
     rate = c["input_chars"] / elapsed_s / 1e6 if elapsed_s > 0 else 0.0
     return f"refine: {elapsed_s:.0f}s docs {c['docs']}/{total_docs} ({statuses}) {rate:.2f} MB/s"
 
