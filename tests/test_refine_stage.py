@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from refinex_spark.chunking import normalize_newlines
+from refinex_spark.config import load_config
 from refinex_spark.jobs import ingest, refine
 from refinex_spark.jobs.demo import write_docs
 from refinex_spark.model.tiny import build_tiny_model
@@ -142,3 +143,13 @@ def test_progress_line_shows_dropped_documents_when_there_are_some():
     assert refine.format_progress(counts, 20, 4.0) == "refine: 4s docs 10/20 (ok 6, kept 1, fallback 1, error 0) 0.50 MB/s"
     assert refine.format_progress({**counts, "dropped": 2}, 20, 4.0) == (
         "refine: 4s docs 10/20 (ok 6, kept 1, fallback 1, error 0, dropped 2) 0.50 MB/s")
+
+
+def test_a_missing_model_directory_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    """`models/refine` reads like a hub id (org/name); with ./models here it is a path that does not exist."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config(overrides=["model.path=models/refine"])
+    refine.check_model(config)  # nothing named models here: a hub id, loaded by the executors
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ValueError, match=r"'models/refine' is no directory, and ./models/ exists here"):
+        refine.check_model(config)

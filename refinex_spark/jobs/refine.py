@@ -52,6 +52,9 @@ def check_model(config: Config) -> None:
     elif not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", m.path):  # a hub id: org/name
         raise ValueError(f"model.path {m.path!r} is no directory and no hub id (org/name): run `refinex-spark "
                          "train` first, or point model.path at a model directory")
+    elif os.path.isdir(org := m.path.split("/")[0]):  # models/refine with ./models here: a path, mistyped
+        raise ValueError(f"model.path {m.path!r} is no directory, and ./{org}/ exists here, so it is no hub id "
+                         "either: run `refinex-spark train` first, or fix the path")
 
 
 def model_id(config: Config) -> str:
