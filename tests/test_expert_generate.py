@@ -211,7 +211,9 @@ def context(lake: Lake, stage: str, **expert) -> RunContext:
 
 def http_settings(server: FakeExpert, **extra) -> dict:
     return {"base_url": server.base_url, "model": MODEL, "api_key_env": KEY_ENV, "sample_fraction": 1.0,
-            "context_tokens": 8192, "concurrency": 4, "docs_per_task": 5, "request_timeout_s": 1.0,
+            # 3 s: a stall of a busy 2-core machine (Spark tasks, the server's threads) must not look
+            # like the `slow` fault, which the server answers only after slow_s.
+            "context_tokens": 8192, "concurrency": 4, "docs_per_task": 5, "request_timeout_s": 3.0,
             "max_retries": MAX_RETRIES, "backoff_base_s": 0.01, "backoff_max_s": 2.0, "progress_interval_s": 0.5,
             **extra}
 
@@ -239,7 +241,7 @@ def pipeline(spark, tmp_path_factory):
     os.environ[KEY_ENV] = "sekret"
     try:
         with FakeExpert(INSTRUCTION, model=MODEL, answers={d.raw: d.expert for d in synth}, api_key="sekret",
-                        retry_after_s=1, slow_s=2.0) as server:
+                        retry_after_s=1, slow_s=4.0) as server:
             first = context(lake, "expert", **http_settings(server))
             progress = io.StringIO()
             stats1 = expert_generate.run(first, progress_stream=progress)

@@ -118,7 +118,9 @@ def test_aborted_run_then_rerun_equals_uninterrupted(make_ctx, tmp_path):
         assert 0 < len(partial) < len(DOCS)  # the first slice survived the crash
         server.down_when = lambda: False
         rerun = refine.run(make_ctx("refine", lake_b, sliced, *_served(server)))
-        assert rerun["counts"]["docs"] == len(DOCS) - len(partial)
+        assert rerun["counts"]["docs"] == len(DOCS) - len(partial) == rerun["counts"]["rows_written.refined_docs"]
+        # Statuses are read back once, at the end, over every slice this run committed.
+        assert sum(n for k, n in rerun["counts"].items() if k.startswith("status.")) == rerun["counts"]["docs"]
         got = _table(make_ctx("x", lake_b))
     assert got[COMPARED].equals(expected[COMPARED])
 

@@ -23,6 +23,7 @@ from pyspark.accumulators import Accumulator
 from pyspark.sql import functions as F
 
 from ..config import Config
+from ..lake import CommitInfo
 from ..model import cache
 from ..model.prompt import load_template
 from ..model.revision import model_revision
@@ -156,22 +157,30 @@ def run(ctx: RunContext, retry_errors: bool = False) -> dict:
     with stats.timer("plan"):
         n_pending, parts = file_slices(docs, config.refine.docs_per_commit)
     stats.counts["pending"] = n_pending
-    stats.counts["docs"] = 0  # this run's documents as committed, updated after each slice
+    stats.counts["docs"] = 0  # this run's documents as committed (a row each), updated after each slice
     line = lambda counts, seconds: format_progress(counts, n_pending, seconds)  # noqa: E731
+    last = None
     with progress(ctx.spark, line, config.refine.progress_interval_s) if parts else nullcontext() as accumulator:
         refine_rows = _refine_rows(shipped, template, revision, accumulator)
         for i, part in enumerate(parts):
-            _refine_slice(ctx, part, refine_rows, out_schema, model, fp)
+            info = _refine_slice(ctx, part, refine_rows, out_schema, model, fp)
+            if info.version is not None:
+                stats.counts["docs"] += info.rows
+                last = info.version
             print(f"[refine] slice {i + 1}/{len(parts)} committed: {stats.counts['docs']}/{n_pending} docs",
                   file=sys.stderr, flush=True)
+    if last is not None:  # statuses read back once, from this run's committed rows (not once per slice)
+        written = ctx.lake.read("refined_docs", version=last).where(F.col("run_id") == ctx.run_id)
+        for r in written.groupBy("status").count().collect():
+            stats.counts[f"status.{r['status']}"] = r["count"]
     seconds = stats.timings.get("refine_and_write", 0.0)
     stats.info.update(model_id=model, fingerprint=fp, slices=len(parts),
                       docs_per_s=round(stats.counts["docs"] / seconds, 2) if seconds else None)
     return stats.as_dict()
 
 
-def _refine_slice(ctx: RunContext, part, refine_rows: RowsFn, out_schema, model: str, fp: str) -> None:
-    """One slice refined and committed; the run's counts set from what is committed so far."""
+def _refine_slice(ctx: RunContext, part, refine_rows: RowsFn, out_schema, model: str, fp: str) -> CommitInfo:
+    """One slice refined and committed."""
     config, stats = ctx.config, ctx.stats
     rows = (map_rows(part, refine_rows, out_schema, profile=_gpu_profile(ctx.spark))
             .withColumn("model_id", F.lit(model))
@@ -180,10 +189,4 @@ def _refine_slice(ctx: RunContext, part, refine_rows: RowsFn, out_schema, model:
             .withColumn("run_id", F.lit(ctx.run_id))
             .withColumn("created_at", F.current_timestamp()))
     with stats.timer("refine_and_write"):  # the model runs as the rows are written
-        info = ctx.append("refined_docs", rows, fingerprint=fp)
-    if info.version is not None:  # this run's rows so far, as committed
-        written = ctx.lake.read("refined_docs", version=info.version).where(F.col("run_id") == ctx.run_id)
-        by_status = {r["status"]: r["count"] for r in written.groupBy("status").count().collect()}
-        for status, n in by_status.items():  # all of this run's rows: set, not added (Counter.update adds)
-            stats.counts[f"status.{status}"] = n
-        stats.counts["docs"] = sum(by_status.values())
+        return ctx.append("refined_docs", rows, fingerprint=fp)
