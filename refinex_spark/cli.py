@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output_dir", nargs="?", default="./report")
     p.add_argument("--examples-per-status", type=int, default=3, help="example diffs shown per refine status")
     p.add_argument("--model-id", help="report this model's refined_docs rows (default: the newest generation's)")
-    p.add_argument("--fingerprint", help="report the rows of this refine fingerprint (default: the newest generation's)")
+    p.add_argument("--fingerprint", help="report this refine fingerprint's rows (default: the newest generation's)")
     p = add("demo", _demo, "synthetic corpus through the whole pipeline into ./lake")
     p.add_argument("--docs", type=int, default=300)
     p.add_argument("--workdir", default="./demo-data")

@@ -142,7 +142,8 @@ def test_refine_with_a_local_transformers_model(ingested, tmp_path):
 
 def test_progress_line_shows_dropped_documents_when_there_are_some():
     counts = {"docs": 10, "ok": 6, "kept": 1, "fallback": 1, "error": 0, "input_chars": 2_000_000}
-    assert refine.format_progress(counts, 20, 4.0) == "refine: 4s docs 10/20 (ok 6, kept 1, fallback 1, error 0) 0.50 MB/s"
+    assert refine.format_progress(counts, 20, 4.0) == (
+        "refine: 4s docs 10/20 (ok 6, kept 1, fallback 1, error 0) 0.50 MB/s")
     assert refine.format_progress({**counts, "dropped": 2}, 20, 4.0) == (
         "refine: 4s docs 10/20 (ok 6, kept 1, fallback 1, error 0, dropped 2) 0.50 MB/s")
 

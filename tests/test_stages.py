@@ -109,7 +109,8 @@ def test_a_big_file_is_read_by_a_task_per_split(spark, corpus):
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
     tracker = sc.statusTracker()
-    stages = [tracker.getStageInfo(s) for j in tracker.getJobIdsForGroup("planning") for s in tracker.getJobInfo(j).stageIds]
+    stages = [tracker.getStageInfo(s) for j in tracker.getJobIdsForGroup("planning")
+              for s in tracker.getJobInfo(j).stageIds]
     # The big file's newlines are counted by a task per piece, not by one task reading it all.
     assert len(readers.plan_file(big, cfg)) in [s.numTasks for s in stages]
     # Metadata is read by a task per file the listing found bigger than a split: the small parquet

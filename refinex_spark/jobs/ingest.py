@@ -70,8 +70,8 @@ def _one_per_task(spark, rows: list[tuple], schema: StructType) -> DataFrame:
     return numbered.repartitionByRange(max(1, len(rows)), "_i").drop("_i")
 
 
-def read_records(spark, files: Mapping[str, int | None], cfg, *, require_id: bool = False, keep_record: bool = False,
-                 lines: dict[str, list[int]] | None = None) -> DataFrame:
+def read_records(spark, files: Mapping[str, int | None], cfg, *, require_id: bool = False,
+                 keep_record: bool = False, lines: dict[str, list[int]] | None = None) -> DataFrame:
     """One task per split of a file (`readers.plan_splits`); each yields its `doc` and `reject` records
     (see readers.read_file). `files` maps each file to its size in bytes as listed (None: not known).
     Planning takes a task per file that may split (`readers.plan_file`, from metadata: only files
@@ -111,7 +111,8 @@ def with_original_records(spark, rejected: DataFrame, cfg) -> DataFrame:
     lines: dict[str, list[int]] = {}
     for r in rejected.select("source_file", "line_no").distinct().collect():
         lines.setdefault(r["source_file"], []).append(r["line_no"])
-    originals = (read_records(spark, dict.fromkeys(sorted(lines)), cfg, keep_record=True, lines=lines).where("kind = 'doc'")
+    originals = (read_records(spark, dict.fromkeys(sorted(lines)), cfg, keep_record=True, lines=lines)
+                 .where("kind = 'doc'")
                  .select("source_file", "line_no", "text_hash", F.col("record").alias("_original")))
     return (rejected.join(originals, ["source_file", "line_no", "text_hash"], "left")
             .select("reason", "source_file", "line_no", F.coalesce("_original", "record").alias("record"), "detail"))
