@@ -88,6 +88,7 @@ class OpOutcome:
     op: str  # rendered op, or the rejected source line
     applied: bool
     reason: str = ""  # rejection reason, or CHUNK_FALLBACK for a valid op of a chunk that fell back
+    chunk: int = 0  # position of the chunk program it came from (0: a whole-document program)
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,7 +538,8 @@ def execute(
         else:
             fallback.append(position)
         for shown, reason in verdicts:
-            outcomes.append(OpOutcome(shown, held and not reason, reason or ("" if held else CHUNK_FALLBACK)))
+            outcomes.append(OpOutcome(shown, held and not reason, reason or ("" if held else CHUNK_FALLBACK),
+                                      position))
 
     n_applied = sum(o.applied for o in outcomes)
     n_rejected = sum(1 for o in outcomes if o.reason and o.reason != CHUNK_FALLBACK)

@@ -181,7 +181,8 @@ def _assemble(doc_id: str, text: str, text_hash: str, chunks: list, programs: li
     if config.program.dialect == "refinex" and not is_subsequence(result.text, raw):
         return _error_row(doc_id, text_hash, "refined text is not deletion-only")
     # Each op made storable before JSON: a surrogate escaped in the JSON text would decode back to itself.
-    outcomes = [{"op": _storable(o.op), "applied": o.applied, "reason": o.reason} for o in result.outcomes]
+    outcomes = [{"op": _storable(o.op), "applied": o.applied, "reason": o.reason, "chunk": o.chunk}
+                for o in result.outcomes]
     return {"doc_id": doc_id, "text_hash": text_hash, "refined_text": result.text,
             "program": _storable("\n".join(p.strip() for p in programs)),
             "op_outcomes": json.dumps(outcomes, ensure_ascii=False), "status": result.status, "error": None,

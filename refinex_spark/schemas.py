@@ -135,7 +135,7 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
         ("text_hash", "string", False, "raw_docs.text_hash of the refined input"),
         ("refined_text", "string", True, "refined text; null when status is error"),
         ("program", "string", True, "whole-document program as generated"),
-        ("op_outcomes", "string", True, "JSON list of op outcomes (applied / rejected with reason)"),
+        ("op_outcomes", "string", True, "JSON list of op outcomes: op, applied, reason (why not), chunk (its chunk's position)"),
         ("status", "string", False, "ok | kept | fallback | error (| dropped in the ProX dialect)"),
         ("error", "string", True, "error message when status is error"),
         ("deleted_fraction", "double", True, "share of raw characters deleted"),

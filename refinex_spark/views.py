@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-OP_OUTCOMES_SCHEMA = "array<struct<op:string,applied:boolean,reason:string>>"
+OP_OUTCOMES_SCHEMA = "array<struct<op:string,applied:boolean,reason:string,chunk:int>>"
 
 # A distill sample's outcome: kept, a drop reason, or "error" (its message is on the row).
 _REASON = ("CASE WHEN kept THEN 'kept' WHEN drop_reason LIKE 'error:%' THEN 'error' "

@@ -376,13 +376,14 @@ def test_chunks_fall_back_independently_and_outcomes_keep_program_order() -> Non
     result = execute(DOC, chunks)
     assert result.text == "l0 \nl2 gamma\nl3 delta"
     assert (result.status, result.fallback_chunks) == ("ok", (1,))
-    assert [(o.op, o.applied, o.reason) for o in result.outcomes] == [
-        ("remove_str(line=0, text='alpha')", True, ""),
-        ("bad(", False, "malformed"),
-        ("remove_lines(start=1, end=1)", True, ""),
-        ("remove_lines(start=2, end=2)", False, CHUNK_FALLBACK),
-        ("remove_lines(start=0, end=0)", False, "outside_chunk"),
-        ("nope()", False, "unknown_function"),
+    # Each outcome names its chunk: an outside_chunk rejection is traced to the chunk that wrote it.
+    assert [(o.op, o.applied, o.reason, o.chunk) for o in result.outcomes] == [
+        ("remove_str(line=0, text='alpha')", True, "", 0),
+        ("bad(", False, "malformed", 0),
+        ("remove_lines(start=1, end=1)", True, "", 0),
+        ("remove_lines(start=2, end=2)", False, CHUNK_FALLBACK, 1),
+        ("remove_lines(start=0, end=0)", False, "outside_chunk", 1),
+        ("nope()", False, "unknown_function", 1),
     ]
     assert (result.n_applied, result.n_rejected) == (2, 3)
     assert result.deleted_chars == len(DOC) - len(result.text)

@@ -105,7 +105,7 @@ def test_lone_surrogates_in_model_output_are_rejected_and_stored_visibly():
     # storable stand-in: '?' would be in the line and every '?' deleted.
     assert (row["status"], row["refined_text"]) == ("fallback", doc[1])
     outcomes = json.loads(row["op_outcomes"])
-    assert outcomes[0]["reason"] == "malformed"
+    assert (outcomes[0]["reason"], outcomes[0]["chunk"]) == ("malformed", 0)
     # Read back, the op is still storable text (what the report and notebooks render), not a surrogate.
     assert outcomes[0]["op"].encode("utf-8") == b'remove_str(line=0, text="\\ud800")'
     assert row["program"].encode("utf-8") == b'remove_str(line=0, text="\\ud800")'
