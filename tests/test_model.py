@@ -283,6 +283,11 @@ def test_resume_refuses_other_hyperparameters(trained: Trained, base_model: Path
     with pytest.raises(ValueError, match="belong to another run"):
         train_model(samples, changed, TRAIN_TEMPLATE, trained.out, base=str(base_model), data_version=7,
                     fingerprint="fp-test")
+    # Where it runs is no hyperparameter: another process count resumes (here, with nothing left to do).
+    elsewhere = TRAIN.model_copy(update={"processes": 2})
+    again = train_model(samples, elsewhere, TRAIN_TEMPLATE, trained.out, base=str(base_model), data_version=7,
+                        fingerprint="fp-test")
+    assert again.metrics["resumed_from_step"] == trained.resumed["global_step"]
 
 
 def test_retraining_on_the_same_data_keeps_the_refine_revision(tmp_path: Path, samples) -> None:

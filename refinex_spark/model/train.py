@@ -314,8 +314,10 @@ def train_model(
         "fingerprint": fingerprint,
         "prompt_version": prompt_version,
         "template": template_digest(template),
-        # Resuming under other hyperparameters would train a mix of two runs.
-        "train": config.model_dump(exclude={"base", "output_dir", "save_steps"}),
+        # Resuming under other hyperparameters would train a mix of two runs. Not `processes`: the
+        # world size is where the run happens (as for a resized cluster), and checkpoints of runs
+        # from before the setting existed still resume.
+        "train": config.model_dump(exclude={"base", "output_dir", "save_steps", "processes"}),
     }
     _check_identity(ckpt_dir, identity, resume, owner=rank == 0)
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
