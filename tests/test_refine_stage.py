@@ -149,10 +149,14 @@ def test_progress_line_shows_dropped_documents_when_there_are_some():
 
 
 def test_a_missing_model_directory_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
-    """`models/refine` reads like a hub id (org/name); with ./models here it is a path that does not exist."""
+    """`models/refine` reads like a hub id (org/name); next to ./models holding models it is a path
+    that does not exist."""
     monkeypatch.chdir(tmp_path)
     config = load_config(overrides=["model.path=models/refine"])
     refine.check_model(config)  # nothing named models here: a hub id, loaded by the executors
-    (tmp_path / "models").mkdir()
-    with pytest.raises(ValueError, match=r"'models/refine' is no directory, and ./models/ exists here"):
+    (tmp_path / "models" / "notes").mkdir(parents=True)
+    refine.check_model(config)  # a folder of that name, but no model in it: still taken for a hub id
+    (tmp_path / "models" / "refine-v1").mkdir()
+    (tmp_path / "models" / "refine-v1" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"'models/refine' is no directory, and ./models/ here holds models"):
         refine.check_model(config)

@@ -189,8 +189,11 @@ def test_report_of_an_older_generation(spark, audited_lake_config, tmp_path) -> 
     demo = rows[rows.model_id != ORACLE_MODEL]
     (model,) = set(demo.model_id)
     result = report_stage.run(ctx, str(tmp_path), examples_per_status=1, model_id=model)
-    figures = {f["id"]: f["data"] for f in json.loads((tmp_path / "report.json").read_text())["figures"]}
+    data = json.loads((tmp_path / "report.json").read_text())
+    figures = {f["id"]: f["data"] for f in data["figures"]}
     assert result["counts"]["docs"] == len(demo) and figures["status"]["docs"] == dict(Counter(demo.status))
+    # The runs table is the lake's: both generations' refine runs, whichever one is reported.
+    assert {r["run_id"] for r in data["runs"] if r["stage"] == "refine"} == set(rows.run_id)
     with pytest.raises(ValueError, match=f"generations: {ORACLE_MODEL} / oracle, "):
         report_stage.run(ctx, str(tmp_path), model_id="no-such-model")
 

@@ -53,9 +53,15 @@ def check_model(config: Config) -> None:
     elif not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", m.path):  # a hub id: org/name
         raise ValueError(f"model.path {m.path!r} is no directory and no hub id (org/name): run `refinex-spark "
                          "train` first, or point model.path at a model directory")
-    elif os.path.isdir(org := m.path.split("/")[0]):  # models/refine with ./models here: a path, mistyped
-        raise ValueError(f"model.path {m.path!r} is no directory, and ./{org}/ exists here, so it is no hub id "
-                         "either: run `refinex-spark train` first, or fix the path")
+    elif _holds_models(org := m.path.split("/")[0]):  # models/refine next to ./models/other: a mistyped path
+        raise ValueError(f"model.path {m.path!r} is no directory, and ./{org}/ here holds models, so it is no "
+                         "hub id either: run `refinex-spark train` first, or fix the path")
+
+
+def _holds_models(directory: str) -> bool:
+    """Whether `directory` is a local folder with a model directory in it (a config.json one level down)."""
+    return os.path.isdir(directory) and any(
+        os.path.isfile(os.path.join(directory, name, "config.json")) for name in os.listdir(directory))
 
 
 def model_id(config: Config) -> str:

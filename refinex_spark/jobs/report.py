@@ -21,6 +21,7 @@ from ..report import BINS, ReportInput, Snapshot, write_report
 from ..runtime import RunContext
 from ..schemas import TABLES
 from ..views import register_views
+from . import sql
 
 
 def snapshot(refined: DataFrame, version: int | None) -> Snapshot:
@@ -67,11 +68,13 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
     spark, lake, stats = ctx.spark, ctx.lake, ctx.stats
     versions = {t: lake.version(t) for t in TABLES}
     with stats.timer("aggregate"):
-        lake.register_views(spark, {t: v for t, v in versions.items() if v is not None})
+        sql.register(ctx, {t: v for t, v in versions.items() if v is not None})
+        runs = spark.sql("SELECT * FROM run_summary ORDER BY started_at, stage").toPandas()  # every run
         chosen, n_generations = generation(spark.table("refined_docs"), model_id, fingerprint)
         of_chosen = lambda df: df if chosen is None else df.where(  # noqa: E731
             (F.col("model_id") == chosen[0]) & (F.col("fingerprint") == chosen[1]))
-        # The audit views read the refined_docs view: narrowed first, every figure is of this generation.
+        # The audit views read the refined_docs view: narrowed, and the views defined again over it,
+        # every other figure is of this generation.
         of_chosen(spark.table("refined_docs")).createOrReplaceTempView("refined_docs")
         register_views(spark)
         refined_version = versions["refined_docs"]
@@ -83,7 +86,6 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
         sources = spark.sql("SELECT coalesce(source, '(unknown)') AS source, status, count(*) AS docs "
                             "FROM audit GROUP BY 1, 2").toPandas()
         distill = spark.sql("SELECT reason, sum(samples) AS samples FROM distill_summary GROUP BY reason").toPandas()
-        runs = spark.sql("SELECT * FROM run_summary ORDER BY started_at, stage").toPandas()
         # A few documents per status, picked by a seeded hash so reruns show the same ones.
         examples = spark.sql(f"""
             SELECT doc_id, source, status, deleted_fraction, raw_text, refined_text, op_outcomes, error, model_id,

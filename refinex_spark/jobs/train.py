@@ -1,14 +1,15 @@
 """train: kept `distill_samples` -> a Hugging Face model directory with a model card.
 
-The samples of the current distill fingerprint are streamed from Spark into a Parquet file beside
-the output directory (`<output_dir>-samples.parquet`) and `model.train.train_model` reads them
-from there, in-process or, with `--distributed`, in every TorchDistributor process on the
-cluster's GPUs (which must see that path, as they see the output directory). `--init-tiny` first builds a
-tiny Qwen3-architecture base model with a locally trained tokenizer (no hub), for CI and the demo.
+The samples of the current distill fingerprint are streamed from Spark into a Parquet file in the
+output directory (`SAMPLES_FILE`, removed once the model is written) and `model.train.train_model`
+reads them from there, in-process or, with `--distributed`, in every TorchDistributor process on
+the cluster's GPUs (which see the output directory too). `--init-tiny` first builds a tiny
+Qwen3-architecture base model with a locally trained tokenizer (no hub), for CI and the demo.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
@@ -16,13 +17,15 @@ from pathlib import Path
 from pyspark.sql import functions as F
 
 from ..config import TrainConfig
-from ..lake import is_local, resolve_root
+from ..lake import is_local
 from ..model.prompt import load_template
 from ..model.sample_file import write_sample_file
 from ..model.tiny import build_tiny_model
 from ..model.train import train_model
 from ..runtime import RunContext
 from ..spark_session import spark_master
+
+SAMPLES_FILE = "train-samples.parquet"
 
 
 def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> dict:
@@ -35,7 +38,7 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
     with stats.timer("collect"):
         kept = (ctx.read("distill_samples").where(F.col("kept") & (F.col("fingerprint") == fingerprint))
                 .select("doc_id", "prompt", "program").orderBy("doc_id", "chunk_index"))
-        samples = write_sample_file(out.parent / f"{out.name}-samples.parquet",
+        samples = write_sample_file(out / SAMPLES_FILE,
                                     ((r["doc_id"], r["prompt"], r["program"]) for r in kept.toLocalIterator()))
     if not len(samples):
         raise ValueError(f"no kept distill_samples under fingerprint {fingerprint}: run `distill` first")
@@ -57,6 +60,7 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
                 train_model, samples, config.train, template, str(out), **kwargs)
         else:
             result = train_model(samples, config.train, template, out, **kwargs)
+    os.remove(samples.path)  # a copy of distill_samples: a rerun writes it again
     stats.info.update(output_dir=str(out), base=base, metrics=result.metrics)
     return stats.as_dict()
 
@@ -64,23 +68,32 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
 def processes(train: TrainConfig, master: str, conf: Callable[[str, str], str]) -> int:
     """`train.processes`, else one per GPU of the cluster (one process in local mode); `conf(key,
     default)` reads the Spark configuration."""
+    if master.startswith("local"):
+        return train.processes or 1
+    if not conf("spark.task.resource.gpu.amount", ""):
+        # TorchDistributor runs each process as a task holding one GPU; conf/yarn.yaml leaves this unset
+        # so that the CPU stages run a task per core.
+        raise ValueError("train --distributed needs spark.task.resource.gpu.amount=1: pass "
+                         "--conf spark.task.resource.gpu.amount=1 to this spark-submit")
     if train.processes is not None:
         return train.processes
-    if master.startswith("local"):
-        return 1
-    if conf("spark.dynamicAllocation.enabled", "false").lower() == "true":
-        # Executors come and go: spark.executor.instances is not how many GPUs there are.
-        raise ValueError("train --distributed under dynamic allocation: set train.processes to the number of "
-                         "GPUs to train on (e.g. --set train.processes=8)")
-    return int(conf("spark.executor.instances", "1")) * int(conf("spark.executor.resource.gpu.amount", "1"))
+    if conf("spark.dynamicAllocation.enabled", "false").lower() == "true" or not conf("spark.executor.instances", ""):
+        # Executors come and go, or their number is the cluster manager's: not a count of GPUs.
+        raise ValueError("train --distributed: set train.processes to the number of GPUs to train on "
+                         "(e.g. --set train.processes=8); spark.executor.instances does not say it here")
+    return int(conf("spark.executor.instances", "")) * int(conf("spark.executor.resource.gpu.amount", "1"))
 
 
 def output_dir(path: str, master: str) -> Path:
     """train.output_dir as an absolute local path: transformers and the training processes write it
     through the file system, so a URI is refused (a mount such as /dbfs/... or /Volumes/... works),
-    as is a relative path on a cluster (a directory of the driver's container, lost with it)."""
-    resolved = resolve_root(path, master, what="train.output_dir")
-    if not is_local(resolved):
-        raise ValueError(f"train.output_dir {resolved!r} is a URI; the model is written through the file system: "
+    as is a relative path off a local master (the driver's working directory, maybe a container's,
+    is gone with it, and the executors cannot see it)."""
+    if not is_local(path):
+        raise ValueError(f"train.output_dir {path!r} is a URI; the model is written through the file system: "
                          "use a local path, or a mount every node shares (e.g. /dbfs/..., /Volumes/...)")
-    return Path(resolved)
+    local = Path(path).expanduser()
+    if not local.is_absolute() and not master.startswith("local"):
+        raise ValueError(f"train.output_dir {path!r} is relative, but Spark master {master!r} is a cluster: "
+                         "use an absolute path on a mount every node shares (e.g. /dbfs/..., /Volumes/...)")
+    return local.resolve()

@@ -39,8 +39,10 @@ class SampleFile:
 
 
 def write_sample_file(path: str | Path, rows: Iterable[tuple[str, str, str]]) -> SampleFile:
-    """Write (doc_id, prompt, program) rows to `path`, replacing it whole: a crash mid-write leaves
-    the previous file (or none), never a torn one."""
+    """Write (doc_id, prompt, program) rows to `path`, replacing it whole: the rows go to a partial file
+    renamed into place when complete, so a crash mid-write leaves the previous file (or none) where
+    renames are atomic, as on local disks and HDFS-backed mounts (on a FUSE mount of an object store a
+    rename may be a copy)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
