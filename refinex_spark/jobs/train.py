@@ -40,9 +40,9 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
                 .select("doc_id", "prompt", "program").orderBy("doc_id", "chunk_index"))
         samples = write_sample_file(out / SAMPLES_FILE,
                                     ((r["doc_id"], r["prompt"], r["program"]) for r in kept.toLocalIterator()))
-    if not len(samples):
+    stats.counts["samples"] = len(samples)  # read from the file's footer: once
+    if not stats.counts["samples"]:
         raise ValueError(f"no kept distill_samples under fingerprint {fingerprint}: run `distill` first")
-    stats.counts["samples"] = len(samples)
     base = config.train.base
     if init_tiny:
         with stats.timer("init_tiny"):

@@ -292,7 +292,8 @@ def train_model(
         tokenizer.pad_token = tokenizer.eos_token
     if groups is None and isinstance(samples, SampleFile):
         groups = samples.doc_ids()
-    held = held_out(len(samples), config.eval_fraction, config.seed, config.max_eval_samples, groups)
+    n_samples = len(samples)  # of a SampleFile, a read of its footer
+    held = held_out(n_samples, config.eval_fraction, config.seed, config.max_eval_samples, groups)
     slots = {i: k for k, i in enumerate(held)}
     eval_pairs: list[tuple[str, str]] = [("", "")] * len(held)
 
@@ -305,7 +306,7 @@ def train_model(
 
     rows, dropped, truncated = _encode_all(tokenizer, template, train_pairs(), config.max_seq_len)
     if not rows:
-        raise ValueError(f"no trainable samples: {len(samples)} given, none fits max_seq_len={config.max_seq_len}")
+        raise ValueError(f"no trainable samples: {n_samples} given, none fits max_seq_len={config.max_seq_len}")
     eval_rows = _encode_all(tokenizer, template, eval_pairs, config.max_seq_len)[0]
 
     identity = {
