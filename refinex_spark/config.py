@@ -60,6 +60,13 @@ def _not_blank(value: str, what: str) -> str:
     return value
 
 
+def _revision(value: str | None) -> str | None:
+    """A hub revision names a branch, tag or commit: a git ref, so no spaces and no `..`."""
+    if value is not None and (".." in value or not re.fullmatch(r"[\w.][\w./-]*", value)):
+        raise ValueError("must be a hub branch, tag or commit (e.g. main, v1.0, a commit hash), or null")
+    return value
+
+
 def _http_url(value: str | None) -> str | None:
     """Endpoints are http(s) only: urllib would also open file:// and ftp:// URLs."""
     if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
@@ -208,6 +215,9 @@ class SparkConfig(_Section):
 class ModelConfig(_Section):
     # A local directory or hub id of a trained refine model.
     path: str = "./models/refine"
+    # A hub id's branch, tag or commit (None: main). The driver pins it to a commit, which every
+    # worker loads and the rows' fingerprint names; a local directory has none (its files are its revision).
+    revision: str | None = None
     backend: Literal["hf", "vllm", "openai"] = "hf"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -227,6 +237,7 @@ class ModelConfig(_Section):
 
     _check_base_url = field_validator("base_url")(classmethod(lambda cls, v: _http_url(v)))
     _check_path = field_validator("path")(classmethod(lambda cls, v: _not_blank(v, "a model directory or hub id")))
+    _check_revision = field_validator("revision")(classmethod(lambda cls, v: _revision(v)))
 
     @field_validator("prompt_version")
     @classmethod
@@ -248,6 +259,9 @@ class RefineConfig(_Section):
 class TrainConfig(_Section):
     # A local directory or hub id of the causal LM to fine-tune.
     base: str = "Qwen/Qwen3-0.6B-Base"
+    # A hub id's branch, tag or commit (None: main), pinned to a commit that every training process
+    # loads and the model card records.
+    base_revision: str | None = None
     output_dir: str = "./models/refine"
     epochs: float = Field(1.0, gt=0)
     learning_rate: float = Field(1e-5, gt=0)
@@ -264,6 +278,7 @@ class TrainConfig(_Section):
 
     _check_output_dir = field_validator("output_dir")(classmethod(lambda cls, v: _not_blank(v, "a directory path")))
     _check_base = field_validator("base")(classmethod(lambda cls, v: _not_blank(v, "a model directory or hub id")))
+    _check_base_revision = field_validator("base_revision")(classmethod(lambda cls, v: _revision(v)))
 
 
 class ExpertConfig(_Section):

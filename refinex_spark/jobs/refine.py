@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import sys
 from collections import Counter
 from contextlib import nullcontext
@@ -22,11 +21,11 @@ from pyspark import TaskContext
 from pyspark.accumulators import Accumulator
 from pyspark.sql import functions as F
 
-from ..config import Config
+from ..config import Config, ModelConfig
 from ..lake import CommitInfo
 from ..model import cache
 from ..model.prompt import load_template
-from ..model.revision import model_revision
+from ..model.revision import HUB_ID, hub_pin, model_revision
 from ..refine import STATUSES, BatchStats, refine_batch
 from ..runtime import RunContext
 from ..schemas import TABLES
@@ -50,7 +49,7 @@ def check_model(config: Config) -> None:
         if not os.path.isfile(os.path.join(m.path, "config.json")):
             raise ValueError(f"model.path {m.path} holds no model (no config.json): run `refinex-spark train` "
                              "first, or point model.path at a model directory")
-    elif not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", m.path):  # a hub id: org/name
+    elif not HUB_ID.fullmatch(m.path):
         raise ValueError(f"model.path {m.path!r} is no directory and no hub id (org/name): run `refinex-spark "
                          "train` first, or point model.path at a model directory")
     elif _holds_models(org := m.path.split("/")[0]):  # models/refine next to ./models/other: a mistyped path
@@ -72,9 +71,17 @@ def model_id(config: Config) -> str:
     return os.path.abspath(m.path) if os.path.exists(m.path) else m.path
 
 
+def weights_revision(m: ModelConfig) -> str | None:
+    """What names the model's weights: a local directory's digest, a hub model's commit (which the
+    workers are then told to load), nothing for a served model (the server holds the weights)."""
+    if m.backend == "openai":
+        return None
+    return hub_pin(m.path, m.revision, "model.revision") or model_revision(m.path)
+
+
 def fingerprint(config: Config, revision: str | None) -> str:
     """Settings that change a refined row: program + chunking + generation (`revision`: the model's,
-    model_revision); not batch size or device."""
+    weights_revision); not batch size or device."""
     m = config.model
     generation = {"model": model_id(config), "revision": revision, "backend": m.backend,
                   "max_new_tokens": m.max_new_tokens, "prompt_version": m.prompt_version}
@@ -149,10 +156,12 @@ def run(ctx: RunContext, retry_errors: bool = False) -> dict:
     config, stats = ctx.config, ctx.stats
     check_model(config)
     model = model_id(config)
-    revision = model_revision(config.model.path)
+    revision = weights_revision(config.model)
     fp = fingerprint(config, revision)
-    # Executors get an absolute model path and the template text; they never read conf/.
-    shipped = config.model_copy(update={"model": config.model.model_copy(update={"path": model})})
+    # Executors get an absolute model path (or the hub commit to load) and the template text; they
+    # never read conf/.
+    pinned = {"path": model} if os.path.isdir(config.model.path) else {"path": model, "revision": revision}
+    shipped = config.model_copy(update={"model": config.model.model_copy(update=pinned)})
     template = load_template(config.model.prompt_version)
     out_schema = TABLES["refined_docs"].spark_schema(_COMPUTED)
     if retry_errors:  # before pending() pins refined_docs' version

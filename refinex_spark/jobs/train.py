@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from ..config import TrainConfig
 from ..lake import is_local
 from ..model.prompt import load_template
+from ..model.revision import hub_pin
 from ..model.sample_file import write_sample_file
 from ..model.tiny import build_tiny_model
 from ..model.train import train_model
@@ -35,6 +36,9 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
     master = spark_master(ctx.spark)
     out = output_dir(config.train.output_dir, master)
     n_processes = processes(config.train, master, ctx.spark.conf.get) if distributed else 1
+    # A hub base is pinned to one commit for every training process (and the model card).
+    base_revision = None if init_tiny else hub_pin(config.train.base, config.train.base_revision,
+                                                   "train.base_revision")
     with stats.timer("collect"):
         kept = (ctx.read("distill_samples").where(F.col("kept") & (F.col("fingerprint") == fingerprint))
                 .select("doc_id", "prompt", "program").orderBy("doc_id", "chunk_index"))
@@ -49,8 +53,8 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
             texts = chain([template], chain.from_iterable(samples))
             base = str(build_tiny_model(out.parent / f"{out.name}-tiny-base", texts,
                                         seed=config.train.seed))
-    kwargs = dict(base=base, data_version=ctx.read_versions.get("distill_samples"), fingerprint=fingerprint,
-                  prompt_version=config.model.prompt_version)
+    kwargs = dict(base=base, base_revision=base_revision, data_version=ctx.read_versions.get("distill_samples"),
+                  fingerprint=fingerprint, prompt_version=config.model.prompt_version)
     with stats.timer("train"):
         if distributed:
             from pyspark.ml.torch.distributor import TorchDistributor
@@ -61,7 +65,7 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
         else:
             result = train_model(samples, config.train, template, out, **kwargs)
     os.remove(samples.path)  # a copy of distill_samples: a rerun writes it again
-    stats.info.update(output_dir=str(out), base=base, metrics=result.metrics)
+    stats.info.update(output_dir=str(out), base=base, base_revision=base_revision, metrics=result.metrics)
     return stats.as_dict()
 
 

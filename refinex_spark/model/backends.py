@@ -102,9 +102,10 @@ class HFBackend:
         if _loaded is not None:
             self.model, self.tokenizer = _loaded
         else:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+            # revision: the hub commit the driver pinned (a local directory has none)
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path, revision=config.revision)
             self.model = AutoModelForCausalLM.from_pretrained(
-                model_path, dtype=resolve_dtype(config.dtype, self.device)
+                model_path, revision=config.revision, dtype=resolve_dtype(config.dtype, self.device)
             ).to(self.device)
             self.model.eval()
         self.tokenizer.padding_side = "left"
@@ -188,7 +189,8 @@ class VLLMBackend:
         self.model_id = model_path
         self.stats = GenerationStats()
         dtype = "auto" if config.dtype == "auto" else config.dtype
-        self.llm = _llm if _llm is not None else LLM(model=model_path, dtype=dtype, seed=0)
+        self.llm = _llm if _llm is not None else LLM(
+            model=model_path, revision=config.revision, tokenizer_revision=config.revision, dtype=dtype, seed=0)
         self.tokenizer = self.llm.get_tokenizer()
         self.sampling = SamplingParams(temperature=0.0, max_tokens=config.max_new_tokens)
 

@@ -261,6 +261,7 @@ def train_model(
     output_dir: str | Path,
     *,
     base: str | None = None,
+    base_revision: str | None = None,
     data_version: int | None = None,
     fingerprint: str | None = None,
     resume: bool = True,
@@ -268,7 +269,8 @@ def train_model(
     callbacks: Sequence[Any] = (),
     groups: Sequence[str] | None = None,
 ) -> TrainResult:
-    """Fine-tune `base` (default `config.base`) on (chunk_text, program) samples.
+    """Fine-tune `base` (default `config.base`; a hub id at commit `base_revision`) on
+    (chunk_text, program) samples.
 
     `groups` (each sample's doc_id) makes the held-out split one of whole documents; a
     `SampleFile` brings its own. Samples are read once, in order, and only the held-out ones are
@@ -287,7 +289,7 @@ def train_model(
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     cuda = torch.cuda.is_available()
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer = AutoTokenizer.from_pretrained(base, revision=base_revision)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if groups is None and isinstance(samples, SampleFile):
@@ -310,7 +312,7 @@ def train_model(
     eval_rows = _encode_all(tokenizer, template, eval_pairs, config.max_seq_len)[0]
 
     identity = {
-        "base": base,
+        "base": base if base_revision is None else f"{base}@{base_revision}",
         "data_version": data_version,
         "fingerprint": fingerprint,
         "prompt_version": prompt_version,
@@ -318,13 +320,13 @@ def train_model(
         # Resuming under other hyperparameters would train a mix of two runs. Not `processes`: the
         # world size is where the run happens (as for a resized cluster), and checkpoints of runs
         # from before the setting existed still resume.
-        "train": config.model_dump(exclude={"base", "output_dir", "save_steps", "processes"}),
+        "train": config.model_dump(exclude={"base", "base_revision", "output_dir", "save_steps", "processes"}),
     }
     _check_identity(ckpt_dir, identity, resume, owner=rank == 0)
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
 
     args = _training_args(config, ckpt_dir, len(rows), world_size, cuda)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, revision=base_revision, dtype=torch.float32)
     trainer = Trainer(
         model=model,
         args=args,
@@ -374,7 +376,8 @@ def train_model(
                 "template_digest": identity["template"],
                 "data_version": data_version,
                 "config_fingerprint": fingerprint,
-                "train_config": config.model_copy(update={"base": base, "output_dir": str(out)}).model_dump(mode="json"),
+                "train_config": config.model_copy(
+                    update={"base": base, "base_revision": base_revision, "output_dir": str(out)}).model_dump(mode="json"),
                 "metrics": metrics,
             },
         },
