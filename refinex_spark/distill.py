@@ -62,6 +62,7 @@ _MAX_LCS_CELLS = 400_000_000
 # remove_str text longer than the parser accepts would be rejected at execution.
 _MAX_REMOVE_STR_CHARS = ProgramConfig().max_text_chars
 _SPACES = re.compile(r"(\s+)")  # \s is str.isspace(), as str.split() uses
+_ANY_SPACE = re.compile(r"\s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +155,11 @@ class _Edits:
 
 
 def _align_chars(edits: _Edits, region: _Region, a0: int, a1: int, b0: int, b1: int) -> None:
-    for tag, i1, i2, j1, j2 in Levenshtein.opcodes(edits.raw[a0:a1], edits.expert[b0:b1]):
+    """Characters, every whitespace char read as a space (offsets unchanged): the expert turning a
+    tab, a no-break space or a line break into a space is no edit, where a substitution would tie
+    with pairing a deleted char with that space, and keep the noise ("storm[1]\xa0hit")."""
+    raw, expert = _ANY_SPACE.sub(" ", edits.raw[a0:a1]), _ANY_SPACE.sub(" ", edits.expert[b0:b1])
+    for tag, i1, i2, j1, j2 in Levenshtein.opcodes(raw, expert):
         if tag == "delete":
             region.delete(a0 + i1, a0 + i2)
         elif tag == "insert":

@@ -116,6 +116,20 @@ def test_equivalent_shifted_deletion_is_used_when_the_aligned_one_is_ambiguous()
     assert run(raw, program) == expert
 
 
+@pytest.mark.parametrize("raw, expert, removed", [
+    ("The storm[1]\xa0hit the coast.", "The storm hit the coast.", "[1]"),  # a no-break space became a space
+    ("The storm[1]\nhit the coast.", "The storm hit the coast.", "[1]"),  # a hard-wrapped line was joined
+    ("Share this on Twitter:The\xa0storm hit the coast.", "The storm hit the coast.", "Share this on Twitter:"),
+])
+def test_whitespace_the_expert_retyped_does_not_move_the_deletion(raw: str, expert: str, removed: str) -> None:
+    """A changed whitespace char is no edit: aligned as a substitution it would tie with pairing a
+    deleted char with the expert's space, leaving noise in and cutting kept words."""
+    result = distill(raw, expert)
+    assert squash(run(raw, result.program)) == squash(expert)
+    assert squash(run(raw, result.program)) == squash(raw.replace(removed, "", 1))
+    assert result.stats.replaced_chars == 0 and all(s.kept for s in result.samples)
+
+
 def test_short_and_whitespace_only_deletions_are_skipped() -> None:
     raw = "colour  and   flavour of the item"
     expert = "color and flavor of the item"  # 1-char deletions and collapsed spaces
@@ -421,8 +435,10 @@ MIN = DistillConfig().min_remove_str_chars
 
 
 @st.composite
-def deletion_targets(draw: st.DrawFn) -> tuple[str, str]:
-    """A raw document and a target made from it by dropping whole lines and deleting substrings.
+def deletion_targets(draw: st.DrawFn, retype_spaces: bool = False) -> tuple[str, str]:
+    """A raw document and a target made from it by dropping whole lines and deleting substrings
+    (and, with `retype_spaces`, turning whitespace chars into other ones, line breaks included, as an
+    expert that only deletes still does).
 
     Every non-space char occurs once in the document, so the target's non-space chars embed in
     the raw text one way only: the expected program is unambiguous up to which whitespace is
@@ -432,7 +448,7 @@ def deletion_targets(draw: st.DrawFn) -> tuple[str, str]:
     """
     chars = draw(st.lists(st.sampled_from(string.ascii_letters + string.digits + "!#$%&()*+,-./:;<=>?@[]^_{|}~'\"\\"),
                           unique=True, max_size=70))
-    seps = draw(st.lists(st.sampled_from(["", "", "", " ", " ", "  ", "\n", "\n\n", " \n"]),
+    seps = draw(st.lists(st.sampled_from(["", "", "", " ", " ", "  ", "\n", "\n\n", " \n", "\t", "\xa0", "\u3000"]),
                          min_size=len(chars), max_size=len(chars)))
     lines = "".join(c + sep for c, sep in zip(chars, seps)).split("\n")
     target: list[str] = []
@@ -447,12 +463,24 @@ def deletion_targets(draw: st.DrawFn) -> tuple[str, str]:
             if line[start:stop].strip():
                 line = line[:start] + line[stop:]
         target.append(line)
-    return "\n".join(lines), "\n".join(target)
+    text = "\n".join(target)
+    if retype_spaces:
+        text = "".join(draw(st.sampled_from([c, " ", "\t", "\xa0", "\n"])) if c.isspace() else c for c in text)
+    return "\n".join(lines), text
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(deletion_targets())
 def test_property_deletion_only_targets_are_reproduced(case: tuple[str, str]) -> None:
+    raw, target = case
+    result = distill(raw, target)
+    assert squash(run(raw, result.program)) == squash(target)
+    assert result.stats.inserted_chars == result.stats.replaced_chars == 0
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(deletion_targets(retype_spaces=True))
+def test_property_deletions_are_reproduced_when_the_expert_also_retypes_whitespace(case: tuple[str, str]) -> None:
     raw, target = case
     result = distill(raw, target)
     assert squash(run(raw, result.program)) == squash(target)
