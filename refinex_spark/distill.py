@@ -718,7 +718,8 @@ def _common_ngrams(wa: list[str], wb: list[str], k: int) -> int:
 
 def keep_all_sampled(seed: int, prompt: str, ratio: float) -> bool:
     """Deterministic coin for keep_all samples: a retried Spark task decides the same way."""
-    digest = hashlib.blake2b(f"{seed}\x00{prompt}".encode(), digest_size=8).digest()
+    # surrogatepass: the pure API takes any str (ingest refuses lone surrogates; a caller may not)
+    digest = hashlib.blake2b(f"{seed}\x00{prompt}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") < ratio * 2**64
 
 

@@ -171,6 +171,8 @@ def _text(value: object, param: _Param, cfg: ProgramConfig) -> str:
         raise _Reject("too_long", f"{param.name} has {len(value)} chars, limit {cfg.max_text_chars}")
     if not value and not param.may_be_empty:
         raise _Reject("empty_text", f"{param.name} is empty")
+    if param.field == "target" and ("\n" in value or "\r" in value):  # ops edit inside one line
+        raise _Reject("bad_argument", f"{param.name} contains a line break")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -388,6 +388,11 @@ def test_a_chunk_is_judged_unexpressible_on_its_own_deletions_only() -> None:
     assert reasons == [(0, 1, None), (2, 3, None), (4, 5, "unexpressible")]
 
 
+def test_a_lone_surrogate_in_the_text_is_distilled_like_any_char() -> None:
+    assert distill_program("\ud800 abc\nShare this", "\ud800 abc") == "remove_lines(start=1, end=1)"
+    assert distill_program("\ud800 abc", "\ud800 abc") == "keep_all()"  # a keep_all chunk, sampled or not
+
+
 def test_keep_all_sampling_is_deterministic_and_follows_the_ratio() -> None:
     prompts = [f"[000] clean text number {i}" for i in range(2000)]
     first = [keep_all_sampled(7, p, 0.3) for p in prompts]

@@ -176,6 +176,8 @@ PARSE_REJECTIONS = [
     ("prox", "normalize(source_str='', target_str='x')", "empty_text", {}),
     ("refinex", "remove_str(line=1, text='abcdef')", "too_long", {"max_text_chars": 5}),
     ("prox", "normalize(source_str='a', target_str='abcdef')", "too_long", {"max_text_chars": 5}),
+    ("prox", "normalize(source_str='a', target_str='x\\ny')", "bad_argument", {}),  # ops edit inside a line
+    ("prox", "normalize(source_str='a', target_str='x\\ry')", "bad_argument", {}),
     # Checked before ast.parse: deep nesting that would be 'malformed' if it reached the parser.
     ("refinex", "(" * 100_000, "too_long", {}),
     ("refinex", "remove_str(line=1, text='" + "a" * 2_000 + "')", "too_long", {"max_text_chars": 20}),
@@ -187,6 +189,15 @@ def test_parse_rejection_reason(dialect: str, line: str, reason: str, overrides:
     rejection = only_rejection(line, dialect, ProgramConfig(**overrides))
     assert (rejection.reason, rejection.source) == (reason, line.strip()[:200])
     assert rejection.detail
+
+
+def test_a_normalize_target_with_a_line_break_cannot_shift_the_ops_after_it() -> None:
+    """A line break written into a line would move every later line's number: rejected, and the
+    next op still finds its line."""
+    result = execute("a b", "normalize(source_str='a', target_str='x\\ny')\nnormalize(source_str='b', target_str='z')",
+                     ProgramConfig(dialect="prox"))
+    assert result.text == "a z"
+    assert [o.reason for o in result.outcomes if not o.applied] == ["bad_argument"]
 
 
 def test_pre_parse_length_check_happens_before_ast() -> None:
@@ -742,7 +753,8 @@ valid_ops = {
     "prox": st.one_of(
         st.sampled_from([Op("keep_doc"), Op("drop_doc"), Op("skip_chunk")]),
         line_range().map(lambda r: Op("remove_lines", start=r[0], end=r[1])),
-        st.builds(lambda s, t: Op("normalize", text=s, target=t), op_texts, st.text(max_size=40)),
+        st.builds(lambda s, t: Op("normalize", text=s, target=t), op_texts,
+                   st.text(st.characters(exclude_characters="\n\r"), max_size=40)),  # a target stays in its line
     ),
 }
 
