@@ -443,8 +443,9 @@ def _spare_spaces(line: str, spans: list[tuple[int, int]], min_chars: int) -> li
     """Spend kept whitespace that is redundant (whitespace collapsed) on better deletion spans.
 
     Two spans separated only by whitespace are joined (one op instead of two), and a span too
-    short for remove_str grows over adjacent whitespace, whenever the line still reads the same
-    with whitespace collapsed: "a  bc de" minus "bc" is "a  de", minus " bc" it is "a de".
+    short for remove_str, or whose text occurs elsewhere in the line, grows over adjacent
+    whitespace, whenever the line still reads the same with whitespace collapsed: "a  bc de"
+    minus "bc" is "a  de", minus " bc" it is "a de"; "Home News Home" loses its last word as " Home".
     """
     target = ""
 
@@ -463,7 +464,7 @@ def _spare_spaces(line: str, spans: list[tuple[int, int]], min_chars: int) -> li
             k += 1
     for k, (a, b) in enumerate(out):
         lo, hi = out[k - 1][1] if k else 0, out[k + 1][0] if k + 1 < len(out) else len(line)
-        while b - a < min_chars:
+        while b - a < min_chars or line.find(line[a:b]) != a or line.find(line[a:b], a + 1) != -1:
             if a > lo and line[a - 1].isspace() and same([*out[:k], (a - 1, b), *out[k + 1:]]):
                 a -= 1
             elif b < hi and line[b].isspace() and same([*out[:k], (a, b + 1), *out[k + 1:]]):

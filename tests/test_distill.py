@@ -130,6 +130,17 @@ def test_whitespace_the_expert_retyped_does_not_move_the_deletion(raw: str, expe
     assert result.stats.replaced_chars == 0 and all(s.kept for s in result.samples)
 
 
+@pytest.mark.parametrize("raw, expert, op", [
+    ("Home News Sports Home", "Home News Sports", " Home"),  # the last word: with the space before it
+    ("Home a Home b", "Home a b", " Home"),
+    ("Share x Share", "x Share", "Share "),  # the first word: with the space after it
+])
+def test_a_repeated_word_is_removed_with_its_space_where_that_occurs_once(raw: str, expert: str, op: str) -> None:
+    program = distill_program(raw, expert)
+    assert ops_of(program) == [("remove_str", None, None, 0, op)]
+    assert squash(run(raw, program)) == squash(expert)
+
+
 def test_short_and_whitespace_only_deletions_are_skipped() -> None:
     raw = "colour  and   flavour of the item"
     expert = "color and flavor of the item"  # 1-char deletions and collapsed spaces
