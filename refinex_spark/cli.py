@@ -1,4 +1,4 @@
-"""`refinex-spark` command line: one subcommand per pipeline stage, plus sql, history and demo.
+"""`refinex-spark` command line: one subcommand per pipeline stage, plus sql, history, report and demo.
 
 spark-submit runs a file, not a console script: `spark-submit .../refinex_spark/spark_submit.py
 ingest data/` (or `python -m refinex_spark ingest data/`) is the same as `refinex-spark ingest data/`.
@@ -13,14 +13,43 @@ from collections.abc import Callable, Sequence
 from .config import ENVIRONMENTS, Config, ConfigError, load_config
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _int_from(least: int) -> Callable[[str], int]:
+    what = "a positive integer" if least == 1 else f"an integer of at least {least}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+    return parse
+
+
+_positive_int, _non_negative_int = _int_from(1), _int_from(0)
+
+
+def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse type from a check that raises ValueError: a bad table name is a usage error
+    with the check's message, before Spark starts."""
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+    return parse
+
+
+def _table(text: str) -> None:
+    from .jobs.sql import check_table
+    check_table(text)
+
+
+def _table_version(text: str) -> None:
+    from .jobs.sql import parse_as_of
+    parse_as_of([text])
 
 
 def _fraction(text: str) -> float:
@@ -143,18 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sql", _sql, "run SQL over the lake tables (each registered as a view)")
     p.add_argument("query")
     p.add_argument("--limit", type=_positive_int, default=50, help="rows to show (default 50)")
-    p.add_argument("--as-of-version", action="append", default=[], metavar="TABLE=N",
+    p.add_argument("--as-of-version", action="append", default=[], metavar="TABLE=N", type=_checked(_table_version),
                    help="read TABLE at Delta version N (repeatable)")
     p = add("history", _history, "commit history of a lake table")
-    p.add_argument("table")
+    p.add_argument("table", type=_checked(_table))
     p = add("report", _report, "HTML report with plots (+ JSON of the figures) of the lake")
     p.add_argument("output_dir", nargs="?", default="./report")
-    p.add_argument("--examples-per-status", type=int, default=3, help="example diffs shown per refine status")
+    p.add_argument("--examples-per-status", type=_non_negative_int, default=3,
+                   help="example diffs shown per refine status")
     p.add_argument("--model-id", help="report this model's refined_docs rows (default: the newest generation's)")
     p.add_argument("--fingerprint", help="report this refine fingerprint's rows (default: the newest generation's)")
-    p = add("demo", _demo, "synthetic corpus through the whole pipeline into ./lake")
-    p.add_argument("--docs", type=int, default=300)
-    p.add_argument("--workdir", default="./demo-data")
+    p = add("demo", _demo, "synthetic corpus through the whole pipeline into lake.path (./lake)")
+    p.add_argument("--docs", type=_positive_int, default=300, help="synthetic documents (default 300)")
+    p.add_argument("--workdir", default="./demo-data", help="where the corpus is written (default ./demo-data)")
     return parser
 
 

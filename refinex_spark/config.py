@@ -228,7 +228,7 @@ class ModelConfig(_Section):
     # openai backend: a served model over HTTP; the key is read from this environment variable.
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    served_model: str | None = None
+    served_model: str | None = None  # None: model.path names the served model
     request_timeout_s: float = Field(120.0, gt=0)
     # Retries of a request on 408/409/429/5xx, timeouts, connection errors and unusable replies; the
     # backoff doubles (with jitter, at most 120 s a wait) and a longer Retry-After ends the attempts.
@@ -238,6 +238,9 @@ class ModelConfig(_Section):
     _check_base_url = field_validator("base_url")(classmethod(lambda cls, v: _http_url(v)))
     _check_path = field_validator("path")(classmethod(lambda cls, v: _not_blank(v, "a model directory or hub id")))
     _check_revision = field_validator("revision")(classmethod(lambda cls, v: _revision(v)))
+    _check_key_env = field_validator("api_key_env")(classmethod(lambda cls, v: _not_blank(v, "an environment variable name")))
+    _check_served = field_validator("served_model")(classmethod(
+        lambda cls, v: v if v is None else _not_blank(v, "a served model name, or null (model.path is its name)")))
 
     @field_validator("prompt_version")
     @classmethod
@@ -323,6 +326,7 @@ class ExpertConfig(_Section):
     _check_base_url = field_validator("base_url")(classmethod(lambda cls, v: _http_url(v)))
     _check_model = field_validator("model")(classmethod(lambda cls, v: _not_blank(
         v, "a served model name or a model directory / hub id")))
+    _check_key_env = field_validator("api_key_env")(classmethod(lambda cls, v: _not_blank(v, "an environment variable name")))
 
 
 class Config(_Section):
@@ -419,7 +423,7 @@ def parse_override(item: str) -> dict:
         parts = ["spark", "conf", ".".join(parts[2:])]  # Spark keys contain dots
         value: Any = raw
     else:
-        value = _override_value(key, raw) if raw else ""
+        value = _override_value(key, raw) if raw.strip() else raw  # blank is what was typed, not YAML's null
     for p in reversed(parts):
         value = {p: value}
     return value

@@ -294,6 +294,9 @@ class _DeltaRsEngine:
         try:
             files = DeltaTable(self.location(spec), version=version).file_uris()
         except Exception as e:  # deltalake raises its own errors for versions that were never written
+            latest = self.version(spec)
+            if version is not None and latest is not None and version > latest:
+                raise LakeError(f"cannot load {spec.name} at version {version}: its versions are 0 to {latest}") from e
             raise LakeError(f"cannot load {spec.name} at version {version}: {e}") from e
         if not files:
             return None

@@ -47,16 +47,21 @@ _FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet":
 _COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 
 
-def detect_format(path: str, configured: str = "auto") -> str:
+def format_of(path: str, configured: str = "auto") -> str | None:
+    """The configured format, else the one the file's extension names (None: it names none)."""
     if configured != "auto":
         return configured
     name = path.lower()
     for ext in _COMPRESSIONS:
         name = name.removesuffix(ext)
-    for ext, fmt in _FORMATS.items():
-        if name.endswith(ext):
-            return fmt
-    raise ValueError(f"cannot tell the format of {path!r} from its extension; set ingest.format")
+    return next((fmt for ext, fmt in _FORMATS.items() if name.endswith(ext)), None)
+
+
+def detect_format(path: str, configured: str = "auto") -> str:
+    fmt = format_of(path, configured)
+    if fmt is None:
+        raise ValueError(f"cannot tell the format of {path!r} from its extension; set ingest.format")
+    return fmt
 
 
 def _compression(path: str) -> str | None:
@@ -89,7 +94,7 @@ _BUFFER = 1 << 20  # bytes per read: on an object store every read is a request
 def splittable(source_file: str, cfg: IngestConfig, size: int | None = None) -> bool:
     """Whether plan_splits may split the file: uncompressed jsonl or parquet (a stream decompresses from the
     start) bigger than a split (`size` in bytes; None: not known yet)."""
-    return (detect_format(source_file, cfg.format) != "text" and _compression(source_file) is None
+    return (format_of(source_file, cfg.format) in ("jsonl", "parquet") and _compression(source_file) is None
             and (size is None or size > _split_bytes(cfg)))
 
 

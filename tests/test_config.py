@@ -64,6 +64,12 @@ def test_later_layers_win(tmp_path):
     ("spark.conf.sql.shuffle.partitions=4", "bad value for 'spark.conf': Value error, keys must be Spark settings "
                                             "starting with 'spark.'"),
     ("train.output_dir=", "bad value for 'train.output_dir': Value error, must be a directory path, not empty"),
+    # An empty key variable would mean "no API key" without a word.
+    ("model.api_key_env=", "bad value for 'model.api_key_env': Value error, must be an environment variable name"),
+    ("expert.api_key_env=", "bad value for 'expert.api_key_env': Value error, must be an environment variable name"),
+    ("model.served_model=", "bad value for 'model.served_model': Value error, must be a served model name, or null"),
+    # Blanks typed are blanks, not YAML's null: the message says empty, with what was typed.
+    ("model.path=  ", "bad value for 'model.path': Value error, must be a model directory or hub id, not empty (got '  ')"),
 ])
 def test_errors_name_the_key(item, needle):
     with pytest.raises(ConfigError) as err:

@@ -60,9 +60,10 @@ def corpus(tmp_path):
 
 def test_ingest_counts_reconcile_and_rerun_adds_nothing(make_ctx, corpus):
     raw_dir, _ = corpus
+    (raw_dir / "README.md").write_text("# what this folder holds")  # no format: one reject, not a failed run
     ctx = make_ctx("ingest", "ingest.max_doc_chars=4000")
     c = ingest.run(ctx, [str(raw_dir)])["counts"]
-    assert c["files"] == 4
+    assert c["files"] == 5 and c["rejected.unreadable_file"] == 1
     assert c["read"] == c["accepted"] + c["rejected"] + c["already_present"]
     assert c["rejected.malformed_json"] == 1 and c["rejected.missing_text"] == 2  # bad-2 and pq-2
     assert c["rejected.text_not_string"] == 1 and c["rejected.empty_text"] == 1
@@ -75,6 +76,8 @@ def test_ingest_counts_reconcile_and_rerun_adds_nothing(make_ctx, corpus):
     assert set(raw.loc[raw.doc_id == "dup-in-batch", "text"]) == {"first"}
     rejects = _rows(ctx, "rejects")
     assert len(rejects) == c["rejected"] and set(rejects["stage"]) == {"ingest"}
+    [readme] = rejects.query("reason == 'unreadable_file'").itertuples()
+    assert readme.source_file == str(raw_dir / "README.md") and "cannot tell the format" in readme.detail
     # a duplicate_id reject keeps the whole record as read, id and all, like the readers' rejects
     duplicates = rejects.query("reason == 'duplicate_id'")
     assert sorted(map(json.loads, duplicates["record"]), key=lambda r: r["id"]) == sorted(
@@ -89,6 +92,8 @@ def test_ingest_counts_reconcile_and_rerun_adds_nothing(make_ctx, corpus):
     assert len(_rows(again, "raw_docs")) == len(raw) and len(_rows(again, "rejects")) == len(rejects)
     history = again.lake.history("raw_docs")
     assert len(history) == 1 and history[0]["user_metadata"]["stage"] == "ingest"  # the rerun committed nothing
+    with pytest.raises(ValueError, match="cannot tell the format of .*README.md"):  # nothing it could read
+        ingest.run(make_ctx("ingest"), [str(raw_dir / "README.md")])
 
 
 def test_a_big_file_is_read_by_a_task_per_split(spark, corpus):
@@ -279,6 +284,9 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path, spa
     with pytest.raises(ValueError, match="holds files no export wrote"):
         export_sft.run(make_ctx("export-sft"), str(tmp_path / "mine"))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "a-file").write_text("x")  # Spark would fail with a Java traceback, after sorting every sample
+    with pytest.raises(ValueError, match="cannot be created: a folder above it is a file"):
+        export_sft.run(make_ctx("export-sft"), str(tmp_path / "a-file" / "deeper" / "sft"))
     uri = export_sft.run(make_ctx("export-sft"), f"file://{tmp_path}/sft-uri", fmt="parquet")
     assert uri["output"] == f"{tmp_path}/sft-uri" and uri["counts"]["samples"] == e["counts"]["samples"]
     assert e["output"] == str(out)
@@ -424,28 +432,44 @@ def test_cli_sql_history_and_as_of_version(cli_lake, capsys):
         assert exit_.value.code == 2 and "--limit: must be a positive integer" in capsys.readouterr().err
 
 
-def test_cli_errors_are_one_line(cli_lake, capsys):
+def test_cli_errors_are_one_line(cli_lake, capsys, tmp_path):
     lake = cli_lake
     capsys.readouterr()
+    # A lake.path with no table at all is a mistyped path, not an empty result (sql, report, notebooks).
+    for argv in (["sql", "SELECT count(*) FROM refined_docs"], ["report", str(tmp_path / "report")]):
+        assert cli.main([*argv, "--set", f"lake.path={tmp_path / 'nolake'}"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"refinex-spark {argv[0]}: error: no lake tables at {tmp_path / 'nolake'}"), err
+    assert not (tmp_path / "report").exists()
     for argv, needle in [
         (["history", "refined_docs"], "history: error: table 'refined_docs' does not exist yet at "),
-        (["history", "bogus"], "history: error: unknown table 'bogus' (tables: raw_docs, rejects, "),
         (["sql", "SELEC 1"], "sql: error: query failed: [PARSE_SYNTAX_ERROR]"),
         (["sql", "SELECT nope FROM raw_docs"], "sql: error: query failed: [UNRESOLVED_COLUMN"),
-        (["sql", "SELECT 1", "--as-of-version", "raw_docs=99"], "sql: error: cannot load raw_docs at version 99"),
-        (["sql", "SELECT 1", "--as-of-version", "nosuch=1"], "sql: error: --as-of-version expects TABLE=N"),
+        (["sql", "SELECT 1", "--as-of-version", "raw_docs=99"],
+         "sql: error: cannot load raw_docs at version 99: its versions are 0 to 1"),
         (["sql", "SELECT 1", "--set", "spark.conf.spark.sql.session.timeZone=CET"],
          "sql: error: spark.conf.spark.sql.session.timeZone must be 'UTC'"),
         # A model no task could load: refused before any Spark job, not after every task's retries.
         (["refine", "--retry-errors", "--set", "model.path=./no-model-here"],
          "refine: error: model.path './no-model-here' is no directory and no hub id"),
         (["refine", "--set", "model.backend=openai"], "refine: error: model.backend openai needs model.base_url"),
+        (["report", "s3://bucket/report"], "report: error: report output 's3://bucket/report' is a URI"),
     ]:
         assert cli.main([*argv, *lake]) == 1, argv
         err = capsys.readouterr().err
         assert err.startswith(f"refinex-spark {needle}") and err.count("\n") == 1, err
         if argv[0] == "history":  # names the declared tables, and which of them this lake has
-            assert f"tables: {', '.join(TABLES)}" in err and ("in this lake: raw_docs)" in err) == (argv[1] != "bogus")
+            assert f"tables: {', '.join(TABLES)}" in err and "in this lake: raw_docs)" in err
+    # A table name is checked with the arguments: a usage error, before Spark starts.
+    for argv, needle in [
+        (["history", "bogus"], "argument table: unknown table 'bogus' (tables: raw_docs, rejects, "),
+        (["sql", "SELECT 1", "--as-of-version", "nosuch=1"], "argument --as-of-version: --as-of-version expects TABLE=N"),
+        (["report", "--examples-per-status", "-1"], "argument --examples-per-status: must be an integer of at least 0"),
+        (["demo", "--docs", "0"], "argument --docs: must be a positive integer, got 0"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*argv, *lake])
+        assert exit_.value.code == 2 and needle in capsys.readouterr().err, argv
 
 
 def test_cli_says_when_spark_cannot_start(tmp_path):

@@ -29,12 +29,16 @@ _SPARK_OUTPUT = re.compile(r"part-.*|\..*\.crc|_temporary|_started_.*|_committed
 
 def _existing_output(target: str) -> str | None:
     """What is at target: "finished" (an export, with `_SUCCESS`), "crashed" (Spark output without
-    it), "other" (anything else), or None (nothing, or a scheme pyarrow cannot look into, dbfs:/)."""
+    it), "other" (anything else), "blocked" (nothing, but the nearest existing folder above it is a
+    file), or None (nothing, or a scheme pyarrow cannot look into, dbfs:/)."""
     try:
         fs, path = resolve(target)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
-            return None
+            parent = path.rstrip("/").rpartition("/")[0]
+            while parent and (above := fs.get_file_info(parent)).type == pafs.FileType.NotFound:
+                parent = parent.rpartition("/")[0]
+            return "blocked" if parent and above.type == pafs.FileType.File else None
         if info.type != pafs.FileType.Directory:
             return "other"
         names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(path))]
@@ -54,6 +58,8 @@ def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
         raise ValueError(exists)
     if found == "other":
         raise ValueError(f"output {output} exists and holds files no export wrote; choose a new path")
+    if found == "blocked":
+        raise ValueError(f"output {output} cannot be created: a folder above it is a file; choose a new path")
     config, stats = ctx.config, ctx.stats
     template = load_template(config.model.prompt_version)
     fingerprint = config.fingerprint("program", "chunking", "distill")
@@ -64,8 +70,8 @@ def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
     if not n:
         present = sorted(r["fingerprint"] for r in kept.select("fingerprint").distinct().collect())
         raise ValueError(f"no kept distill_samples under fingerprint {fingerprint} (fingerprints with kept samples: "
-                         f"{', '.join(present) or 'none'}): run `distill` with these program/chunking/distill "
-                         "settings first")
+                         f"{', '.join(present) or 'none'}): pass the settings (--config, --set) the lake was distilled "
+                         "with, or run `distill` with these program/chunking/distill settings first")
     rows = samples.select(
         F.array(
             F.struct(F.lit("user").alias("role"), as_user("prompt").alias("content")),

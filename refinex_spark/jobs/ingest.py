@@ -77,9 +77,12 @@ def read_records(spark, files: Mapping[str, int | None], cfg, *, require_id: boo
     Planning takes a task per file that may split (`readers.plan_file`, from metadata: only files
     bigger than a split, where the size is known), then one per piece of a big jsonl file
     (`readers.snap_piece`, which counts its newlines), so a big file's planning pass is as parallel as
-    its read. With `lines` (file -> line numbers) only the splits that hold those lines are read."""
-    for f in files:
-        readers.detect_format(f, cfg.format)  # fail fast, before any Spark work, on an unknown extension
+    its read. With `lines` (file -> line numbers) only the splits that hold those lines are read.
+
+    A file whose extension names no format (a README.md in the input directory) is one
+    `unreadable_file` reject; when no file has a known format, nothing could be read: refused."""
+    if files and all(readers.format_of(f, cfg.format) is None for f in files):
+        readers.detect_format(next(iter(files)), cfg.format)  # raises, before any Spark work
     splittable = {f for f, size in files.items() if readers.splittable(f, cfg, size)}
     plans: dict[str, list[readers.Split]] = {f: [readers.WHOLE] for f in files if f not in splittable}
     if splittable:

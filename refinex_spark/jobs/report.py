@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from ..lake import is_local
 from ..report import BINS, ReportInput, Snapshot, write_report
 from ..runtime import RunContext
 from ..schemas import TABLES
@@ -65,6 +66,9 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
         seed: int = 0, model_id: str | None = None, fingerprint: str | None = None) -> dict:
     if examples_per_status < 0 or max_example_chars < 1:
         raise ValueError("examples_per_status must be >= 0 and max_example_chars >= 1")
+    if not is_local(output_dir):  # Path("s3://b/r") would quietly be the local folder s3:/b/r
+        raise ValueError(f"report output {output_dir!r} is a URI; the report is written on the driver through the "
+                         "file system: use a local path, or a mount (e.g. /dbfs/..., /Volumes/...)")
     spark, lake, stats = ctx.spark, ctx.lake, ctx.stats
     versions = {t: lake.version(t) for t in TABLES}
     with stats.timer("aggregate"):

@@ -27,8 +27,19 @@ def parse_as_of(items: list[str]) -> dict[str, int]:
     return out
 
 
+def check_table(table: str) -> None:
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r} (tables: {', '.join(TABLES)})")
+
+
 def register(ctx: RunContext, as_of: dict[str, int] | None = None) -> list[str]:
-    """Every table as a temp view (at the requested versions), then the audit views over them."""
+    """Every table as a temp view (at the requested versions), then the audit views over them.
+
+    A table no stage has written yet is an empty view, but a lake with no table at all is a wrong
+    lake.path, not an empty result: refused."""
+    if not any(ctx.lake.exists(t) for t in TABLES):
+        raise ValueError(f"no lake tables at {ctx.lake.location('raw_docs').rsplit('/', 1)[0]} (lake.path "
+                         f"{ctx.config.lake.path!r}): set lake.path to your lake (--set lake.path=...), or run ingest first")
     return ctx.lake.register_views(ctx.spark, as_of) + register_views(ctx.spark)
 
 
@@ -61,8 +72,7 @@ def run(ctx: RunContext, query: str, limit: int = 50, as_of: list[str] | None = 
 
 
 def history(ctx: RunContext, table: str) -> None:
-    if table not in TABLES:
-        raise ValueError(f"unknown table {table!r} (tables: {', '.join(TABLES)})")
+    check_table(table)
     entries = ctx.lake.history(table)
     if not entries:  # a declared table no stage has written yet: say so rather than print nothing
         existing = [t for t in TABLES if ctx.lake.exists(t)]
