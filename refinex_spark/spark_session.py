@@ -86,7 +86,8 @@ def get_spark(config: Config) -> SparkSession:
     builder = SparkSession.builder.appName(config.spark.app_name)
     if master:
         builder = builder.master(master)
-    for key, value in session_conf(config).items():
+    conf = session_conf(config)
+    for key, value in conf.items():
         builder = builder.config(key, value)
     try:
         spark = builder.getOrCreate()
@@ -94,9 +95,14 @@ def get_spark(config: Config) -> SparkSession:
         if e.getCondition() != "JAVA_GATEWAY_EXITED":
             raise
         java_home = os.environ.get("JAVA_HOME")
+        packages = conf.get("spark.jars.packages")
         raise SparkStartError(
             f"Spark could not start its JVM (master {master}): its own message is printed above. "
-            f"pyspark 4.2 needs Java 17 or 21: JAVA_HOME={java_home!r}"
+            # conf/yarn.yaml's Delta jars, run from a shell that cannot reach Maven: not a Java problem.
+            + (f"If it says 'unresolved dependency', spark.jars.packages ({packages}) could not be fetched: "
+               "it needs Maven Central or spark.jars.repositories (lake.engine delta-rs needs no jars). "
+               if packages else "")
+            + f"pyspark 4.2 needs Java 17 or 21: JAVA_HOME={java_home!r}"
             + ("" if java_home else f", java on PATH: {shutil.which('java')!r}")) from e
     # getOrCreate may hand back a running session: make sure its runtime confs are the lake's.
     for key, value in FIXED_CONF.items():

@@ -487,6 +487,37 @@ def test_cli_says_when_spark_cannot_start(tmp_path):
         f"above. pyspark 4.2 needs Java 17 or 21: JAVA_HOME='{tmp_path / 'no-java'}'")
 
 
+def test_cli_names_jars_that_could_not_be_fetched(tmp_path):
+    """conf/yarn.yaml's Delta jars from a shell that cannot reach Maven (here: an Ivy resolver over an
+    empty folder, so the test needs no network and none can help): the message points at the jars,
+    not only at Java."""
+    import subprocess
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "ivysettings.xml").write_text(
+        '<ivysettings><settings defaultResolver="nowhere"/><resolvers><filesystem name="nowhere">'
+        f'<artifact pattern="{tmp_path}/empty/[organisation]/[module]/[artifact]-[revision].[ext]"/>'
+        '</filesystem></resolvers></ivysettings>')
+    package = "io.delta:delta-spark_4.2_2.13:4.4.1"
+    run = subprocess.run([sys.executable, "-m", "refinex_spark", "sql", "SELECT 1", "--set", f"lake.path={tmp_path}",
+                          "--set", f"spark.conf.spark.jars.packages={package}",
+                          "--set", f"spark.conf.spark.jars.ivySettings={tmp_path / 'ivysettings.xml'}"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "unresolved dependency" in run.stderr, run.stderr
+    assert (f"If it says 'unresolved dependency', spark.jars.packages ({package}) could not be fetched: it needs "
+            "Maven Central or spark.jars.repositories") in run.stderr.splitlines()[-1]
+
+
+def test_demo_hints_name_a_lake_that_is_not_the_default():
+    """The printed queries, pasted, read the lake the demo wrote (a bare `sql` reads ./lake)."""
+    import shlex
+
+    argv = shlex.split(demo.try_lines("/data/my lake", True)[0])
+    assert argv[:2] == ["refinex-spark", "sql"] and argv[-2:] == ["--set", "lake.path=/data/my lake"]
+    assert cli.build_parser().parse_args(argv[1:]).query == demo.EXAMPLE_SQL[0]
+    assert "--set" not in demo.try_lines("/work/lake", False)[0]
+
+
 def test_demo_bad_records_are_each_rejected(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(BAD_RECORDS) + "\n")

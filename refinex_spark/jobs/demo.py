@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..config import LakeConfig
 from ..runtime import RunContext
 from ..synth import SynthDoc, generate_corpus
 
@@ -49,6 +51,13 @@ def write_docs(directory: str | Path, docs: Iterable[SynthDoc]) -> tuple[Path, P
     return raw_path, expert_path
 
 
+def try_lines(lake: str, name_lake: bool) -> list[str]:
+    """The example queries as commands to paste; naming the lake when it is not the default one,
+    which a bare `refinex-spark sql` would read."""
+    where = f" --set lake.path={shlex.quote(lake)}" if name_lake else ""
+    return [f'  refinex-spark sql "{q}"{where}' for q in EXAMPLE_SQL]
+
+
 def run(ctx: RunContext, n_docs: int = 300, workdir: str = "./demo-data") -> dict:
     from . import distill, expert_import, ingest, refine, train
 
@@ -70,6 +79,6 @@ def run(ctx: RunContext, n_docs: int = 300, workdir: str = "./demo-data") -> dic
         summary[stage] = step(stage_ctx)
         stage_ctx.stats.report()
     ctx.stats.info["stages"] = {k: v.get("counts") for k, v in summary.items()}
-    ctx.stats.info["lake"] = ctx.lake.location("raw_docs").rsplit("/", 1)[0]
-    print("\nTry:\n" + "\n".join(f'  refinex-spark sql "{q}"' for q in EXAMPLE_SQL), flush=True)
+    ctx.stats.info["lake"] = lake = ctx.lake.location("raw_docs").rsplit("/", 1)[0]
+    print("\nTry:\n" + "\n".join(try_lines(lake, ctx.config.lake.path != LakeConfig().path)), flush=True)
     return ctx.stats.as_dict()
