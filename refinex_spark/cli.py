@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
 
     expert = sub.add_parser("expert", help="expert outputs -> expert_outputs")
+    _common(expert)  # listed in its help too: they are taken from anywhere on the line
     expert_sub = expert.add_subparsers(dest="expert_command", required=True, metavar="ACTION")
     p = add("import", _expert_import, "import precomputed expert outputs (doc_id, text, model)", expert_sub)
     p.set_defaults(stage="expert")
