@@ -68,9 +68,11 @@ def _revision(value: str | None) -> str | None:
 
 
 def _http_url(value: str | None) -> str | None:
-    """Endpoints are http(s) only: urllib would also open file:// and ftp:// URLs."""
-    if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
-        raise ValueError("must be an http:// or https:// URL")
+    """Endpoints are http(s) only: urllib would also open file:// and ftp:// URLs. No user:password@
+    (urllib cannot send it, and error messages would show it) and no ?query (paths are appended)."""
+    if value is not None and not re.fullmatch(r"https?://[^\s/@?#]+(/[^\s?#]*)?", value):
+        raise ValueError("must be an http:// or https:// URL, with no user:password@, ?query or #fragment "
+                         "(the key goes in the api_key_env variable)")
     return value
 
 

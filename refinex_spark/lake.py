@@ -232,6 +232,12 @@ class Lake:
         return list(TABLES)
 
 
+def _own_version(table: DeltaTable, commit_id: str, since: int | None = None) -> int | None:
+    """The version of the commit tagged `commit_id` after version `since` (default: any the log holds)."""
+    limit = None if since is None else table.version() - since
+    return next((int(c["version"]) for c in table.history(limit=limit) if c.get("refinexCommitId") == commit_id), None)
+
+
 def _sql_string(value: str) -> str:
     """A SQL string literal: the value is data, whatever quotes it holds."""
     return "'" + value.replace("'", "''") + "'"
@@ -310,12 +316,15 @@ class _DeltaRsEngine:
                                c.get("operation"), c.get("userMetadata"), c.get("operationMetrics"))
                 for c in DeltaTable(self.location(spec)).history()]
 
-    def _remove_stale_writes(self, table: DeltaTable | None, table_dir: str) -> None:
+    def _remove_stale_writes(self, uri: str, table_dir: str) -> None:
         """Leftovers of writes that never committed, from before this run and past the retention:
         staging dirs, and data files a commit that then failed had already moved into the table.
 
-        A data file is deleted only when it is in no snapshot's file list and its commit id (in
-        its name) is in no commit of the table, so time travel never loses a file.
+        A data file is deleted only when it is not in the latest snapshot, its commit id (in its name,
+        stamped when the files moved in) is in no commit of the table, and it is younger than the
+        oldest commit the log still holds (a checkpoint's log cleanup drops older commits, whose
+        files retained versions may still list), so time travel never loses a file. The table is
+        read after the directory is listed: a commit landing meanwhile is in it.
         """
         cutoff = self.started_ms - self.retention_ms
 
@@ -335,19 +344,23 @@ class _DeltaRsEngine:
             if all(untouched(f) for f in self.fs.get_file_info(contents)):
                 with suppress(FileNotFoundError):
                     self.fs.delete_dir(info.path)
-        live = {f.rsplit("/", 1)[-1] for f in table.file_uris()} if table is not None else set()
-        orphans: dict[str, list[str]] = {}  # commit id -> its files that no snapshot lists now
+        old: dict[str, list[pafs.FileInfo]] = {}  # commit id -> its files past the retention
         for info in self.fs.get_file_info(pafs.FileSelector(table_dir, allow_not_found=True)):
             m = _TABLE_FILE.match(info.base_name)
-            if info.is_file and m and int(m.group(2)) < cutoff and untouched(info) and info.base_name not in live:
-                orphans.setdefault(m.group(1), []).append(info.path)
-        if orphans and table is not None:  # rare: only then is the history read
-            for commit in table.history():
-                orphans.pop(commit.get("refinexCommitId"), None)
-        for paths in orphans.values():
-            for path in paths:
+            if info.is_file and m and int(m.group(2)) < cutoff and untouched(info):
+                old.setdefault(m.group(1), []).append(info)
+        if old and DeltaTable.is_deltatable(uri):  # rare: only then is the table read, and its history
+            table = DeltaTable(uri)
+            live = {f.rsplit("/", 1)[-1] for f in table.file_uris()}
+            history = table.history()
+            committed = {c.get("refinexCommitId") for c in history}
+            oldest = min(c["timestamp"] for c in history)
+            old = {cid: [f for f in files if f.base_name not in live] for cid, files in old.items()
+                   if cid not in committed and int(cid[:13]) >= oldest}
+        for files in old.values():
+            for info in files:
                 with suppress(FileNotFoundError):
-                    self.fs.delete_file(path)
+                    self.fs.delete_file(info.path)
 
     def append(self, spec: TableSpec, df: DataFrame, *, run_id: str, user_metadata: str, txn_app_id: str,
                txn_version: int) -> tuple[int | None, int, str]:
@@ -361,16 +374,19 @@ class _DeltaRsEngine:
             return None, 0, _already(txn_app_id, txn_version)
         table_dir = f"{self.fs_root}/{spec.name}"
         if spec.name not in self._swept:  # leftovers predate this run: one sweep (a directory listing) is enough
-            self._remove_stale_writes(table, table_dir)
+            self._remove_stale_writes(uri, table_dir)
             self._swept.add(spec.name)
-        commit_id = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex}"
-        staging = f"{table_dir}/_staging/{commit_id}"
+        staging_id = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex}"
+        staging = f"{table_dir}/_staging/{staging_id}"
         try:
-            df.write.option("compression", "snappy").parquet(spark_path(f"{uri}/_staging/{commit_id}"))
+            df.write.option("compression", "snappy").parquet(spark_path(f"{uri}/_staging/{staging_id}"))
             files = self._staged_files(spec, staging)
             rows = sum(n for _, _, n, _ in files)
             if rows == 0:
                 return None, 0, "empty input"
+            # Stamped now, as the files move in (a slice may have run for longer than the retention):
+            # another run's sweep judges moved files by this time, so it never takes an in-flight commit's.
+            commit_id = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex}"
             prefix = f"part-{_UNSAFE_NAME.sub('_', run_id)[:64]}-{commit_id}"
             adds = []
             for i, (path, size, n, null_count) in enumerate(files):
@@ -387,10 +403,11 @@ class _DeltaRsEngine:
             try:
                 version = self._commit(spec, uri, table, adds, properties, commit_id, txn)
             except CommitFailedError:
-                # Delta's conflict check: a concurrent commit of the same app transaction won.
-                if not _txn_done(DeltaTable(uri), txn_app_id, txn_version):
+                # Delta's conflict check: a concurrent commit of the same app transaction won (unless the
+                # commit that holds it is this one, and the error came after it was written).
+                version = _own_version(DeltaTable(uri), commit_id)
+                if version is None and not _txn_done(DeltaTable(uri), txn_app_id, txn_version):
                     raise
-                version = None
             if version is None:  # certainly not committed, so the moved files are ours to delete
                 for a in adds:
                     self.fs.delete_file(f"{table_dir}/{a.path}")
@@ -440,6 +457,8 @@ class _DeltaRsEngine:
             except Exception:
                 if not DeltaTable.is_deltatable(uri):
                     raise
+                if (own := _own_version(DeltaTable(uri), commit_id)) is not None:
+                    return own  # created, then the call failed: appending again would add the rows twice
                 # another writer created the table first: append to it
         if table is None:
             table = DeltaTable(uri)
@@ -454,10 +473,10 @@ class _DeltaRsEngine:
         table.create_write_transaction(adds, mode="append", schema=schema, commit_properties=properties)
         # Our version is read_version + 1 unless other writers committed in between: find it by id.
         table.update_incremental()
-        for entry in table.history(limit=table.version() - read_version):
-            if entry.get("refinexCommitId") == commit_id:
-                return int(entry["version"])
-        raise LakeError(f"{spec.name}: commit {commit_id} succeeded but is not in the table history")
+        version = _own_version(table, commit_id, since=read_version)
+        if version is None:
+            raise LakeError(f"{spec.name}: commit {commit_id} succeeded but is not in the table history")
+        return version
 
 
 class _SparkEngine:

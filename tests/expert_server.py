@@ -37,6 +37,10 @@ MODES = {
     "empty_choices": "200 with an empty choices list",
     "no_content": "200 with a message that has no content (a choice without text)",
     "truncated": "200 with finish_reason 'length'",
+    "reasoning_cut": "200 with no content, only reasoning, and finish_reason 'length' (a thinking model out of tokens)",
+    "content_filter": "200 with the answer's start and finish_reason 'content_filter'",
+    "error_body": "200 with an error object instead of choices",
+    "redirect": "302 to another path of this server (where the API key must not follow)",
     "bad_request": "400 on every attempt (e.g. a prompt over the context)",
 }
 
@@ -110,6 +114,10 @@ class FakeExpert:
             return 200, {}, b'{"choices": [{"message": {"content": "cut off'
         if mode == "empty_choices":
             return 200, {}, json.dumps({"choices": []}).encode()
+        if mode == "error_body":
+            return 200, {}, json.dumps({"error": {"message": "model overloaded", "code": 503}}).encode()
+        if mode == "redirect":
+            return 302, {"Location": f"{self.base_url}/elsewhere/chat/completions"}, b""
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
         text = paraphrase(piece) if mode == "paraphrase" else self.answers.get(piece, default_clean(piece))
         if chat:
@@ -118,6 +126,11 @@ class FakeExpert:
             choice["text"] = text
         if mode == "truncated":
             choice["finish_reason"] = "length"
+        if mode == "reasoning_cut":
+            choice.update(finish_reason="length", message={"role": "assistant", "content": None,
+                                                           "reasoning_content": "Let me think"})
+        if mode == "content_filter":
+            choice.update(finish_reason="content_filter", message={"role": "assistant", "content": text[:3]})
         body = {"id": f"cmpl-{attempt}", "object": "chat.completion" if chat else "text_completion",
                 "model": self.model, "choices": [choice],
                 "usage": {"prompt_tokens": len(piece.split()), "completion_tokens": len(text.split()),

@@ -88,6 +88,10 @@ def test_truncated_ok_takes_an_answer_cut_at_max_tokens(server, endpoint):
     ("no_content", "bad_reply", 3),
     ("slow", "timeout", 3),
     ("truncated", "truncated", 1),    # greedy decoding would cut it again
+    ("reasoning_cut", "truncated", 1),  # no content because thinking used every token: cut again too
+    ("content_filter", "content_filter", 1),  # kept, its missing tail would read as deleted text
+    ("error_body", "bad_reply", 3),
+    ("redirect", "http_302", 1),      # not followed: the key would go wherever it points
     ("bad_request", "http_400", 1),   # client errors are not retried
 ])
 def test_failures_are_bounded_and_explained(server, mode, kind, requests):
@@ -105,8 +109,20 @@ def test_unusable_replies_name_the_reason(server):
     assert "malformed JSON" in reasons["malformed"]
     assert "no choices" in reasons["empty_choices"]
     assert "no message content" in reasons["no_content"]
+    assert ask(client, "[[expert:error_body]]").error.startswith("bad_reply: error in reply: model overloaded")
     completions = client_for(server, retry=RetryPolicy(max_retries=0), endpoint="completions")
     assert ask(completions, "[[expert:no_content]]").error.startswith("bad_reply: no text")
+
+
+def test_a_redirect_is_not_followed(server):
+    done = ask(client_for(server), "[[expert:redirect]]\nkeep me")
+    assert done.error.startswith("http_302") and dict(server.paths) == {"/v1/chat/completions": 1}
+
+
+def test_content_parts_are_joined():
+    parts = [{"type": "text", "text": "Title\n"}, {"type": "image_url", "image_url": {}}, {"type": "text", "text": "Body"}]
+    body = json.dumps({"choices": [{"message": {"content": parts}, "finish_reason": "stop"}]}).encode()
+    assert parse_reply(body).text == "Title\nBody"
 
 
 def test_transient_failure_is_retried(server):
@@ -185,7 +201,9 @@ def test_parse_reply_reads_text_and_tokens():
     plain = {"choices": [{"text": "clean", "finish_reason": "length"}], "usage": {"completion_tokens": 4}}
     assert parse_reply(json.dumps(plain).encode(), "completions", truncated_ok=True) == Completion("clean", tokens=4)
     with pytest.raises(ExpertFailure, match="no message content"):
-        parse_reply(json.dumps(plain).encode())  # read as a chat reply, it has no message
+        parse_reply(json.dumps(plain).encode(), truncated_ok=True)  # read as a chat reply, it has no message
+    with pytest.raises(ExpertFailure, match="truncated"):  # cut, whatever is missing: the cut comes first
+        parse_reply(json.dumps(plain).encode())
 
 
 @pytest.mark.parametrize("endpoint, choice", [("chat", {"message": {"content": "\ud800"}}),

@@ -21,7 +21,7 @@ from refinex_spark.config import Config, ModelConfig, load_config
 from refinex_spark.jobs import refine, train
 from refinex_spark.lake import Lake
 from refinex_spark.model.backends import HFBackend
-from refinex_spark.model.revision import hub_commit
+from refinex_spark.model.revision import hub_commit, hub_pin
 from refinex_spark.model.tiny import build_tiny_model
 from refinex_spark.model.train import read_model_card
 from refinex_spark.runtime import RunContext, StageStats, new_run_id
@@ -76,6 +76,8 @@ class _HubAPI(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         if self.path in (f"/api/models/{REPO}", f"/api/models/{REPO}/revision/main"):
             status, body, headers = 200, {"id": REPO, "sha": V1}, {}
+        elif self.path == f"/api/models/{REPO}/revision/v1":
+            status, body, headers = 503, {"error": "Service unavailable"}, {}
         else:
             status, body, headers = 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
         payload = json.dumps(body).encode()
@@ -99,6 +101,7 @@ def test_online_the_hub_names_the_commit_and_an_unreachable_hub_falls_back_to_th
         assert hub_commit(REPO) == V1  # the hub's answer, not the cache's main
         with pytest.raises(ValueError, match=r"hub model 'acme/missing': .*404"):
             hub_commit("acme/missing")  # the hub answered: no falling back to a stale cache
+        assert hub_commit(REPO, "v1") == V1  # the hub failing (503) is no answer: the cache's
     finally:
         server.shutdown()
         server.server_close()
@@ -142,6 +145,11 @@ def test_a_revision_is_refused_for_a_local_model_directory(models):
     config = _config(f"model.path={models[V1]}", "model.revision=main")
     with pytest.raises(ValueError, match=r"model.revision 'main' names a hub revision, but .* is a local directory"):
         refine.weights_revision(config.model)
+
+
+def test_a_missing_local_base_is_not_taken_for_a_hub_id(tmp_path):
+    with pytest.raises(ValueError, match=r"train.base '.*/no/base' is no directory and no hub id"):
+        hub_pin(str(tmp_path / "no" / "base"), None, ("train.base", "train.base_revision"))
 
 
 @pytest.mark.parametrize("value", ["", "main branch", "../../etc", "v1..v2", "-rf"])

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import random
+import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -412,6 +413,60 @@ def test_files_a_crashed_commit_moved_in_are_removed_by_a_later_run(spark, tmp_p
     assert not orphans & left and live <= left  # orphans gone, every committed file kept
     assert via_spark(later, "rejects", version=0) == via_deltalake(later, "rejects", version=0) == canonical(committed)
     assert len(via_spark(later, "rejects")) == 3 + 2 + 1
+
+
+def test_files_of_versions_whose_log_was_cleaned_up_are_not_swept(spark, tmp_path):
+    """After a checkpoint and log cleanup the oldest commits leave the history; their files, which
+    retained versions still list, are not taken for orphans of failed writes."""
+    config = LakeConfig(path=str(tmp_path / "lake"), staging_retention_hours=0)
+    first = Lake(spark, config)
+    committed = rejects(3, seed=40)
+    append(first, "rejects", frame(spark, "rejects", committed), txn=0)
+    append(first, "rejects", frame(spark, "rejects", rejects(2, seed=41)), txn=1)
+    table = DeltaTable(first.location("rejects"))
+    table.alter.set_table_properties({"delta.logRetentionDuration": "interval 0 seconds"})  # version 2
+    table.create_checkpoint()
+    table.cleanup_metadata()  # the log of versions 0 and 1 is gone; version 2 still lists their files
+    assert [c["version"] for c in DeltaTable(first.location("rejects")).history()] == [2]
+    # Rewriting version 0's file (as refine --retry-errors deletes rows) takes it out of the latest snapshot.
+    first.delete("rejects", {"reason": committed[0]["reason"]}, stage="test", run_id="run-1", fingerprint="fp")
+    time.sleep(0.01)
+    later = Lake(spark, config)  # the next run sweeps, with no retention
+    append(later, "rejects", frame(spark, "rejects", rejects(1, seed=42)), txn=2)
+    assert len(via_deltalake(later, "rejects", version=2)) == 5  # time travel still finds every file
+
+
+def test_a_commit_written_before_its_call_failed_keeps_its_files(spark, tmp_path, monkeypatch):
+    """A conflict error raised after this commit's log entry landed: the app transaction found is
+    this commit's own, so its files stay (deleted, the version would list missing files)."""
+    from deltalake.exceptions import CommitFailedError
+
+    lake = Lake(spark, LakeConfig(path=str(tmp_path / "lake")))
+    first, second = rejects(3, seed=50), rejects(2, seed=51)
+    append(lake, "rejects", frame(spark, "rejects", first), txn=0)
+    real = DeltaTable.create_write_transaction
+
+    def written_then_failed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real(self, *args, **kwargs)
+        raise CommitFailedError("the log entry landed, then the call failed")
+
+    monkeypatch.setattr(DeltaTable, "create_write_transaction", written_then_failed)
+    assert append(lake, "rejects", frame(spark, "rejects", second), txn=1).version == 1
+    assert via_deltalake(lake, "rejects") == canonical(first + second)
+
+
+def test_files_are_stamped_when_they_move_into_the_table(spark, tmp_path):
+    """A sweep judges a data file by the time in its name: that is when it moved in, not when its
+    slice began (hours of GPU before it), so another run never takes an in-flight commit's files."""
+    from pyspark.sql import functions as F
+
+    lake = Lake(spark, LakeConfig(path=str(tmp_path / "lake")))
+    slow = F.udf(lambda reason: time.sleep(1.0) or reason, "string")  # a slice that takes a while
+    df = frame(spark, "rejects", rejects(1, seed=60))
+    began_ms = int(time.time() * 1000)
+    append(lake, "rejects", df.withColumn("reason", slow("reason")), txn=0)
+    [name] = table_files(lake, "rejects")
+    assert int(re.search(r"-(\d{13})-[0-9a-f]{32}-\d{5}\.snappy\.parquet$", name).group(1)) >= began_ms + 1000
 
 
 def test_stale_staging_dirs_are_removed_by_a_later_run_and_never_read(spark, tmp_path):

@@ -428,6 +428,9 @@ def test_worker_cache_loads_once(chaotic_model: Path) -> None:
     retrained = cache.get_backend(config, revision="r2")
     assert retrained is not first and retrained.model is not first.model and len(cache.cached_keys()) == 1
     assert cache.get_backend(config, revision="r2") is retrained
+    # Another load identity (dtype here; a path, a backend) replaces it too: one model per worker.
+    other_dtype = cache.get_backend(config.model_copy(update={"dtype": "float32"}), revision="r2")
+    assert other_dtype.model is not retrained.model and len(cache.cached_keys()) == 1
     cache.clear_cache()
     assert cache.get_backend(config) is not first
 

@@ -11,7 +11,9 @@ document's attempts instead (a task slot must not sleep for an hour; the next ru
 Other HTTP errors (400 for an over-long prompt, 401, 404) are permanent, and so is an answer cut
 off at `max_tokens` (finish_reason "length"): with greedy decoding it would be cut again. A client
 made with `truncated_ok` takes such an answer instead (a refine program cut short still has
-valid ops; the program parser rejects the cut last line).
+valid ops; the program parser rejects the cut last line). An answer the provider's content filter
+stopped is permanent too, whatever the client: its missing tail would read as text deleted. Redirects
+are failures (http_3xx), never followed: the API key would go wherever they point.
 
 Every attempt first takes one request from the `RequestBudget`, so a budget bounds what a run
 sends, retries included. Failures never raise: `complete` returns a `Completion` whose `error`
@@ -35,10 +37,11 @@ from typing import Any, Literal, TypeVar
 Endpoint = Literal["chat", "completions"]
 N = TypeVar("N", int, float)
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx
-ERROR_KINDS = ("timeout", "connection", "bad_reply", "truncated", "rate_limited", "budget_exhausted", "internal")
+ERROR_KINDS = ("timeout", "connection", "bad_reply", "truncated", "content_filter", "rate_limited", "budget_exhausted",
+               "internal")
 MAX_ERROR_CHARS = 500
 # Failures of the request itself: the same prompt gets them again, however healthy the server is.
-PROMPT_ERROR_KINDS = frozenset({"http_400", "http_413", "http_422", "truncated"})
+PROMPT_ERROR_KINDS = frozenset({"http_400", "http_413", "http_422", "truncated", "content_filter"})
 
 
 class ExpertFailure(Exception):
@@ -180,11 +183,23 @@ def parse_reply(body: bytes, endpoint: Endpoint = "chat", *, truncated_ok: bool 
         raise ExpertFailure("bad_reply", f"expected a JSON object, got {type(reply).__name__}", retryable=True)
     choices = reply.get("choices")
     if not isinstance(choices, list) or not choices:
-        raise ExpertFailure("bad_reply", "no choices", retryable=True)
+        error = reply.get("error")  # some servers answer 200 with an error object
+        detail = f"error in reply: {error.get('message', error) if isinstance(error, dict) else error}" if error \
+            else "no choices"
+        raise ExpertFailure("bad_reply", " ".join(str(detail).split())[:300], retryable=True)
     choice = choices[0] if isinstance(choices[0], dict) else {}
+    # Before the content: a reasoning model out of tokens has none, and a retry would be cut again.
+    finish = choice.get("finish_reason")
+    if finish == "length" and not truncated_ok:
+        raise ExpertFailure("truncated", "the answer hit max_tokens (finish_reason=length)", retryable=False)
+    if finish == "content_filter":  # the provider cut the answer: its missing tail would read as deleted
+        raise ExpertFailure("content_filter", "the provider's content filter stopped the answer", retryable=False)
     if endpoint == "chat":
         message = choice.get("message")
         content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):  # content parts: the text ones, in order
+            content = "".join(p["text"] for p in content
+                              if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
     else:
         content = choice.get("text")
     if not isinstance(content, str):
@@ -193,12 +208,21 @@ def parse_reply(body: bytes, endpoint: Endpoint = "chat", *, truncated_ok: bool 
         content.encode("utf-8")
     except UnicodeEncodeError:
         raise ExpertFailure("bad_reply", "answer is not valid Unicode (lone surrogate)", retryable=False) from None
-    if choice.get("finish_reason") == "length" and not truncated_ok:
-        raise ExpertFailure("truncated", "the answer hit max_tokens (finish_reason=length)", retryable=False)
     usage = reply.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     return Completion(content, tokens=_count(usage.get("completion_tokens")),
                       prompt_tokens=_count(usage.get("prompt_tokens")))
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an http_3xx failure: followed, it would send the API key to wherever it points
+    (and turn the POST into a GET)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def _count(value: Any) -> int | None:
@@ -305,7 +329,7 @@ class ChatClient:
 
     def _fetch(self, request: urllib.request.Request, timeout_s: float) -> bytes:
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            with _OPENER.open(request, timeout=timeout_s) as response:
                 return response.read()
         except urllib.error.HTTPError as e:
             retryable = e.code in RETRYABLE_STATUS or e.code >= 500

@@ -76,7 +76,7 @@ def weights_revision(m: ModelConfig) -> str | None:
     workers are then told to load), nothing for a served model (the server holds the weights)."""
     if m.backend == "openai":
         return None
-    return hub_pin(m.path, m.revision, "model.revision") or model_revision(m.path)
+    return hub_pin(m.path, m.revision, ("model.path", "model.revision")) or model_revision(m.path)
 
 
 def fingerprint(config: Config, revision: str | None) -> str:

@@ -38,7 +38,7 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
     n_processes = processes(config.train, master, ctx.spark.conf.get) if distributed else 1
     # A hub base is pinned to one commit for every training process (and the model card).
     base_revision = None if init_tiny else hub_pin(config.train.base, config.train.base_revision,
-                                                   "train.base_revision")
+                                                   ("train.base", "train.base_revision"))
     with stats.timer("collect"):
         kept = (ctx.read("distill_samples").where(F.col("kept") & (F.col("fingerprint") == fingerprint))
                 .select("doc_id", "prompt", "program").orderBy("doc_id", "chunk_index"))

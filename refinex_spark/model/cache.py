@@ -7,6 +7,8 @@ because state kept in the driver script is pickled into every task and so never 
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 from typing import Any
 
@@ -20,7 +22,7 @@ _backends: dict[tuple[str, ...], Any] = {}
 
 
 def _load_key(config: ModelConfig) -> tuple[str, ...]:
-    key = (config.backend, config.path, config.device, config.dtype)
+    key = (config.backend, config.path, config.revision or "", config.device, config.dtype)
     if config.backend == "openai":
         key += (config.base_url or "", config.served_model or "")
     return key
@@ -38,10 +40,21 @@ def get_backend(config: ModelConfig | str | dict[str, Any], revision: str | None
     with _lock:
         backend = _backends.get(key)
         if backend is None:
-            for stale in [k for k in _backends if k[:-1] == key[:-1]]:  # another revision: its memory goes first
-                del _backends[stale]
+            # One model per worker: another revision, path, dtype or device (a long-lived session's next
+            # run, the hf expert then refine) frees its memory before this one loads.
+            if _backends:
+                _backends.clear()
+                _release_gpu_memory()
             backend = _backends[key] = make_backend(config)
     return backend if backend.config == config else backend.with_config(config)
+
+
+def _release_gpu_memory() -> None:
+    """Hand the dropped model's cached CUDA blocks back, so the next model has the GPU's memory."""
+    torch = sys.modules.get("torch")  # loaded only if a backend was: never imported here for nothing
+    if torch is not None and torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def cached_keys() -> list[tuple[str, ...]]:

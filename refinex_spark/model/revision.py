@@ -57,11 +57,18 @@ def hub_commit(repo_id: str, revision: str | None = None) -> str:
     unreachable = "HF_HUB_OFFLINE is set"
     if not constants.HF_HUB_OFFLINE:
         try:
-            return HfApi().model_info(repo_id, revision=revision, timeout=30).sha
-        except HfHubHTTPError as e:  # the hub answered: no such model or revision, or no access
-            raise ValueError(f"hub model {repo_id!r}{at}: {str(e).splitlines()[0]}") from e
+            commit = HfApi().model_info(repo_id, revision=revision, timeout=30).sha
+        except HfHubHTTPError as e:
+            status = e.response.status_code if e.response is not None else None
+            if status is None or status < 500:  # the hub answered: no such model or revision, or no access
+                raise ValueError(f"hub model {repo_id!r}{at}: {str(e).splitlines()[0]}") from e
+            unreachable = f"the hub failed (HTTP {status})"  # down for now: the cache may know it
         except Exception as e:  # noqa: BLE001 - no answer (network, DNS, proxy): the cache may know it
             unreachable = f"the hub is out of reach ({type(e).__name__}: {e})"
+        else:
+            if not commit:
+                raise ValueError(f"hub model {repo_id!r}{at}: the hub named no commit for it")
+            return commit
     cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
     if isinstance(cached, str):  # <cache>/models--org--name/snapshots/<commit>/config.json
         return os.path.basename(os.path.dirname(cached))
@@ -69,12 +76,15 @@ def hub_commit(repo_id: str, revision: str | None = None) -> str:
                      "it; download it first, or point the setting at a local model directory")
 
 
-def hub_pin(path: str, revision: str | None, setting: str) -> str | None:
+def hub_pin(path: str, revision: str | None, keys: tuple[str, str]) -> str | None:
     """The commit to load model `path` at when it is a hub id; None for a local directory, whose
-    files are its revision (so `setting`, the revision's config key, must be unset)."""
+    files are its revision. `keys`: the config keys of the path and the revision, for the errors."""
+    path_key, revision_key = keys
     if os.path.isdir(path):
         if revision is not None:
-            raise ValueError(f"{setting} {revision!r} names a hub revision, but {path} is a local directory "
-                             f"(its files are its revision): unset {setting}")
+            raise ValueError(f"{revision_key} {revision!r} names a hub revision, but {path_key} {path} is a local "
+                             f"directory (its files are its revision): unset {revision_key}")
         return None
+    if not HUB_ID.fullmatch(path):
+        raise ValueError(f"{path_key} {path!r} is no directory and no hub id (org/name)")
     return hub_commit(path, revision)
