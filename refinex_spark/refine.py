@@ -87,7 +87,7 @@ def refine_batch(
         i, chunks, idx = plan
         doc_id, text, text_hash = docs[i]
         generated = [outputs[k] for k in idx]
-        failure = next((g for g in generated if isinstance(g, Exception)), None)
+        failure = _first_failure(outputs, idx)
         try:
             rows.append(_error_row(doc_id, text_hash, f"generation failed: {type(failure).__name__}: {failure}")
                         if failure is not None else _assemble(doc_id, text, text_hash, chunks, generated, config))
@@ -128,21 +128,30 @@ def _generate(backend: Backend, prompts: list[str], plans: list, probe: Callable
         return list(backend.generate(prompts))
     except Exception as batch_error:  # noqa: BLE001 - narrowed down per document below
         _answers(backend, probe, batch_error)
-        outputs: list[str | Exception] = [batch_error] * len(prompts)
-        if len(plans) > 1 or not isinstance(batch_error, PromptRefused):  # a lone refusal needs no asking again
-            _per_document(backend, prompts, plans, outputs)
+        # What the backend did answer stays answered (see Backend.generate): the rest is asked again.
+        partial = getattr(batch_error, "outputs", None)
+        outputs: list[str | Exception] = (list(partial) if isinstance(partial, list) and len(partial) == len(prompts)
+                                          else [batch_error] * len(prompts))
+        failing = [plan for plan in plans if any(isinstance(outputs[k], Exception) for k in plan[2])]
+        if len(failing) > 1 or not isinstance(batch_error, PromptRefused):  # a lone refusal needs no asking again
+            _per_document(backend, prompts, failing, outputs)
         retry = [plan for plan in plans
                  if any(isinstance(outputs[k], Exception) and not isinstance(outputs[k], PromptRefused)
                         for k in plan[2])]
         if retry:
-            _answers(backend, probe, outputs[retry[0][2][0]])
+            _answers(backend, probe, _first_failure(outputs, retry[0][2]))
             _per_document(backend, prompts, retry, outputs)
-        failed = [outputs[idx[0]] for _, _, idx in plans if any(isinstance(outputs[k], Exception) for k in idx)]
+        failed = [f for _, _, idx in plans if (f := _first_failure(outputs, idx)) is not None]
         if len(failed) == len(plans) >= failing_batch_docs:
             raise RuntimeError(f"the backend answers an empty document's prompt but failed all {len(failed)} "
                                f"documents of the batch, each on its own ({type(failed[0]).__name__}: {failed[0]}): "
                                "a setting, such as a context too short for a chunk plus model.max_new_tokens?")
         return outputs
+
+
+def _first_failure(outputs: list[str | Exception], idx: list[int]) -> Exception | None:
+    """The first exception among a document's slots (None: all its chunks were answered)."""
+    return next((o for k in idx if isinstance(o := outputs[k], Exception)), None)
 
 
 def _answers(backend: Backend, probe: Callable[[], str], failure: Exception) -> None:

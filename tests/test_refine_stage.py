@@ -11,7 +11,7 @@ import re
 import pandas as pd
 import pytest
 
-from refinex_spark.chunking import normalize_newlines
+from refinex_spark.chunking import chunk_document, normalize_newlines
 from refinex_spark.config import load_config
 from refinex_spark.jobs import ingest, refine
 from refinex_spark.jobs.demo import write_docs
@@ -82,7 +82,12 @@ def test_a_refused_document_is_an_error_row_and_the_rest_are_refined(ingested):
         server.refuse_marker = DOCS[5].raw.split("\n")[0][:40]
         result = refine.run(ingested("refine", *_served(server)))
         df = _table(ingested("x"))
+        requests = server.requests
     assert result["counts"]["docs"] == len(DOCS) and result["counts"]["status.error"] == 1
+    # Every chunk asked once, and one empty-document probe: the answers given beside the refusal are
+    # kept, not paid for again, and a lone refusal is not asked again.
+    chunking = ingested("x", *_served(server)).config.chunking
+    assert requests == sum(len(chunk_document(d.raw, chunking)) for d in DOCS) + 1
     bad = df[df.doc_id == DOCS[5].doc_id].iloc[0]
     assert bad.status == "error" and "http_400: refused" in bad.error and bad.refined_text is None
     _check_rows(df[df.doc_id != DOCS[5].doc_id], {d.doc_id: d.raw for d in DOCS if d.doc_id != DOCS[5].doc_id})

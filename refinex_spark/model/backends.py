@@ -46,7 +46,9 @@ class Backend(Protocol):
     def format_prompt(self, template: str, chunk_text: str) -> str: ...
 
     # Raises refine.PromptRefused for a prompt the backend turns down itself (that document's
-    # error), anything else for a failure of the backend (the task's).
+    # error), anything else for a failure of the backend (the task's). A backend whose prompts
+    # succeed or fail one by one may set the raised exception's `outputs` to a str or an exception
+    # per prompt: refine then asks again only for the failed ones.
     def generate(self, prompts: list[str]) -> list[str]: ...
 
     def with_config(self, config: ModelConfig) -> Backend: ...
@@ -243,17 +245,23 @@ class OpenAIBackend:
         # Requests are independent; a thread per in-flight request keeps the server's batcher fed.
         with ThreadPoolExecutor(max_workers=min(self.config.batch_size, max(len(prompts), 1))) as pool:
             replies = list(pool.map(self._complete, prompts))
-        for reply in replies:
+        done = [r for r in replies if isinstance(r, Completion)]
+        for reply in done:
             self.stats.input_tokens += reply.prompt_tokens or 0
             self.stats.output_tokens += reply.tokens or 0
-        self.stats.prompts += len(prompts)
+        self.stats.prompts += len(done)
         self.stats.seconds += time.perf_counter() - started
-        return [reply.text or "" for reply in replies]
+        outputs = [r.text or "" if isinstance(r, Completion) else r for r in replies]
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:  # the answers already paid for go with it: only the failed are asked again
+            failed.outputs = outputs  # type: ignore[attr-defined]
+            raise failed
+        return outputs  # type: ignore[return-value]
 
-    def _complete(self, prompt: str) -> Completion:
+    def _complete(self, prompt: str) -> Completion | Exception:
         done = self.client.complete(prompt, self.config.max_new_tokens)
         if not done.ok:  # refine records the error on the document's row (or fails the task)
-            raise (PromptRefused if done.prompt_refused else RuntimeError)(f"{self.client.url}: {done.error}")
+            return (PromptRefused if done.prompt_refused else RuntimeError)(f"{self.client.url}: {done.error}")
         return done
 
 
