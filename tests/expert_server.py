@@ -41,6 +41,7 @@ MODES = {
     "content_filter": "200 with the answer's start and finish_reason 'content_filter'",
     "error_body": "200 with an error object instead of choices",
     "redirect": "302 to another path of this server (where the API key must not follow)",
+    "trickle": "200 with a correct cleanup sent a byte every 20 ms (each read is quick, the answer is not)",
     "bad_request": "400 on every attempt (e.g. a prompt over the context)",
 }
 
@@ -118,6 +119,7 @@ class FakeExpert:
             return 200, {}, json.dumps({"error": {"message": "model overloaded", "code": 503}}).encode()
         if mode == "redirect":
             return 302, {"Location": f"{self.base_url}/elsewhere/chat/completions"}, b""
+        trickle = {"X-Trickle-S": "0.02"} if mode == "trickle" else {}
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
         text = paraphrase(piece) if mode == "paraphrase" else self.answers.get(piece, default_clean(piece))
         if chat:
@@ -135,7 +137,7 @@ class FakeExpert:
                 "model": self.model, "choices": [choice],
                 "usage": {"prompt_tokens": len(piece.split()), "completion_tokens": len(text.split()),
                           "total_tokens": len(piece.split()) + len(text.split())}}
-        return 200, {}, json.dumps(body).encode()
+        return 200, trickle, json.dumps(body).encode()
 
     def _check(self, path: str, headers: Any, raw: bytes) -> tuple[int, str] | str:
         """The piece a valid request asks to clean, or (status, reason) for an invalid one."""
@@ -199,7 +201,12 @@ class FakeExpert:
                         self.send_header(name, value)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(body)
+                    if "X-Trickle-S" not in headers:
+                        self.wfile.write(body)
+                    for i in range(len(body) if "X-Trickle-S" in headers else 0):
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(float(headers["X-Trickle-S"]))
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout) before the answer
 

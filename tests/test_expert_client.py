@@ -87,6 +87,7 @@ def test_truncated_ok_takes_an_answer_cut_at_max_tokens(server, endpoint):
     ("empty_choices", "bad_reply", 3),
     ("no_content", "bad_reply", 3),
     ("slow", "timeout", 3),
+    ("trickle", "timeout", 3),        # every read quick, the whole answer not: the deadline is the answer's
     ("truncated", "truncated", 1),    # greedy decoding would cut it again
     ("reasoning_cut", "truncated", 1),  # no content because thinking used every token: cut again too
     ("content_filter", "content_filter", 1),  # kept, its missing tail would read as deleted text

@@ -328,9 +328,17 @@ class ChatClient:
         return parse_reply(self._fetch(request, self.timeout_s), self.endpoint, truncated_ok=self.truncated_ok)
 
     def _fetch(self, request: urllib.request.Request, timeout_s: float) -> bytes:
+        # The socket timeout bounds each read; the deadline bounds the answer, which a server (or a
+        # proxy) trickling bytes would otherwise stretch without end.
+        deadline = time.monotonic() + timeout_s
         try:
             with _OPENER.open(request, timeout=timeout_s) as response:
-                return response.read()
+                body = bytearray()
+                while chunk := response.read1(1 << 16):
+                    body += chunk
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+                return bytes(body)
         except urllib.error.HTTPError as e:
             retryable = e.code in RETRYABLE_STATUS or e.code >= 500
             raise ExpertFailure(f"http_{e.code}", _snippet(e) or str(e.reason), retryable=retryable,
