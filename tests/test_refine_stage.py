@@ -103,6 +103,23 @@ def test_a_refused_document_is_an_error_row_and_the_rest_are_refined(ingested):
     assert commit["operation"] == "DELETE" and commit["user_metadata"]["stage"] == "refine"
 
 
+def test_a_run_overtaken_since_its_read_refines_nothing(ingested):
+    """Two runs read the same pending documents; the first commits. The second learns it before a
+    slice of generation (its commit would be refused), not after it."""
+    from refinex_spark.runtime import ConcurrentRunError
+
+    with RefineServer() as server:
+        first, late = (ingested("refine", *_served(server)) for _ in range(2))
+        for ctx in (first, late):
+            ctx.read("refined_docs")  # both start from the same (empty) table
+        refine.run(first)
+        sent = server.requests
+        with pytest.raises(ConcurrentRunError, match="nothing more of this run was done, run it again"):
+            refine.run(late)
+        assert server.requests == sent
+    assert len(_table(ingested("x"))) == len(DOCS)
+
+
 def test_aborted_run_then_rerun_equals_uninterrupted(make_ctx, tmp_path):
     """The model server dies after the first slice is committed; the rerun finishes the rest."""
     raw, _ = write_docs(tmp_path / "in", DOCS)

@@ -178,6 +178,7 @@ def run(ctx: RunContext, retry_errors: bool = False) -> dict:
     with progress(ctx.spark, line, config.refine.progress_interval_s) if parts else nullcontext() as accumulator:
         refine_rows = _refine_rows(shipped, template, revision, accumulator)
         for i, part in enumerate(parts):
+            ctx.check_not_overtaken("refined_docs")  # before a slice of GPU work whose commit would be refused
             info = _refine_slice(ctx, part, refine_rows, out_schema, model, fp)
             if info.version is not None:
                 stats.counts["docs"] += info.rows
