@@ -141,10 +141,13 @@ def test_refine_pins_a_hub_model_to_the_commit_its_revision_names(hub):
     assert refine.weights_revision(main.model) == V1
 
 
-def test_a_revision_is_refused_for_a_local_model_directory(models):
+def test_a_revision_is_refused_for_a_local_model_directory_and_a_served_model(models):
     config = _config(f"model.path={models[V1]}", "model.revision=main")
     with pytest.raises(ValueError, match=r"model.revision 'main' names a hub revision, but .* is a local directory"):
         refine.weights_revision(config.model)
+    served = _config("model.backend=openai", "model.base_url=http://127.0.0.1:9/v1", "model.revision=main")
+    with pytest.raises(ValueError, match=r"a served \(openai\) model's are the server's: unset model.revision"):
+        refine.check_model(served)
 
 
 def test_a_missing_local_base_is_not_taken_for_a_hub_id(tmp_path):

@@ -44,6 +44,9 @@ def check_model(config: Config) -> None:
     if m.backend == "openai":
         if not m.base_url:
             raise ValueError("model.backend openai needs model.base_url (the served model's http(s)://.../v1)")
+        if m.revision is not None:  # the server loaded its weights: nothing here could pin them
+            raise ValueError("model.revision pins the weights the hf and vllm backends load; a served (openai) "
+                             "model's are the server's: unset model.revision, or name the revision in served_model")
         return
     if os.path.isdir(m.path):
         if not os.path.isfile(os.path.join(m.path, "config.json")):
