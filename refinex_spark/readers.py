@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -452,15 +453,29 @@ def _parquet(fs: pafs.FileSystem, path: str, split: Split, source_file: str, cfg
         parquet = pq.ParquetFile(f)
         groups = None if split.end < 0 else range(split.start, split.end)
         row = split.first_line
+        # The id, text and source must be text; other columns may hold bytes (an image, a digest),
+        # kept with what is not UTF-8 escaped rather than costing the document.
+        strict = {cfg.text_field, cfg.id_field, cfg.source_field}
         for batch in parquet.iter_batches(batch_size=1024, row_groups=groups):
-            for obj in batch.to_pylist():
+            try:
+                rows = batch.to_pylist()
+            except (UnicodeDecodeError, pa.ArrowException):  # a string column holding bytes that are not UTF-8:
+                rows = _as_binary(batch).to_pylist()  # each row decoded below, a bad one its own reject
+            for obj in rows:
                 try:
-                    plain = _from_parquet(obj)
+                    plain = {k: _from_parquet(v, "strict" if k in strict else "backslashreplace") for k, v in obj.items()}
                 except UnicodeDecodeError as e:
                     yield _reject(source_file, row, "invalid_utf8", _from_parquet(obj, "backslashreplace"), str(e))
                 else:
                     yield _record(plain, source_file, row, plain, cfg, require_id, keep_record)
                 row += 1
+
+
+def _as_binary(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with its string columns as bytes, which convert to Python whatever they hold."""
+    binary = {pa.string(): pa.binary(), pa.large_string(): pa.large_binary()}
+    schema = pa.schema([f.with_type(binary.get(f.type, f.type)) for f in batch.schema])
+    return batch.cast(schema)
 
 
 def _text(fs: pafs.FileSystem, path: str, split: Split, source_file: str, cfg: IngestConfig, require_id: bool,

@@ -8,6 +8,7 @@ backend can sort all of them by length and fill its micro-batches.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ def is_subsequence(small: str, big: str) -> bool:
     return all(c in it for c in small)
 
 
+_REASONING = re.compile(r"\A\s*<think>.*?</think>", re.DOTALL)
 STATUSES = ("ok", "kept", "fallback", "error")  # of a refined_docs row (DESIGN.md)
 
 
@@ -183,7 +185,16 @@ def _storable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _without_reasoning(output: str) -> str:
+    """The program after a leading <think>...</think> block: a model tuned through a chat template
+    that opens every answer with one (Qwen3's, rendering export-sft rows), or a reasoning model,
+    still answers with its program after it. An unclosed block (cut at max_new_tokens) stays, and
+    its lines are rejected."""
+    return _REASONING.sub("", output, count=1)
+
+
 def _assemble(doc_id: str, text: str, text_hash: str, chunks: list, programs: list[str], config: Config) -> dict:
+    programs = [_without_reasoning(p) for p in programs]
     chunk_programs = [ChunkProgram(c.start, c.end, p, c.truncated) for c, p in zip(chunks, programs)]
     result = execute(text, chunk_programs, config.program)
     raw = normalize_newlines(text)

@@ -248,6 +248,23 @@ def test_parquet_binary_strings_and_nan(tmp_path):
     assert f["reason"] == "invalid_id" and f["detail"] == "float"
 
 
+def test_bytes_that_are_not_utf8_cost_their_row_only_and_metadata_none(tmp_path):
+    """A string column some writer filled with bytes that are not UTF-8: the row is an invalid_utf8
+    reject, the rest of its batch and file are read. A bytes metadata column (an image, a digest)
+    costs nothing: its value is kept with the bytes escaped."""
+    texts = [f"doc {i}".encode() for i in range(3000)]
+    texts[1500] = b"bad \xff"
+    unchecked = pa.array(texts, pa.binary()).view(pa.string())  # typed string, not valid UTF-8
+    pq.write_table(pa.table({"id": [str(i) for i in range(3000)], "text": unchecked}), tmp_path / "s.parquet",
+                   row_group_size=1000)
+    records = list(read_file(str(tmp_path / "s.parquet"), IngestConfig()))
+    [bad] = [r for r in records if r["kind"] == "reject"]
+    assert (bad["reason"], bad["line_no"], len(records)) == ("invalid_utf8", 1501, 3000)
+    pq.write_table(pa.table({"id": ["p"], "text": ["a page"], "thumb": [b"\x89PNG\r\n"]}), tmp_path / "m.parquet")
+    (doc,) = read_file(str(tmp_path / "m.parquet"), IngestConfig())
+    assert doc["kind"] == "doc" and json.loads(doc["metadata"]) == {"thumb": "\\x89PNG\r\n"}
+
+
 def test_the_documented_reasons_are_the_ones_produced():
     # duplicate_id comes from the ingest stage (tests/test_stages.py), unreadable_file from the test below.
     assert {reason for _, reason in BAD_LINES} | {"duplicate_id", "unreadable_file"} == set(REJECT_REASONS)

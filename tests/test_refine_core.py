@@ -109,3 +109,15 @@ def test_lone_surrogates_in_model_output_are_rejected_and_stored_visibly():
     # Read back, the op is still storable text (what the report and notebooks render), not a surrogate.
     assert outcomes[0]["op"].encode("utf-8") == b'remove_str(line=0, text="\\ud800")'
     assert row["program"].encode("utf-8") == b'remove_str(line=0, text="\\ud800")'
+
+
+@pytest.mark.parametrize("reply, status", [
+    ("<think>\n\n</think>\n\nremove_lines(start=0, end=0)", "ok"),  # Qwen3's template on export-sft rows
+    ("<think>Line 0 is a menu.</think>remove_lines(start=0, end=0)", "ok"),  # a reasoning model
+    ("<think>Line 0 is a menu, so", "fallback"),  # cut before the program: its lines are rejected
+])
+def test_a_leading_reasoning_block_is_not_part_of_the_program(reply, status):
+    [row] = refine_batch([DOCS[0]], RuleBackend(reply), "", CONFIG)
+    assert row["status"] == status
+    if status == "ok":
+        assert row["refined_text"] == "Real text one." and row["program"] == "remove_lines(start=0, end=0)"

@@ -75,24 +75,20 @@ def held_out(
 
 def encode_sample(
     tokenizer: Any, template: str, chunk_text: str, program: str, max_seq_len: int
-) -> tuple[dict[str, list[int]], bool] | None:
-    """Token ids and labels for one sample, and whether the prompt was cut to fit.
+) -> dict[str, list[int]] | None:
+    """Token ids and labels for one sample; None when it does not fit `max_seq_len` whole.
 
     Prompt and program are tokenised separately so the prompt ids are exactly what inference
-    feeds the model. Labels cover only the program and its eos. An over-long prompt loses its
-    middle (the instruction and the generation prefix stay, as at inference); a program that
-    leaves less than half the sequence for the prompt makes the sample unusable: None.
+    feeds the model. Labels cover only the program and its eos. A sample is never cut: a prompt
+    missing lines would teach the model to delete lines it cannot see, and a program that leaves
+    less than half the sequence for the prompt crowds out its chunk.
     """
     prompt_ids = tokenizer(build_prompt(tokenizer, template, chunk_text), add_special_tokens=False)["input_ids"]
     program_ids = tokenizer(program, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     budget = max_seq_len - len(program_ids)
-    if budget < max_seq_len // 2:
+    if budget < max_seq_len // 2 or len(prompt_ids) > budget:
         return None
-    truncated = len(prompt_ids) > budget
-    if truncated:
-        head = budget // 2
-        prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - (budget - head) :]
-    return {"input_ids": prompt_ids + program_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + program_ids}, truncated
+    return {"input_ids": prompt_ids + program_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + program_ids}
 
 
 class _Encoded(torch.utils.data.Dataset):
@@ -122,17 +118,16 @@ class _Encoded(torch.utils.data.Dataset):
 
 
 def _encode_all(tokenizer: Any, template: str, pairs: Iterable[tuple[str, str]],
-                max_seq_len: int) -> tuple[_Encoded, int, int]:
-    """The trainable samples of `pairs`, packed, and how many were dropped as too long and had their prompt cut."""
-    packed, dropped, truncated = _Encoded(), 0, 0
+                max_seq_len: int) -> tuple[_Encoded, int]:
+    """The trainable samples of `pairs`, packed, and how many were dropped as too long."""
+    packed, dropped = _Encoded(), 0
     for chunk_text, program in pairs:
         encoded = encode_sample(tokenizer, template, chunk_text, program, max_seq_len)
         if encoded is None:
             dropped += 1
         else:
-            packed.append(encoded[0])
-            truncated += encoded[1]
-    return packed, dropped, truncated
+            packed.append(encoded)
+    return packed, dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +301,7 @@ def train_model(
             else:
                 yield pair
 
-    rows, dropped, truncated = _encode_all(tokenizer, template, train_pairs(), config.max_seq_len)
+    rows, dropped = _encode_all(tokenizer, template, train_pairs(), config.max_seq_len)
     if not rows:
         raise ValueError(f"no trainable samples: {n_samples} given, none fits max_seq_len={config.max_seq_len}")
     eval_rows = _encode_all(tokenizer, template, eval_pairs, config.max_seq_len)[0]
@@ -343,7 +338,6 @@ def train_model(
         "n_eval": len(eval_pairs),
         "eval_held_out_by": "document" if groups is not None else "sample",
         "dropped_too_long": dropped,
-        "truncated_prompts": truncated,
         "world_size": world_size,
         "global_step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
