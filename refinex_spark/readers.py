@@ -268,11 +268,15 @@ def list_input_files(paths: list[str]) -> dict[str, int]:
 
 def _remote_name(given: str, listed: str) -> str:
     """A file pyarrow listed under the URI `given`, as a URI again. Object stores list `bucket/key`;
-    HDFS lists `/path`, without the namenode, which the URI keeps (`hdfs://nn:8020/path`)."""
+    Azure lists `container/key` of `abfss://container@account.dfs.core.windows.net/`, whose account
+    the URI keeps; HDFS lists `/path`, without the namenode, which the URI keeps (`hdfs://nn:8020/path`)."""
     if "://" in listed:
         return listed
     parts = urlsplit(given)
-    return f"{parts.scheme}://{parts.netloc}{listed}" if listed.startswith("/") else f"{parts.scheme}://{listed}"
+    if listed.startswith("/"):
+        return f"{parts.scheme}://{parts.netloc}{listed}"
+    bucket, _, key = listed.partition("/")
+    return f"{parts.scheme}://{parts.netloc}/{key}" if parts.netloc.split("@")[0] == bucket else f"{parts.scheme}://{listed}"
 
 
 def _record_text(record: Any) -> str:

@@ -173,6 +173,7 @@ def test_train_fine_tunes_the_pinned_commit_of_a_hub_base_and_records_it(spark, 
     ctx = RunContext(config, spark, Lake(spark, config.lake), StageStats("train", new_run_id("train")))
     summary = train.run(ctx)
     assert summary["base_revision"] == V1
+    assert summary["metrics"]["programs_over_max_new_tokens"] >= 0  # counted against model.max_new_tokens
     card = read_model_card(out)
     assert card["base_model"] == "acme/base"
     assert card["refinex"]["train_config"]["base_revision"] == V1

@@ -198,6 +198,14 @@ def test_training_teaches_valid_programs(trained: Trained) -> None:
     assert metrics["eval_loss"] < metrics["first_loss"]
 
 
+def test_held_out_programs_are_generated_within_refines_limit(trained: Trained, samples) -> None:
+    """Generating as refine will (model.max_new_tokens) reports what refine gets: a limit shorter
+    than the programs cuts them, and cut programs are not valid."""
+    held = [samples[i] for i in held_out(len(samples), TRAIN.eval_fraction, TRAIN.seed, TRAIN.max_eval_samples)]
+    roomy = evaluate_model(trained.out, held, TRAIN_TEMPLATE)["valid_program_rate"]
+    assert evaluate_model(trained.out, held, TRAIN_TEMPLATE, max_new_tokens=2)["valid_program_rate"] < roomy
+
+
 def test_training_resumes_from_last_checkpoint(trained: Trained) -> None:
     assert trained.interrupted["global_step"] == STOP_AT and not trained.interrupted["completed"]
     assert trained.resumed["resumed_from_step"] == STOP_AT
@@ -283,11 +291,16 @@ def test_resume_refuses_other_hyperparameters(trained: Trained, base_model: Path
     with pytest.raises(ValueError, match="belong to another run"):
         train_model(samples, changed, TRAIN_TEMPLATE, trained.out, base=str(base_model), data_version=7,
                     fingerprint="fp-test")
-    # Where it runs is no hyperparameter: another process count resumes (here, with nothing left to do).
+    # The processes setting is no hyperparameter: the same world size resumes (with nothing left to do).
     elsewhere = TRAIN.model_copy(update={"processes": 2})
     again = train_model(samples, elsewhere, TRAIN_TEMPLATE, trained.out, base=str(base_model), data_version=7,
                         fingerprint="fp-test")
     assert again.metrics["resumed_from_step"] == trained.resumed["global_step"]
+    # Another world size would resume at another place of the data: refused (checked before DDP starts).
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(ValueError, match="belong to another run .*'world_size': 2"):
+        mp.setenv("WORLD_SIZE", "2")
+        train_model(samples, TRAIN, TRAIN_TEMPLATE, trained.out, base=str(base_model), data_version=7,
+                    fingerprint="fp-test")
 
 
 def test_retraining_on_the_same_data_keeps_the_refine_revision(tmp_path: Path, samples) -> None:

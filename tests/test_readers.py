@@ -339,6 +339,8 @@ def test_listing_and_format_detection(tmp_path):
     ("s3://bucket/data", "bucket/data/a.jsonl", "s3://bucket/data/a.jsonl"),  # object stores list bucket/key
     ("gs://bucket", "bucket/a.jsonl", "gs://bucket/a.jsonl"),
     ("s3://bucket/data", "s3://bucket/data/a.jsonl", "s3://bucket/data/a.jsonl"),
+    # Azure lists container/key: the account stays in the name, or the file could not be opened again
+    ("abfss://cont@acct.dfs.core.windows.net/dir", "cont/dir/a.jsonl", "abfss://cont@acct.dfs.core.windows.net/dir/a.jsonl"),
 ])
 def test_remote_files_are_named_by_uris_that_open_them(given, listed, name):
     assert _remote_name(given, listed) == name

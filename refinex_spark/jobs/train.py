@@ -54,7 +54,8 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
             base = str(build_tiny_model(out.parent / f"{out.name}-tiny-base", texts,
                                         seed=config.train.seed))
     kwargs = dict(base=base, base_revision=base_revision, data_version=ctx.read_versions.get("distill_samples"),
-                  fingerprint=fingerprint, prompt_version=config.model.prompt_version)
+                  fingerprint=fingerprint, prompt_version=config.model.prompt_version,
+                  max_new_tokens=config.model.max_new_tokens)
     with stats.timer("train"):
         if distributed:
             from pyspark.ml.torch.distributor import TorchDistributor

@@ -165,12 +165,14 @@ def evaluate_programs(backend: Backend, samples: Sequence[tuple[str, str]], temp
     return program_metrics(backend.generate(prompts), [program for _, program in samples])
 
 
-def evaluate_model(model_dir: Path | str, samples: Sequence[tuple[str, str]], template: str, batch_size: int = 8) -> dict[str, float]:
-    """`evaluate_programs` with the hf backend on a model directory, as training reports it."""
+def evaluate_model(model_dir: Path | str, samples: Sequence[tuple[str, str]], template: str, batch_size: int = 8,
+                   max_new_tokens: int | None = None) -> dict[str, float]:
+    """`evaluate_programs` with the hf backend on a model directory, as training reports it:
+    generating at most `max_new_tokens`, as refine will (None: room for the longest target)."""
     backend = HFBackend(str(model_dir), ModelConfig(path=str(model_dir), batch_size=batch_size))
-    # Room for the longest target plus a little: a model that runs on past that is wrong anyway.
-    longest = max(len(backend.tokenizer(p, add_special_tokens=False)["input_ids"]) for _, p in samples)
-    backend = backend.with_config(backend.config.model_copy(update={"max_new_tokens": longest + 16}))
+    if max_new_tokens is None:  # the longest target plus a little: a model that runs on past that is wrong anyway
+        max_new_tokens = max(len(backend.tokenizer(p, add_special_tokens=False)["input_ids"]) for _, p in samples) + 16
+    backend = backend.with_config(backend.config.model_copy(update={"max_new_tokens": max_new_tokens}))
     return evaluate_programs(backend, samples, template)
 
 
@@ -263,12 +265,15 @@ def train_model(
     prompt_version: str = PROMPT_VERSION,
     callbacks: Sequence[Any] = (),
     groups: Sequence[str] | None = None,
+    max_new_tokens: int | None = None,
 ) -> TrainResult:
     """Fine-tune `base` (default `config.base`; a hub id at commit `base_revision`) on
     (chunk_text, program) samples.
 
     `groups` (each sample's doc_id) makes the held-out split one of whole documents; a
-    `SampleFile` brings its own. Samples are read once, in order, and only the held-out ones are
+    `SampleFile` brings its own. `max_new_tokens`, refine's generation limit: the held-out
+    programs are generated within it, and the training programs longer than it are counted
+    (refine would cut them). Samples are read once, in order, and only the held-out ones are
     kept as text: the training set is held as packed token ids.
 
     Checkpoints go to `output_dir/checkpoints` every `config.save_steps` optimizer steps; with
@@ -312,10 +317,12 @@ def train_model(
         "fingerprint": fingerprint,
         "prompt_version": prompt_version,
         "template": template_digest(template),
-        # Resuming under other hyperparameters would train a mix of two runs. Not `processes`: the
-        # world size is where the run happens (as for a resized cluster), and checkpoints of runs
-        # from before the setting existed still resume.
+        # Resuming under other hyperparameters would train a mix of two runs. Not the `processes`
+        # setting but the world size the run has: the Trainer resumes by skipping steps x batches per
+        # process, so another world size skips samples never trained or trains some twice. (Left out
+        # for one process, so checkpoints written before it was recorded still resume.)
         "train": config.model_dump(exclude={"base", "base_revision", "output_dir", "save_steps", "processes"}),
+        **({"world_size": world_size} if world_size != 1 else {}),
     }
     _check_identity(ckpt_dir, identity, resume, owner=rank == 0)
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
@@ -338,6 +345,9 @@ def train_model(
         "n_eval": len(eval_pairs),
         "eval_held_out_by": "document" if groups is not None else "sample",
         "dropped_too_long": dropped,
+        **({"programs_over_max_new_tokens": sum(  # row length - prompt - eos: the program's tokens
+            rows.offsets[i + 1] - rows.offsets[i] - rows.prompt_lens[i] - 1 > max_new_tokens for i in range(len(rows)))}
+           if max_new_tokens is not None else {}),
         "world_size": world_size,
         "global_step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
@@ -356,7 +366,7 @@ def train_model(
     tokenizer.save_pretrained(out)
     (out / "prompt_template.txt").write_text(template, encoding="utf-8")
     if eval_pairs:
-        metrics.update(evaluate_model(out, eval_pairs, template, config.batch_size))
+        metrics.update(evaluate_model(out, eval_pairs, template, config.batch_size, max_new_tokens))
     metrics["train_seconds"] = time.perf_counter() - started
     write_model_card(
         out,
