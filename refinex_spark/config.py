@@ -60,9 +60,13 @@ def _not_blank(value: str, what: str) -> str:
     return value
 
 
-def _revision(value: str | None) -> str | None:
-    """A hub revision names a branch, tag or commit: a git ref, so no spaces and no `..`."""
-    if value is not None and (".." in value or not re.fullmatch(r"[\w.][\w./-]*", value)):
+def _revision(value: Any) -> str | None:
+    """A hub revision names a branch, tag or commit: a git ref, so no spaces and no `..`. A commit of
+    digits only reads as a YAML number: taken as its text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if value is not None and (not isinstance(value, str) or ".." in value
+                              or not re.fullmatch(r"[\w.][\w./-]*", value)):
         raise ValueError("must be a hub branch, tag or commit (e.g. main, v1.0, a commit hash), or null")
     return value
 
@@ -239,7 +243,7 @@ class ModelConfig(_Section):
 
     _check_base_url = field_validator("base_url")(classmethod(lambda cls, v: _http_url(v)))
     _check_path = field_validator("path")(classmethod(lambda cls, v: _not_blank(v, "a model directory or hub id")))
-    _check_revision = field_validator("revision")(classmethod(lambda cls, v: _revision(v)))
+    _check_revision = field_validator("revision", mode="before")(classmethod(lambda cls, v: _revision(v)))
     _check_key_env = field_validator("api_key_env")(classmethod(lambda cls, v: _not_blank(v, "an environment variable name")))
     _check_served = field_validator("served_model")(classmethod(
         lambda cls, v: v if v is None else _not_blank(v, "a served model name, or null (model.path is its name)")))
@@ -283,7 +287,7 @@ class TrainConfig(_Section):
 
     _check_output_dir = field_validator("output_dir")(classmethod(lambda cls, v: _not_blank(v, "a directory path")))
     _check_base = field_validator("base")(classmethod(lambda cls, v: _not_blank(v, "a model directory or hub id")))
-    _check_base_revision = field_validator("base_revision")(classmethod(lambda cls, v: _revision(v)))
+    _check_base_revision = field_validator("base_revision", mode="before")(classmethod(lambda cls, v: _revision(v)))
 
 
 class ExpertConfig(_Section):

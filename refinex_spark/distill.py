@@ -439,13 +439,15 @@ def _occurrences_inside(current: str, text: str, marked: bytearray, origin: list
     return hits, True
 
 
-def _spare_spaces(line: str, spans: list[tuple[int, int]], min_chars: int) -> list[tuple[int, int]]:
+def _spare_spaces(line: str, spans: list[tuple[int, int]], min_chars: int,
+                  unique: bool = False) -> list[tuple[int, int]]:
     """Spend kept whitespace that is redundant (whitespace collapsed) on better deletion spans.
 
     Two spans separated only by whitespace are joined (one op instead of two), and a span too
-    short for remove_str, or whose text occurs elsewhere in the line, grows over adjacent
-    whitespace, whenever the line still reads the same with whitespace collapsed: "a  bc de"
-    minus "bc" is "a  de", minus " bc" it is "a de"; "Home News Home" loses its last word as " Home".
+    short for remove_str (with `unique`, or whose text occurs elsewhere in the line) grows over
+    adjacent whitespace, whenever the line still reads the same with whitespace collapsed:
+    "a  bc de" minus "bc" is "a  de", minus " bc" it is "a de"; "Home News Home" loses its last
+    word as " Home".
     """
     target = ""
 
@@ -464,7 +466,7 @@ def _spare_spaces(line: str, spans: list[tuple[int, int]], min_chars: int) -> li
             k += 1
     for k, (a, b) in enumerate(out):
         lo, hi = out[k - 1][1] if k else 0, out[k + 1][0] if k + 1 < len(out) else len(line)
-        while b - a < min_chars or line.find(line[a:b]) != a or line.find(line[a:b], a + 1) != -1:
+        while b - a < min_chars or unique and (line.find(line[a:b]) != a or line.find(line[a:b], a + 1) != -1):
             if a > lo and line[a - 1].isspace() and same([*out[:k], (a - 1, b), *out[k + 1:]]):
                 a -= 1
             elif b < hi and line[b].isspace() and same([*out[:k], (a, b + 1), *out[k + 1:]]):
@@ -478,15 +480,20 @@ def _spare_spaces(line: str, spans: list[tuple[int, int]], min_chars: int) -> li
 def _partial_line_texts(line: str, spans: list[tuple[int, int]], min_chars: int, search: bool) -> list[str]:
     """remove_str texts for a line deleted in part.
 
-    When the alignment's own spans are not all expressible and `search` is on, the leftmost and
-    rightmost embeddings of the kept text (same line, other deletion spans) are tried too.
+    When the alignment's own spans are not all expressible, the spans grown over whitespace until
+    their texts are unique (a repeated word with its space: "Home News Home" loses " Home") are
+    tried, and with `search` the leftmost and rightmost embeddings of the kept text too (same
+    line, other deletion spans); the texts that delete most, in the fewest ops, win.
     """
     best = _remove_str_texts(line, _spare_spaces(line, spans, min_chars), min_chars)
-    if not search or best[1] == sum(_nonspace(line[a:b]) for a, b in spans):
+    if best[1] == sum(_nonspace(line[a:b]) for a, b in spans):
         return best[0]
-    kept = _kept_text(line, spans)
-    for from_left in (True, False):
-        gaps = _spare_spaces(line, _embedding_gaps(line, kept, from_left), min_chars)
+    candidates = [_spare_spaces(line, spans, min_chars, unique=True)]
+    if search:
+        kept = _kept_text(line, spans)
+        candidates += [_spare_spaces(line, _embedding_gaps(line, kept, from_left), min_chars)
+                       for from_left in (True, False)]
+    for gaps in candidates:
         other = _remove_str_texts(line, gaps, min_chars)
         if (other[1], -len(other[0])) > (best[1], -len(best[0])):
             best = other

@@ -354,7 +354,8 @@ class _DeltaRsEngine:
             live = {f.rsplit("/", 1)[-1] for f in table.file_uris()}
             history = table.history()
             committed = {c.get("refinexCommitId") for c in history}
-            oldest = min(c["timestamp"] for c in history)
+            # commitInfo, and so its timestamp, is optional to other writers: none known, nothing is older
+            oldest = min((c["timestamp"] for c in history if isinstance(c.get("timestamp"), int)), default=0)
             old = {cid: [f for f in files if f.base_name not in live] for cid, files in old.items()
                    if cid not in committed and int(cid[:13]) >= oldest}
         for files in old.values():

@@ -42,6 +42,7 @@ MODES = {
     "error_body": "200 with an error object instead of choices",
     "redirect": "302 to another path of this server (where the API key must not follow)",
     "trickle": "200 with a correct cleanup sent a byte every 20 ms (each read is quick, the answer is not)",
+    "cut_body": "200 whose connection closes halfway through the announced Content-Length",
     "bad_request": "400 on every attempt (e.g. a prompt over the context)",
 }
 
@@ -119,7 +120,7 @@ class FakeExpert:
             return 200, {}, json.dumps({"error": {"message": "model overloaded", "code": 503}}).encode()
         if mode == "redirect":
             return 302, {"Location": f"{self.base_url}/elsewhere/chat/completions"}, b""
-        trickle = {"X-Trickle-S": "0.02"} if mode == "trickle" else {}
+        trickle = {"X-Trickle-S": "0.02"} if mode == "trickle" else {"X-Cut": "1"} if mode == "cut_body" else {}
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
         text = paraphrase(piece) if mode == "paraphrase" else self.answers.get(piece, default_clean(piece))
         if chat:
@@ -201,7 +202,10 @@ class FakeExpert:
                         self.send_header(name, value)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    if "X-Trickle-S" not in headers:
+                    if "X-Cut" in headers:  # half the body, then the connection goes
+                        self.wfile.write(body[:len(body) // 2])
+                        self.close_connection = True
+                    elif "X-Trickle-S" not in headers:
                         self.wfile.write(body)
                     for i in range(len(body) if "X-Trickle-S" in headers else 0):
                         self.wfile.write(body[i:i + 1])

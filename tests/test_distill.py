@@ -141,6 +141,14 @@ def test_a_repeated_word_is_removed_with_its_space_where_that_occurs_once(raw: s
     assert squash(run(raw, program)) == squash(expert)
 
 
+def test_a_span_that_stays_repeated_keeps_its_shifted_equivalent() -> None:
+    """Grown over its spaces, "vote  " is still repeated; the plain span's shifted equivalent
+    ("ote  v", once in the line) still expresses the deletion."""
+    raw = "Read more  passed  vote  é  Home  News  vote  vote  the"
+    expert = "Read more  passed  vote  é  Home  News  vote  the"
+    assert squash(run(raw, distill_program(raw, expert))) == squash(expert)
+
+
 def test_short_and_whitespace_only_deletions_are_skipped() -> None:
     raw = "colour  and   flavour of the item"
     expert = "color and flavor of the item"  # 1-char deletions and collapsed spaces

@@ -93,6 +93,7 @@ def test_truncated_ok_takes_an_answer_cut_at_max_tokens(server, endpoint):
     ("content_filter", "content_filter", 1),  # kept, its missing tail would read as deleted text
     ("error_body", "bad_reply", 3),
     ("redirect", "http_302", 1),      # not followed: the key would go wherever it points
+    ("cut_body", "connection", 3),    # a body shorter than announced is the network's failure, not the server's
     ("bad_request", "http_400", 1),   # client errors are not retried
 ])
 def test_failures_are_bounded_and_explained(server, mode, kind, requests):
@@ -121,9 +122,24 @@ def test_a_redirect_is_not_followed(server):
 
 
 def test_content_parts_are_joined():
+    def reply(content, finish="stop"):  # type: ignore[no-untyped-def]
+        return json.dumps({"choices": [{"message": {"content": content}, "finish_reason": finish}]}).encode()
+
     parts = [{"type": "text", "text": "Title\n"}, {"type": "image_url", "image_url": {}}, {"type": "text", "text": "Body"}]
-    body = json.dumps({"choices": [{"message": {"content": parts}, "finish_reason": "stop"}]}).encode()
-    assert parse_reply(body).text == "Title\nBody"
+    assert parse_reply(reply(parts)).text == "Title\nBody"
+    with pytest.raises(ExpertFailure) as refused:  # a refusal part, no text: permanent, like a filter
+        parse_reply(reply([{"type": "refusal", "refusal": "I can't help with that."}]))
+    assert refused.value.kind == "content_filter" and not refused.value.retryable
+    with pytest.raises(ExpertFailure, match="no message content"):  # nothing usable: retried
+        parse_reply(reply([]))
+
+
+def test_a_client_taking_cut_answers_takes_one_cut_before_any_content():
+    """A reasoning model that spent max_tokens thinking: for refine (truncated_ok) an empty program,
+    whose chunk keeps its text, not a malformed reply retried at full length."""
+    body = json.dumps({"choices": [{"message": {"content": None, "reasoning_content": "Let me"},
+                                    "finish_reason": "length"}]}).encode()
+    assert parse_reply(body, truncated_ok=True).text == ""
 
 
 def test_transient_failure_is_retried(server):
@@ -201,8 +217,8 @@ def test_parse_reply_reads_text_and_tokens():
     assert parse_reply(json.dumps(body).encode()) == Completion("clean")
     plain = {"choices": [{"text": "clean", "finish_reason": "length"}], "usage": {"completion_tokens": 4}}
     assert parse_reply(json.dumps(plain).encode(), "completions", truncated_ok=True) == Completion("clean", tokens=4)
-    with pytest.raises(ExpertFailure, match="no message content"):
-        parse_reply(json.dumps(plain).encode(), truncated_ok=True)  # read as a chat reply, it has no message
+    with pytest.raises(ExpertFailure, match="no message content"):  # read as a chat reply, it has no message
+        parse_reply(json.dumps({**plain, "choices": [{"text": "clean", "finish_reason": "stop"}]}).encode())
     with pytest.raises(ExpertFailure, match="truncated"):  # cut, whatever is missing: the cut comes first
         parse_reply(json.dumps(plain).encode())
 

@@ -139,6 +139,8 @@ def test_refine_pins_a_hub_model_to_the_commit_its_revision_names(hub):
     assert refine.fingerprint(tagged, V1) != before
     (hub / "models--acme--refine" / "refs" / "main").write_text(V1)  # a push to main
     assert refine.weights_revision(main.model) == V1
+    (hub / "models--acme--refine" / "refs" / "v1").write_text(V2)  # the tag moved: a pinned commit would not
+    assert refine.weights_revision(_config(f"model.path={REPO}", f"model.revision={V1}").model) == V1
 
 
 def test_a_revision_is_refused_for_a_local_model_directory_and_a_served_model(models):
@@ -181,3 +183,11 @@ def test_train_fine_tunes_the_pinned_commit_of_a_hub_base_and_records_it(spark, 
     _publish(hub, "acme/base", V2, Path(demo_lake.model.path), "main")
     with pytest.raises(ValueError, match=r"belong to another run .*acme/base@1{40}.*acme/base@2{40}"):
         train.run(RunContext(config, spark, Lake(spark, config.lake), StageStats("train", new_run_id("train"))))
+
+
+def test_init_tiny_refuses_a_base_revision(spark, tmp_path):
+    config = load_config(overrides=[f"lake.path={tmp_path / 'lake'}", f"train.output_dir={tmp_path / 'model'}",
+                                    "train.base_revision=main"])
+    ctx = RunContext(config, spark, Lake(spark, config.lake), StageStats("train", new_run_id("train")))
+    with pytest.raises(ValueError, match="--init-tiny builds its own base, which has no hub revision"):
+        train.run(ctx, init_tiny=True)

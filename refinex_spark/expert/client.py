@@ -198,10 +198,15 @@ def parse_reply(body: bytes, endpoint: Endpoint = "chat", *, truncated_ok: bool 
         message = choice.get("message")
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):  # content parts: the text ones, in order
-            content = "".join(p["text"] for p in content
-                              if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
+            parts = [p for p in content if isinstance(p, dict)]
+            texts = [p["text"] for p in parts if p.get("type") == "text" and isinstance(p.get("text"), str)]
+            if not texts and any(p.get("type") == "refusal" for p in parts):
+                raise ExpertFailure("content_filter", "the model refused the prompt", retryable=False)
+            content = "".join(texts) if texts else None
     else:
         content = choice.get("text")
+    if content is None and finish == "length":  # a client taking cut answers: everything was cut
+        content = ""
     if not isinstance(content, str):
         raise ExpertFailure("bad_reply", "no message content" if endpoint == "chat" else "no text", retryable=True)
     try:  # JSON can carry lone surrogates ("\ud800"), which no UTF-8 table can store
@@ -338,6 +343,8 @@ class ChatClient:
                     body += chunk
                     if time.monotonic() > deadline:
                         raise TimeoutError
+                if response.length:  # the connection ended before the announced Content-Length
+                    raise http.client.IncompleteRead(bytes(body), response.length)
                 return bytes(body)
         except urllib.error.HTTPError as e:
             retryable = e.code in RETRYABLE_STATUS or e.code >= 500

@@ -36,6 +36,8 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
     master = spark_master(ctx.spark)
     out = output_dir(config.train.output_dir, master)
     n_processes = processes(config.train, master, ctx.spark.conf.get) if distributed else 1
+    if init_tiny and config.train.base_revision is not None:
+        raise ValueError("--init-tiny builds its own base, which has no hub revision: unset train.base_revision")
     # A hub base is pinned to one commit for every training process (and the model card).
     base_revision = None if init_tiny else hub_pin(config.train.base, config.train.base_revision,
                                                    ("train.base", "train.base_revision"))

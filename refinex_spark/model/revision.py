@@ -60,9 +60,9 @@ def hub_commit(repo_id: str, revision: str | None = None) -> str:
             commit = HfApi().model_info(repo_id, revision=revision, timeout=30).sha
         except HfHubHTTPError as e:
             status = e.response.status_code if e.response is not None else None
-            if status is None or status < 500:  # the hub answered: no such model or revision, or no access
+            if status is None or (status < 500 and status not in (408, 429)):  # no such model or revision, no access
                 raise ValueError(f"hub model {repo_id!r}{at}: {str(e).splitlines()[0]}") from e
-            unreachable = f"the hub failed (HTTP {status})"  # down for now: the cache may know it
+            unreachable = f"the hub failed (HTTP {status})"  # down or busy for now: the cache may know it
         except Exception as e:  # noqa: BLE001 - no answer (network, DNS, proxy): the cache may know it
             unreachable = f"the hub is out of reach ({type(e).__name__}: {e})"
         else:

@@ -282,7 +282,8 @@ def train_model(
     `TrainerCallback`s (progress reporting; tests use one to simulate preemption).
     """
     started = time.perf_counter()
-    base = base or config.base
+    if base is None:
+        base, base_revision = config.base, base_revision or config.base_revision
     out = Path(output_dir)
     ckpt_dir = out / CHECKPOINTS
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
