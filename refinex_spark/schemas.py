@@ -97,7 +97,7 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
         ("reason", "string", False, "machine-readable reason"),
         ("source_file", "string", True, "file the record came from"),
         ("line_no", "long", True, "1-based line or row number in source_file, if known"),
-        ("record", "string", True, "the offending record, cut to 64 kB"),
+        ("record", "string", True, "the offending record, cut to 65,536 characters"),
         ("detail", "string", True, "human-readable detail"),
     ),
     _table(

@@ -181,6 +181,8 @@ def test_budget_bounds_requests_across_documents(server):
     third = ask(client, "plain")
     assert (first.requests, second.requests, third.requests) == (3, 1, 0)
     assert second.error.startswith("budget_exhausted") and third.error.startswith("budget_exhausted")
+    assert "; the last attempt: http_500" in second.error  # what the retries were for is not lost
+    assert "last attempt" not in third.error  # it never sent one
     assert server.total_requests == 4
 
 

@@ -436,7 +436,7 @@ def test_cli_errors_are_one_line(cli_lake, capsys, tmp_path):
     lake = cli_lake
     capsys.readouterr()
     # A lake.path with no table at all is a mistyped path, not an empty result (sql, report, notebooks).
-    for argv in (["sql", "SELECT count(*) FROM refined_docs"], ["report", str(tmp_path / "report")]):
+    for argv in (["sql", "SELECT count(*) FROM refined_docs"], ["report", f"file://{tmp_path / 'report'}"]):
         assert cli.main([*argv, "--set", f"lake.path={tmp_path / 'nolake'}"]) == 1
         err = capsys.readouterr().err
         assert err.startswith(f"refinex-spark {argv[0]}: error: no lake tables at {tmp_path / 'nolake'}"), err

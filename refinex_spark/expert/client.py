@@ -290,8 +290,9 @@ class ChatClient:
         latency: float | None = None
         for attempt in range(self.retry.max_retries + 1):
             if not self.budget.take():
+                last = f"; the last attempt: {failure}" if failures else ""  # what the retries were for
                 failure = ExpertFailure("budget_exhausted", f"request budget of {self.budget.limit} for this "
-                                        "task used up (expert.max_requests)", retryable=False)
+                                        f"task used up (expert.max_requests){last}", retryable=False)
                 break
             requests += 1
             started = time.perf_counter()

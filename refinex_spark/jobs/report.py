@@ -66,6 +66,7 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
         seed: int = 0, model_id: str | None = None, fingerprint: str | None = None) -> dict:
     if examples_per_status < 0 or max_example_chars < 1:
         raise ValueError("examples_per_status must be >= 0 and max_example_chars >= 1")
+    output_dir = output_dir.removeprefix("file://")  # a local path written as a URI, as export-sft takes it
     if not is_local(output_dir):  # Path("s3://b/r") would quietly be the local folder s3:/b/r
         raise ValueError(f"report output {output_dir!r} is a URI; the report is written on the driver through the "
                          "file system: use a local path, or a mount (e.g. /dbfs/..., /Volumes/...)")
