@@ -150,15 +150,16 @@ class Lake:
         # (delta-spark hands only file-system options of a write on to Parquet).
         spark.conf.set("parquet.block.size", str(config.row_group_mb << 20))
         self._engine: _Engine
+        catalog = self.engine == "spark" and config.catalog_schema
+        root = None if catalog else resolve_root(config.path, spark_master(spark))
+        self.root = root or config.catalog_schema  # where the tables are, for messages and reports
         if self.engine == "spark":
-            root = None if config.catalog_schema else resolve_root(config.path, spark_master(spark))
             self._engine = _SparkEngine(spark, root, config.catalog_schema)
         else:
             # Spark's default INT96 Parquet timestamps are not a type delta-rs accepts for `timestamp`;
             # get_spark sets this, a caller-built session may not have.
             spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-            self._engine = _DeltaRsEngine(resolve_root(config.path, spark_master(spark)),
-                                          config.staging_retention_hours)
+            self._engine = _DeltaRsEngine(root, config.staging_retention_hours)
 
     @staticmethod
     def spec(table: str) -> TableSpec:

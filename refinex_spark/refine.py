@@ -134,7 +134,7 @@ def _generate(backend: Backend, prompts: list[str], plans: list, probe: Callable
         partial = getattr(batch_error, "outputs", None)
         outputs: list[str | Exception] = (list(partial) if isinstance(partial, list) and len(partial) == len(prompts)
                                           else [batch_error] * len(prompts))
-        failing = [plan for plan in plans if any(isinstance(outputs[k], Exception) for k in plan[2])]
+        failing = [plan for plan in plans if _first_failure(outputs, plan[2]) is not None]
         if len(failing) > 1 or not isinstance(batch_error, PromptRefused):  # a lone refusal needs no asking again
             _per_document(backend, prompts, failing, outputs)
         retry = [plan for plan in plans

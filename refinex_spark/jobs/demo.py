@@ -79,6 +79,6 @@ def run(ctx: RunContext, n_docs: int = 300, workdir: str = "./demo-data") -> dic
         summary[stage] = step(stage_ctx)
         stage_ctx.stats.report()
     ctx.stats.info["stages"] = {k: v.get("counts") for k, v in summary.items()}
-    ctx.stats.info["lake"] = lake = ctx.lake.location("raw_docs").rsplit("/", 1)[0]
-    print("\nTry:\n" + "\n".join(try_lines(lake, ctx.config.lake.path != LakeConfig().path)), flush=True)
+    ctx.stats.info["lake"] = ctx.lake.root
+    print("\nTry:\n" + "\n".join(try_lines(ctx.lake.root, ctx.config.lake.path != LakeConfig().path)), flush=True)
     return ctx.stats.as_dict()

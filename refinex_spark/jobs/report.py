@@ -99,7 +99,7 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
               FROM audit WHERE coalesce(raw_chars, 0) <= {int(max_example_chars)})
             WHERE pick <= {int(examples_per_status)}
             ORDER BY status, deleted_fraction DESC, doc_id""").toPandas()
-    meta = {"lake": lake.location("refined_docs").rsplit("/", 1)[0], "engine": lake.engine,
+    meta = {"lake": lake.root, "engine": lake.engine,
             "model_id": chosen and chosen[0], "fingerprint": chosen and chosen[1],
             "generations_in_table": n_generations,
             "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run_id": ctx.run_id,

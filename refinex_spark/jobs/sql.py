@@ -38,7 +38,7 @@ def register(ctx: RunContext, as_of: dict[str, int] | None = None) -> list[str]:
     A table no stage has written yet is an empty view, but a lake with no table at all is a wrong
     lake.path, not an empty result: refused."""
     if not any(ctx.lake.exists(t) for t in TABLES):
-        raise ValueError(f"no lake tables at {ctx.lake.location('raw_docs').rsplit('/', 1)[0]} (lake.path "
+        raise ValueError(f"no lake tables at {ctx.lake.root} (lake.path "
                          f"{ctx.config.lake.path!r}): set lake.path to your lake (--set lake.path=...), or run ingest first")
     return ctx.lake.register_views(ctx.spark, as_of) + register_views(ctx.spark)
 

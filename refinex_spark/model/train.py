@@ -112,6 +112,11 @@ class _Encoded(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.prompt_lens)
 
+    def program_lengths(self) -> Iterator[int]:
+        """Each row's program tokens, its eos left out."""
+        for i, n in enumerate(self.prompt_lens):
+            yield self.offsets[i + 1] - self.offsets[i] - n - 1
+
     def __getitem__(self, i: int) -> dict[str, list[int]]:
         ids, n = self.ids[self.offsets[i]:self.offsets[i + 1]].tolist(), self.prompt_lens[i]
         return {"input_ids": ids, "labels": [IGNORE_INDEX] * n + ids[n:]}
@@ -346,8 +351,7 @@ def train_model(
         "n_eval": len(eval_pairs),
         "eval_held_out_by": "document" if groups is not None else "sample",
         "dropped_too_long": dropped,
-        **({"programs_over_max_new_tokens": sum(  # row length - prompt - eos: the program's tokens
-            rows.offsets[i + 1] - rows.offsets[i] - rows.prompt_lens[i] - 1 > max_new_tokens for i in range(len(rows)))}
+        **({"programs_over_max_new_tokens": sum(n > max_new_tokens for n in rows.program_lengths())}
            if max_new_tokens is not None else {}),
         "world_size": world_size,
         "global_step": trainer.state.global_step,
