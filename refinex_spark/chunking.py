@@ -36,6 +36,8 @@ TRUNCATION_MARKER = " [... {} more chars]"
 
 def normalize_newlines(text: str) -> str:
     """Turn "\\r\\n" and lone "\\r" into "\\n" (the only line separator programs know about)."""
+    if "\r" not in text:  # most text: one scan for "\r" costs a tenth of the two replace() scans
+        return text
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 

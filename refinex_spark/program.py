@@ -297,33 +297,36 @@ def _rejection(source: str, reason: str, detail: str) -> tuple[Rejection, str]:
     return rejection, rejection.source
 
 
-def _parse_entries(text: object, dialect: str, cfg: ProgramConfig) -> list[tuple[Op | Rejection, str]]:
+def _parse_entries(
+    text: object, dialect: str, cfg: ProgramConfig, max_ops: int, max_chars: int
+) -> list[tuple[Op | Rejection, str]]:
     """Ops and rejections in program order (execute reports outcomes in that order), each with
-    the text its outcome shows: an op's canonical text, a rejection's source."""
+    the text its outcome shows: an op's canonical text, a rejection's source. `max_ops` and
+    `max_chars` bound the program (execute grows cfg's for a whole-document program)."""
     signatures = _signatures(dialect)
     if not isinstance(text, str):
         return [_rejection(f"<{type(text).__name__}>", "malformed", "program is not a string")]
-    if len(text) > cfg.max_program_chars:
+    if len(text) > max_chars:
         return [_rejection(text, "too_long", f"program has {len(text)} chars")]
     entries: list[tuple[Op | Rejection, str]] = []
     n_ops = 0
     # The canonical program must parse back to the same ops, so it is held to max_program_chars
     # too: repr() may write one source char as ten ("\U000e0001"). +1: the last line has no newline.
-    room = cfg.max_program_chars + 1
+    room = max_chars + 1
     fast = _FAST_LINE.fullmatch if signatures is _SIGNATURES["refinex"] else None
     for raw_line in normalize_newlines(text).split("\n"):
         line = raw_line.strip()
         if not line or line.startswith("```"):  # blank lines and markdown fences around the program
             continue
-        if n_ops >= cfg.max_ops:
-            entries.append(_rejection(line, "too_many_ops", f"more than {cfg.max_ops} ops"))
+        if n_ops >= max_ops:
+            entries.append(_rejection(line, "too_many_ops", f"more than {max_ops} ops"))
             continue
         try:
             m = fast(line) if fast else None
             op, canonical = _canonical_op(m, line, cfg) if m else (_parse_line(line, signatures, cfg), None)
             canonical = canonical or render_op(op, dialect)
             if len(canonical) + 1 > room:
-                raise _Reject("too_long", f"canonical program would exceed {cfg.max_program_chars} chars")
+                raise _Reject("too_long", f"canonical program would exceed {max_chars} chars")
         except _Reject as r:
             entries.append(_rejection(line, r.reason, r.detail))
             continue
@@ -338,7 +341,8 @@ def parse_program(text: object, dialect: str = "refinex", config: ProgramConfig 
 
     Only an unknown `dialect` (a caller error, not model output) raises ValueError.
     """
-    entries = [entry for entry, _ in _parse_entries(text, dialect, config or _DEFAULTS)]
+    cfg = config or _DEFAULTS
+    entries = [entry for entry, _ in _parse_entries(text, dialect, cfg, cfg.max_ops, cfg.max_program_chars)]
     return Program(
         ops=tuple(e for e in entries if isinstance(e, Op)),
         rejected=tuple(e for e in entries if isinstance(e, Rejection)),
@@ -491,8 +495,9 @@ class _ChunkRun:
         self.doc.dropped |= self.drop
 
 
-def _whole_document_caps(cfg: ProgramConfig, n_chars: int, n_lines: int) -> ProgramConfig:
-    """The caps of one chunk's program, grown for a whole document's, as its chunks' would add up.
+def _whole_document_caps(cfg: ProgramConfig, n_chars: int, n_lines: int) -> tuple[int, int]:
+    """`max_ops` and `max_program_chars` of one chunk's program, grown for a whole document's, as
+    its chunks' would add up.
 
     Never below what a deletion program of the document can need, so that whatever `distill`
     writes runs: an op that does something removes a line or at least one char (n_lines + n_chars
@@ -502,9 +507,7 @@ def _whole_document_caps(cfg: ProgramConfig, n_chars: int, n_lines: int) -> Prog
     scale = max(1, math.ceil(n_chars / cfg.max_program_chars))
     max_ops = max(scale * cfg.max_ops, n_lines + n_chars)
     max_chars = max(scale * cfg.max_program_chars, 64 * n_lines + 44 * n_chars)
-    if (max_ops, max_chars) == (cfg.max_ops, cfg.max_program_chars):
-        return cfg
-    return cfg.model_copy(update={"max_program_chars": max_chars, "max_ops": max_ops})
+    return max_ops, max_chars
 
 
 def execute(
@@ -523,8 +526,9 @@ def execute(
     cfg = config or _DEFAULTS
     norm = normalize_newlines(raw_text)
     doc = _Document(norm)
+    caps = cfg.max_ops, cfg.max_program_chars
     if not isinstance(programs, (list, tuple)):  # one program text (parse_program vets its type)
-        cfg = _whole_document_caps(cfg, len(norm), len(doc.lines))
+        caps = _whole_document_caps(cfg, len(norm), len(doc.lines))
         programs = [ChunkProgram(0, len(doc.lines) - 1, programs)]
     elif not all(isinstance(c, ChunkProgram) for c in programs):  # a caller error, not model output
         raise TypeError("programs must be one program str or a sequence of ChunkProgram")
@@ -535,7 +539,7 @@ def execute(
         run = _ChunkRun(doc, chunk, cfg.max_text_chars)
         verdicts = [  # (shown op, rejection reason or "")
             (shown, entry.reason if isinstance(entry, Rejection) else run.apply(entry))
-            for entry, shown in _parse_entries(chunk.program, cfg.dialect, cfg)
+            for entry, shown in _parse_entries(chunk.program, cfg.dialect, cfg, *caps)
         ]
         rejected = sum(1 for _, reason in verdicts if reason)
         n_rejected += rejected
