@@ -48,13 +48,19 @@ def _delta_jars_configured(conf: dict[str, str]) -> bool:
     return any(glob.glob(str(d / "delta-spark*.jar")) for d in jar_dirs)
 
 
-def session_conf(config: Config) -> dict[str, str]:
-    """The Spark conf get_spark builds with: defaults, the user's conf, Delta when wanted, FIXED_CONF."""
+# Read when the JVM starts: under spark-submit it has, so the config's values of these change nothing.
+LAUNCH_CONF = ("spark.jars", "spark.jars.packages", "spark.jars.repositories", "spark.driver.memory",
+               "spark.driver.extraJavaOptions", "spark.driver.extraClassPath", "spark.driver.extraLibraryPath")
+
+
+def session_conf(config: Config, launched: dict[str, str] | None = None) -> dict[str, str]:
+    """The Spark conf get_spark builds with: defaults, the user's conf, what spark-submit set
+    (`launched`, which wins over the config: its --conf is the run's own), Delta when wanted, FIXED_CONF."""
     user = dict(config.spark.conf)
     for key, value in FIXED_CONF.items():
         if key in user and user[key] != value:
             raise ConfigError(f"spark.conf.{key} must be {value!r} (the lake stores UTC timestamps), got {user[key]!r}")
-    conf = {**DEFAULT_CONF, **user, **FIXED_CONF}
+    conf = {**DEFAULT_CONF, **user, **(launched or {}), **FIXED_CONF}
     engine = config.lake.engine
     if not on_databricks() and (engine == "spark" or (engine == "auto" and _delta_jars_configured(conf))):
         extensions = [e.strip() for e in conf.get("spark.sql.extensions", "").split(",") if e.strip()]
@@ -74,11 +80,35 @@ def launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def _warn(message: str) -> None:
+    print(f"refinex-spark: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _launched_conf(config: Config) -> dict[str, str]:
+    """The conf spark-submit started the driver with (its --conf, --packages, spark-defaults.conf),
+    after warning about each config setting it overrides or that comes too late to apply."""
+    from pyspark import SparkConf
+    from pyspark.core.context import SparkContext
+
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM; SparkConf() then reads its settings
+    launched = dict(SparkConf().getAll())
+    for key, value in config.spark.conf.items():
+        if key in FIXED_CONF:
+            continue
+        if key in launched and launched[key] != value:
+            _warn(f"spark.conf.{key}={value!r} from the config is overridden by spark-submit's {launched[key]!r}")
+        elif key not in launched and key in LAUNCH_CONF:
+            _warn(f"spark.conf.{key} from the config has no effect under spark-submit (the driver JVM is "
+                  f"already running): pass it to spark-submit (--conf {key}=...)")
+    return launched
+
+
 def get_spark(config: Config) -> SparkSession:
     # Under spark-submit, --master and --conf decide where the application runs, not config; with
     # SPARK_REMOTE set (Spark Connect: databricks-connect, a Connect server), the server does.
     remote = os.environ.get("SPARK_REMOTE")
-    master = None if launched_by_spark_submit() or remote else config.spark.master
+    submitted = launched_by_spark_submit()
+    master = None if submitted or remote else config.spark.master
     if (master or remote or "").startswith("local"):  # SPARK_REMOTE=local[N]: a Connect server started here
         # Local Python workers must run this interpreter (its venv has pyarrow, pandas and the
         # package), not whatever `python3` is first on PATH; PySpark reads only the env var.
@@ -86,7 +116,7 @@ def get_spark(config: Config) -> SparkSession:
     builder = SparkSession.builder.appName(config.spark.app_name)
     if master:
         builder = builder.master(master)
-    conf = session_conf(config)
+    conf = session_conf(config, _launched_conf(config) if submitted and not remote else None)
     for key, value in conf.items():
         builder = builder.config(key, value)
     try:

@@ -130,6 +130,14 @@ def test_session_conf_adds_delta_only_when_the_jars_will_be_there(monkeypatch):
         conf={"spark.jars.packages": DELTA_PACKAGE, "spark.sql.extensions": DELTA_EXTENSION})))
     assert packaged["spark.sql.extensions"] == DELTA_EXTENSION  # not added twice
 
+    # Under spark-submit its settings win over the config's, and its --packages count as the jars.
+    submitted = session_conf(Config(lake=LakeConfig(engine="auto"), spark=SparkConfig(
+        conf={"spark.sql.shuffle.partitions": "8", "spark.sql.extensions": "com.example.Ext"})),
+        launched={"spark.sql.shuffle.partitions": "7", "spark.jars.packages": DELTA_PACKAGE,
+                  "spark.sql.extensions": "com.example.Other"})
+    assert submitted["spark.sql.shuffle.partitions"] == "7"
+    assert submitted["spark.sql.extensions"] == f"com.example.Other,{DELTA_EXTENSION}"
+
     monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "16.4")  # built in and preconfigured there
     assert "spark.sql.extensions" not in session_conf(Config(lake=LakeConfig(engine="spark")))
 

@@ -6,6 +6,7 @@ import gzip
 import inspect
 import json
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -552,6 +553,18 @@ def test_spark_submit_entry_point(tmp_path):
     summary = json.loads(done.stdout[done.stdout.index("{"):])
     assert summary["counts"]["accepted"] == 3 and summary["spark_master"] == "local[1]"
     assert DeltaTable(str(tmp_path / "lake" / "raw_docs")).to_pyarrow_table().num_rows == 3
+    # spark-submit's --conf wins over the environment file's value (conf/local.yaml: 8 partitions), and
+    # a setting read only when the JVM starts is reported as having no effect rather than dropped silently.
+    done = subprocess.run(
+        [str(submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
+         "--conf", "spark.sql.shuffle.partitions=7", entry.__file__, "--env", "local",
+         "sql", "SET spark.sql.shuffle.partitions", "--set", f"lake.path={tmp_path / 'lake'}"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"\|\s*spark\.sql\.shuffle\.partitions\s*\|\s*7\s*\|", done.stdout), done.stdout[-2000:]
+    said = done.stdout + done.stderr
+    assert "spark.conf.spark.sql.shuffle.partitions='8' from the config is overridden by spark-submit's '7'" in said
+    assert "spark.conf.spark.driver.extraJavaOptions from the config has no effect under spark-submit" in said
 
 
 def test_rerunning_the_demo_adds_no_rows(spark, demo_lake):
