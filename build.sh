@@ -32,7 +32,8 @@ case "${1:-}" in
     ;;
   package)
     setup
-    rm -rf dist && mkdir -p dist
+    # setuptools reuses build/lib: a module deleted from the tree would still ship.
+    rm -rf dist build/lib build/bdist.* && mkdir -p dist
     "$PY" -m build --wheel --outdir dist .
     # A relocatable environment for spark-submit --archives dist/refinex-env.tar.gz#env (YARN).
     # venv-pack does not ship the interpreter: env/bin/python links to this python3, so every node

@@ -8,9 +8,9 @@ keeps the two identical); the YAML file is where each default is justified.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
@@ -18,10 +18,23 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 def _conf_dir() -> Path:
-    """conf/ of a source checkout, else the copy the wheel installs under <prefix>/share."""
-    checkout = Path(__file__).resolve().parent.parent / "conf"
-    installed = Path(sys.prefix) / "share" / "refinex-spark" / "conf"
-    return installed if (installed / "refinex.yaml").is_file() and not (checkout / "refinex.yaml").is_file() else checkout
+    """conf/ of a source checkout, else the copy the wheel installed under <prefix>/share/refinex-spark.
+
+    The prefix is not always sys.prefix (pip's --user and --prefix, Debian's /usr/local): the
+    installed files' record says where it went, except for pip's --target, which puts share/ beside
+    the package and leaves the record pointing elsewhere.
+    """
+    beside = Path(__file__).resolve().parent.parent
+    checkout = beside / "conf"
+    if (checkout / "refinex.yaml").is_file():
+        return checkout
+    try:
+        files = importlib.metadata.distribution("refinex-spark").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    recorded = [Path(f.locate()) for f in files if f.as_posix().endswith("share/refinex-spark/conf/refinex.yaml")]
+    found = (p for p in [*recorded, beside / "share" / "refinex-spark" / "conf" / "refinex.yaml"] if p.is_file())
+    return next(found, checkout / "refinex.yaml").resolve().parent
 
 
 CONF_DIR = _conf_dir()
@@ -419,6 +432,17 @@ def _override_value(key: str, raw: str) -> Any:
     return raw if raw.count("#") > inside.count("#") else value  # a '#' outside the value began a comment
 
 
+def _text_field(parts: list[str]) -> bool:
+    """Whether the dotted key names a setting that takes text and no number."""
+    model: Any = Config
+    for p in parts:
+        field = getattr(model, "model_fields", {}).get(p)
+        if field is None:
+            return False
+        model = field.annotation
+    return model is str or (str in get_args(model) and not _numeric(model))
+
+
 def parse_override(item: str) -> dict:
     """`a.b.c=value` -> {"a": {"b": {"c": value}}}; the value is read as YAML (see `_override_value`)."""
     key, sep, raw = item.partition("=")
@@ -430,6 +454,8 @@ def parse_override(item: str) -> dict:
         value: Any = raw
     else:
         value = _override_value(key, raw) if raw.strip() else raw  # blank is what was typed, not YAML's null
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and _text_field(parts):
+            value = raw  # a text setting that reads as a number is its text: commit 0123456 keeps its 0
     for p in reversed(parts):
         value = {p: value}
     return value

@@ -210,3 +210,44 @@ def test_cli_expert_sample_size_checked_before_spark(argv, needle, monkeypatch, 
         cli.main(["expert", "generate", *argv])
     assert exit_.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["--prefix", "--target"])
+def test_an_installed_wheel_finds_its_configs_and_prompts(tmp_path, layout):
+    """pip's --prefix and --target put the wheel's share/ outside sys.prefix: the environment files
+    and prompt templates are still found (they were looked up under sys.prefix only)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    src = tmp_path / "src"  # a copy: building in place would leave build/ in the checkout
+    shutil.copytree(repo, src, ignore=shutil.ignore_patterns(".*", "tests", "notebooks", "build", "dist", "lake",
+                                                             "*.egg-info", "__pycache__", "demo-data", "models"))
+    run = lambda *args, **kw: subprocess.run(args, capture_output=True, text=True, timeout=300, **kw)  # noqa: E731
+    built = run(sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", str(tmp_path / "dist"), str(src))
+    assert built.returncode == 0, built.stderr[-2000:]
+    where = tmp_path / "installed"
+    done = run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", layout, str(where),
+               *map(str, (tmp_path / "dist").glob("*.whl")))
+    assert done.returncode == 0, done.stderr[-2000:]
+    site = where / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    probe = ("import refinex_spark.config as c; from refinex_spark.model.prompt import load_template; "
+             "c.load_config(env='yarn'); load_template(); print(c.__file__); print(c.CONF_DIR)")
+    got = run(sys.executable, "-c", probe, cwd=tmp_path, env={"PATH": "", "PYTHONPATH": str(site if layout == "--prefix" else where)})
+    assert got.returncode == 0, got.stderr[-2000:]
+    module, conf_dir = got.stdout.split()
+    assert Path(module).is_relative_to(where) and Path(conf_dir) == where / "share" / "refinex-spark" / "conf"
+
+
+@pytest.mark.parametrize("item, key, expected", [
+    ("model.revision=0123456", ("model", "revision"), "0123456"),  # a commit of digits keeps its leading 0
+    ("train.base_revision=00", ("train", "base_revision"), "00"),
+    ("model.revision=1234e56", ("model", "revision"), "1234e56"),  # not the float 1.234e+59
+    ("lake.path=2024", ("lake", "path"), "2024"),
+    ("chunking.token_budget=0700", ("chunking", "token_budget"), 700),  # a number setting still reads numbers
+])
+def test_a_text_setting_given_as_digits_is_taken_as_typed(item, key, expected):
+    section, name = key
+    assert getattr(getattr(load_config(overrides=[item]), section), name) == expected
