@@ -119,7 +119,7 @@ def _history(ctx, a):
 def _report(ctx, a):
     from .jobs import report
     return report.run(ctx, a.output_dir, examples_per_status=a.examples_per_status, model_id=a.model_id,
-                      fingerprint=a.fingerprint)
+                      fingerprint=a.fingerprint, distill_fingerprint=a.distill_fingerprint)
 
 
 def _demo(ctx, a):
@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="example diffs shown per refine status")
     p.add_argument("--model-id", help="report this model's refined_docs rows (default: the newest generation's)")
     p.add_argument("--fingerprint", help="report this refine fingerprint's rows (default: the newest generation's)")
+    p.add_argument("--distill-fingerprint",
+                   help="report the distill_samples of this distill fingerprint (default: the newest samples')")
     p = add("demo", _demo, "synthetic corpus through the whole pipeline into lake.path (./lake)")
     p.add_argument("--docs", type=_positive_int, default=300, help="synthetic documents (default 300)")
     p.add_argument("--workdir", default="./demo-data", help="where the corpus is written (default ./demo-data)")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from .chunking import normalize_newlines
 from .config import ProgramConfig
-from .program import Op, execute, parse_program
+from .program import DIALECTS, Op, execute, parse_program
 
 # Shared by every rendered diff; the op number before a deleted span comes from CSS, so it is not
 # part of the text (stripping the <del> elements still gives exactly the refined text).
@@ -111,11 +111,18 @@ def _applied_ops(raw_text: str, program: str | None, op_outcomes: str | Sequence
         if not o.get("applied"):
             rejected.append((str(o["op"]), str(o.get("reason") or "")))
             continue
-        parsed = parse_program(o["op"], cfg.dialect, cfg)
-        if len(parsed.ops) != 1 or parsed.rejected:
-            raise ValueError(f"applied op does not parse as one op: {o['op']!r}")
-        applied.append((o["op"], parsed.ops[0]))
+        applied.append((o["op"], _one_op(str(o["op"]), cfg)))
     return applied, rejected
+
+
+def _one_op(text: str, cfg: ProgramConfig) -> Op:
+    """The op of a stored applied op, in whichever dialect wrote it: a row refined under the other
+    dialect than `cfg`'s replays too (canonical ops of the two dialects never read alike)."""
+    for dialect in sorted(DIALECTS, key=lambda d: d != cfg.dialect):
+        parsed = parse_program(text, dialect, cfg)
+        if len(parsed.ops) == 1 and not parsed.rejected:
+            return parsed.ops[0]
+    raise ValueError(f"applied op does not parse as one op: {text!r}")
 
 
 def compute_diff(raw_text: str, program: str | None = None, *,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib import rc_context
 from matplotlib.figure import Figure as MplFigure
 
 from .config import ProgramConfig
@@ -245,14 +246,17 @@ def comparison_figure(current: Snapshot, previous: Snapshot | None) -> Figure:
 
 
 def build_figures(inp: ReportInput) -> list[Figure]:
-    return [
-        deleted_fraction_figure(inp.current),
-        op_kinds_figure(inp.ops),
-        status_figure(inp.current),
-        sources_figure(inp.sources),
-        distill_figure(inp.distill),
-        comparison_figure(inp.current, inp.previous),
-    ]
+    # Labels are data (source names come from file names and input fields): a pair of "$" in one
+    # would be read as mathtext, drawn garbled or refused with a parse error that stops the report.
+    with rc_context({"text.parse_math": False}):
+        return [
+            deleted_fraction_figure(inp.current),
+            op_kinds_figure(inp.ops),
+            status_figure(inp.current),
+            sources_figure(inp.sources),
+            distill_figure(inp.distill),
+            comparison_figure(inp.current, inp.previous),
+        ]
 
 
 def _example(row: Mapping[str, Any], program: ProgramConfig) -> tuple[str, dict[str, Any]]:

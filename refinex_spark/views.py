@@ -23,17 +23,18 @@ _REASON = ("CASE WHEN kept THEN 'kept' WHEN drop_reason LIKE 'error:%' THEN 'err
            "ELSE coalesce(drop_reason, 'unknown') END")
 
 # raw_docs keeps one row per (doc_id, text_hash), and a refined row names the text it refined,
-# so the join is exact; left, so a refined row whose raw row is missing still shows.
+# so the join is exact; left, so a refined row whose raw row is missing still shows. raw_chars
+# counts "\r\n" as one char, as refined_text and deleted_fraction do (programs see "\n" only).
 _AUDIT = """
 SELECT r.doc_id, d.source, d.text AS raw_text, r.refined_text, r.program, r.op_outcomes,
-       r.status, r.error, r.deleted_fraction, d.n_chars AS raw_chars,
+       r.status, r.error, r.deleted_fraction, length(replace(d.text, '\\r\\n', '\\n')) AS raw_chars,
        length(r.refined_text) AS refined_chars, r.n_chunks, r.n_fallback_chunks,
        r.model_id, r.prompt_version, r.fingerprint, r.text_hash, r.run_id, r.created_at
 FROM refined_docs r
 LEFT JOIN raw_docs d ON d.doc_id = r.doc_id AND d.text_hash = r.text_hash
 """
 
-# Rejected entries keep the program line as written, so a malformed line has no call name.
+# Rejected entries keep the program line as written: a malformed one is "(unparsed)", whatever it starts with.
 _OP_STATS = f"""
 WITH ops AS (
   SELECT r.doc_id, o.op, o.applied, o.reason,
@@ -42,7 +43,7 @@ WITH ops AS (
   LATERAL VIEW explode(from_json(r.op_outcomes, '{OP_OUTCOMES_SCHEMA}')) e AS o
   WHERE r.op_outcomes IS NOT NULL
 )
-SELECT CASE WHEN name = '' THEN '(unparsed)' ELSE name END AS kind,
+SELECT CASE WHEN name = '' OR reason = 'malformed' THEN '(unparsed)' ELSE name END AS kind,
        applied,
        CASE WHEN applied THEN NULL ELSE reason END AS reason,
        count(*) AS ops,
@@ -116,14 +117,21 @@ FROM (SELECT * FROM refine UNION ALL SELECT * FROM distill UNION ALL SELECT * FR
 LEFT JOIN statuses s ON s.run_id = a.run_id AND s.stage = a.stage
 """
 
+# The doc_* averages are over documents: every chunk row repeats its document's value, and an
+# average over rows would weigh a document by its number of chunks.
 _DISTILL_SUMMARY = f"""
-SELECT fingerprint, expert_model, kept,
-       {_REASON} AS reason,
-       count(*) AS samples, count(DISTINCT doc_id) AS docs,
-       avg(doc_fidelity) AS avg_doc_fidelity, avg(doc_deleted_fraction) AS avg_doc_deleted_fraction,
-       avg(doc_illegal_fraction) AS avg_doc_illegal_fraction
-FROM distill_samples
-GROUP BY fingerprint, expert_model, kept, 4
+WITH docs AS (
+  SELECT fingerprint, expert_model, kept, {_REASON} AS reason, doc_id, count(*) AS samples,
+         first(doc_fidelity) AS fidelity, first(doc_deleted_fraction) AS deleted_fraction,
+         first(doc_illegal_fraction) AS illegal_fraction
+  FROM distill_samples
+  GROUP BY fingerprint, expert_model, kept, 4, doc_id
+)
+SELECT fingerprint, expert_model, kept, reason, sum(samples) AS samples, count(*) AS docs,
+       avg(fidelity) AS avg_doc_fidelity, avg(deleted_fraction) AS avg_doc_deleted_fraction,
+       avg(illegal_fraction) AS avg_doc_illegal_fraction
+FROM docs
+GROUP BY fingerprint, expert_model, kept, reason
 """
 
 VIEWS: dict[str, str] = {

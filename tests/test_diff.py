@@ -192,3 +192,17 @@ def test_rendering_matches_golden() -> None:
     program = ("remove_lines(start=0, end=0)\nremove_str(line=1, text=' Click here!')\n"
                "remove_lines(start=3, end=3)\nremove_str(line=2, text='nope')")
     assert render_diff(raw, program) + "\n" == (GOLDEN / "diff_example.html").read_text(encoding="utf-8")
+
+
+def test_a_row_refined_in_the_other_dialect_replays() -> None:
+    """op_outcomes of a ProX run replay under the default (RefineX) config, as the report and the audit
+    notebook read rows whatever dialect refined them; the canonical ops say which dialect wrote them."""
+    raw = "Menu | Home\nThe story.\nShare this"
+    prox = execute(raw, "remove_lines(line_start=0, line_end=0)\nremove_lines(line_start=2, line_end=2)",
+                   ProgramConfig(dialect="prox"))
+    stored = json.dumps([{"op": o.op, "applied": o.applied, "reason": o.reason} for o in prox.outcomes])
+    diff = compute_diff(raw, op_outcomes=stored)
+    assert diff.refined == prox.text == "The story."
+    assert list(diff.ops) == ["remove_lines(line_start=0, line_end=0)", "remove_lines(line_start=2, line_end=2)"]
+    with pytest.raises(ValueError, match="inserts text"):  # normalize still cannot be shown as deletions
+        compute_diff(raw, op_outcomes=[{"op": "normalize(source_str='|', target_str='/')", "applied": True}])

@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 
 from refinex_spark.lake import Lake
 
-from audit_lake import audited_lake_config  # noqa: F401 - a fixture
+from audit_lake import ORACLE_MODEL, audited_lake_config  # noqa: F401 - audited_lake_config is a fixture
 
 pytestmark = pytest.mark.spark
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +64,8 @@ def test_audit_notebook(audited_lake_config, tmp_path, monkeypatch) -> None:
     out = stdout(nb)
     assert out.count("replay matches the stored refined_text") == 3 and "REPLAY DIFFERS" not in out
     assert re.search(r"views: .*audit, op_stats, run_summary, distill_summary", out)
+    # The lake holds two refine generations (the demo model's and the oracle's): the newest is shown.
+    assert re.search(r"generation: .* / .* \(2 in refined_docs\)", out) and f"model {ORACLE_MODEL}" in headers[0]
 
 
 def test_distill_audit_notebook(spark, audited_lake_config, tmp_path, monkeypatch) -> None:
@@ -80,3 +82,19 @@ def test_distill_audit_notebook(spark, audited_lake_config, tmp_path, monkeypatc
     assert chunk_tables and all(reason in t for t in chunk_tables[: len(docs)])  # every shown doc has one
     assert len(outputs(nb, "image/png")) == 2
     assert "distilled documents match" in stdout(nb)
+
+
+def test_notebooks_run_on_a_lake_before_distill_and_refine(audited_lake_config, tmp_path, monkeypatch) -> None:
+    """A lake with raw_docs only (ingested, nothing distilled or refined yet): every plot says there is
+    nothing to plot instead of failing the notebook."""
+    import shutil
+
+    lake = tmp_path / "lake"
+    shutil.copytree(Path(audited_lake_config.lake.path) / "raw_docs", lake / "raw_docs")
+    audit = run_notebook("audit.ipynb", str(lake), "", tmp_path, monkeypatch)
+    out = stdout(audit)
+    assert "generation: none yet" in out and "no refined documents with a deleted fraction" in out
+    assert "no refined documents\n" in out and "no ops" in out and "0 documents match; showing 0" in out
+    distill = run_notebook("distill_audit.ipynb", str(lake), "", tmp_path, monkeypatch)
+    out = stdout(distill)
+    assert "distill fingerprint: none yet" in out and "no distill samples" in out and "no distilled documents" in out

@@ -218,7 +218,8 @@ def test_stage_examples_replay_to_the_stored_text(stage_report) -> None:
 @pytest.mark.spark
 def test_report_command(audited_lake_config, tmp_path) -> None:
     out = tmp_path / "out"
-    assert cli.main(["--set", f"lake.path={audited_lake_config.lake.path}", "report", str(out),
+    # file://localhost/... is the local path (it was a folder named "localhost" under the current directory)
+    assert cli.main(["--set", f"lake.path={audited_lake_config.lake.path}", "report", f"file://localhost{out}",
                      "--examples-per-status", "1"]) == 0
     data = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert [f["id"] for f in data["figures"]] == FIGURES
@@ -251,3 +252,29 @@ def test_report_renders_in_headless_chromium(stage_report, tmp_path) -> None:
     dom = chromium("--dump-dom", url, profile=tmp_path / "profile").stdout
     assert len(_IMG.findall(dom)) == len(FIGURES)
     assert '<del style="color:red"' in dom
+
+
+def test_source_names_with_dollar_signs_are_drawn_as_text() -> None:
+    """Sources come from file names and input fields: "$x^$" in one is a name, not mathtext (it stopped
+    the report with a parse error), and a parseable pair is not drawn as math either."""
+    inp = sample_input()
+    inp.sources = pd.DataFrame({"source": ["shop $x^$ prices", "prices_$5_to_$10.jsonl", "a$\\foo$b"],
+                                "status": ["ok", "kept", "error"], "docs": [1, 2, 3]})
+    inp.ops.loc[0, "kind"] = "cost $x^$"
+    figures = {f.id: f.data for f in build_report(inp).figures}
+    assert figures["sources"]["docs"] == {"a$\\foo$b": {"error": 3}, "prices_$5_to_$10.jsonl": {"kept": 2},
+                                          "shop $x^$ prices": {"ok": 1}}
+    assert "cost $x^$" in figures["op_kinds"]["applied"]
+
+
+@pytest.mark.spark
+def test_the_distill_fingerprint_with_the_newest_samples_is_picked(spark) -> None:
+    from datetime import datetime, timezone
+
+    at = lambda day: datetime(2026, 1, day, tzinfo=timezone.utc)  # noqa: E731
+    samples = spark.createDataFrame([("old", at(1)), ("new", at(3)), ("old", at(2))], "fingerprint string, created_at timestamp")
+    assert report_stage.pick_distill_fingerprint(samples) == "new"
+    assert report_stage.pick_distill_fingerprint(samples, "old") == "old"
+    with pytest.raises(ValueError, match=r"no distill_samples rows of fingerprint 'gone' \(fingerprints: new, old\)"):
+        report_stage.pick_distill_fingerprint(samples, "gone")
+    assert report_stage.pick_distill_fingerprint(samples.limit(0)) is None

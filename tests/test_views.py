@@ -43,15 +43,17 @@ def refined(doc_id: str, status: str, fraction: float | None, ops: str | None, r
 @pytest.fixture
 def small_lake(spark):
     base_views(spark, {
-        "raw_docs": [{"doc_id": d, "text": f"raw {d}", "source": src, "text_hash": f"h-{d}", "n_chars": 5,
-                      "run_id": "ingest-1"} for d, src in (("a", "web"), ("b", "web"), ("c", "news"))],
+        "raw_docs": [{"doc_id": d, "text": text, "source": src, "text_hash": f"h-{d}", "n_chars": len(text),
+                      "run_id": "ingest-1"}
+                     for d, src, text in (("a", "web", "raw a"), ("b", "web", "raw\r\nb"), ("c", "news", "raw c"))],
         "refined_docs": [
             refined("a", "ok", 0.5, outcomes(("remove_lines(start=1, end=2)", True, ""),
                                              ("remove_str(line=0, text='(x)')", True, ""),
                                              ("  remove_str(line=9, text='y')", False, "out_of_range"))),
             refined("b", "fallback", 0.0, outcomes(("remove_lines(start=0, end=0)", False, "chunk_fallback"),
                                                    ("not a call at all", False, "malformed"),
-                                                   ("(((", False, "malformed"))),
+                                                   ("(((", False, "malformed"),
+                                                   ("remove_lines(start=1,", False, "malformed"))),
             refined("c", "error", None, None),
             refined("zz", "kept", 0.0, outcomes(("keep_all()", True, "")), run_id="refine-2"),
         ],
@@ -63,7 +65,8 @@ def small_lake(spark):
              "program": "", "n_ops": 0, "kept": reason is None, "drop_reason": reason, "doc_fidelity": fid,
              "doc_deleted_fraction": frac, "doc_illegal_fraction": 0.0, "expert_model": "big", "run_id": "distill-1"}
             for d, i, reason, fid, frac in (("a", 0, None, 1.0, 0.2), ("a", 1, "too_many_ops", 1.0, 0.2),
-                                            ("b", 0, "illegal_edits", 0.5, 0.4),
+                                            ("a", 2, None, 1.0, 0.2), ("b", 0, "illegal_edits", 0.5, 0.4),
+                                            ("b", 1, None, 0.5, 0.4),
                                             ("c", -1, "error: ValueError: boom", None, None))],
     })
     assert register_views(spark) == list(VIEWS)
@@ -80,6 +83,7 @@ def test_audit_joins_each_refined_row_to_its_raw_text(small_lake) -> None:
     assert (got["a"]["raw_text"], got["a"]["source"], got["a"]["status"]) == ("raw a", "web", "ok")
     assert got["c"]["source"] == "news" and got["c"]["deleted_fraction"] is None
     assert got["zz"]["raw_text"] is None  # no raw row: still listed, not dropped by the join
+    assert got["b"]["raw_chars"] == 5  # "raw\r\nb": "\r\n" is one char, as in refined_chars and deleted_fraction
 
 
 def test_op_stats_counts_kinds_by_outcome(small_lake) -> None:
@@ -89,7 +93,7 @@ def test_op_stats_counts_kinds_by_outcome(small_lake) -> None:
         ("remove_str", True, None): (1, 1),
         ("remove_str", False, "out_of_range"): (1, 1),
         ("remove_lines", False, "chunk_fallback"): (1, 1),
-        ("(unparsed)", False, "malformed"): (2, 1),
+        ("(unparsed)", False, "malformed"): (3, 1),  # "remove_lines(start=1," too: it parsed as nothing
         ("keep_all", True, None): (1, 1),
     }
 
@@ -105,15 +109,17 @@ def test_run_summary_has_one_row_per_stage_run(small_lake) -> None:
     assert (e["stage"], e["tokens"], e["statuses"], e["model"]) == ("expert", 17, {"ok": 2, "error": 1}, "big")
     d = got["distill-1"]
     # Quantiles over documents (a's two chunks count once), statuses over samples.
-    assert (d["rows"], d["docs"], d["deleted_fraction_max"], d["deleted_fraction_p50"]) == (4, 3, 0.4, 0.2)
-    assert d["statuses"] == {"kept": 1, "too_many_ops": 1, "illegal_edits": 1, "error": 1}
+    assert (d["rows"], d["docs"], d["deleted_fraction_max"], d["deleted_fraction_p50"]) == (6, 3, 0.4, 0.2)
+    assert d["statuses"] == {"kept": 3, "too_many_ops": 1, "illegal_edits": 1, "error": 1}
     assert (got["ingest-1"]["rows"], got["ingest-1"]["statuses"]) == (3, None)
 
 
 def test_distill_summary_groups_by_reason(small_lake) -> None:
-    got = {r["reason"]: (r["kept"], r["samples"], r["docs"]) for r in rows(small_lake, "SELECT * FROM distill_summary")}
-    assert got == {"kept": (True, 1, 1), "too_many_ops": (False, 1, 1), "illegal_edits": (False, 1, 1),
-                   "error": (False, 1, 1)}
+    got = {r["reason"]: (r["kept"], r["samples"], r["docs"], r["avg_doc_fidelity"], r["avg_doc_deleted_fraction"])
+           for r in rows(small_lake, "SELECT * FROM distill_summary")}
+    # Averages over documents: a's two kept chunks count once (per sample it would be 0.8333 and 0.2667).
+    assert got == {"kept": (True, 3, 2, 0.75, pytest.approx(0.3)), "too_many_ops": (False, 1, 1, 1.0, 0.2),
+                   "illegal_edits": (False, 1, 1, 0.5, 0.4), "error": (False, 1, 1, None, None)}
 
 
 def test_views_exist_over_empty_tables(spark) -> None:
@@ -134,9 +140,9 @@ def demo(spark, demo_lake):
     return ctx
 
 
-def kind_of(op: str) -> str:
+def kind_of(op: str, reason: str) -> str:
     m = re.match(r"\s*([A-Za-z_]\w*)\s*\(", op)
-    return m.group(1) if m else "(unparsed)"
+    return m.group(1) if m and reason != "malformed" else "(unparsed)"
 
 
 def test_views_reconcile_with_the_base_tables(demo) -> None:
@@ -151,7 +157,7 @@ def test_views_reconcile_with_the_base_tables(demo) -> None:
     expected = Counter()
     for ops in refined["op_outcomes"].dropna():
         for o in json.loads(ops):
-            expected[(kind_of(o["op"]), o["applied"])] += 1
+            expected[(kind_of(o["op"], o["reason"]), o["applied"])] += 1
     op_stats = spark.table("op_stats").toPandas()
     assert {k: int(v) for k, v in op_stats.groupby(["kind", "applied"])["ops"].sum().items()} == dict(expected)
 

@@ -7,17 +7,19 @@ compares refined_docs at that version with the version before it (Delta time tra
 
 refined_docs holds a row per document for every generation (model and fingerprint) that refined
 it: a retrained model refines the corpus again. The report is of one generation, the newest
-unless `model_id` / `fingerprint` pick another, so no document counts twice.
+unless `model_id` / `fingerprint` pick another, and of one distill fingerprint (settings), the
+newest unless `distill_fingerprint` picks another, so no document counts twice.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from ..lake import is_local
+from ..lake import is_local, resolve_root
 from ..report import BINS, ReportInput, Snapshot, write_report
 from ..runtime import RunContext
 from ..schemas import TABLES
@@ -62,26 +64,57 @@ def generation(refined: DataFrame, model_id: str | None = None, fingerprint: str
     return (matching[0] if matching else None), len(found)
 
 
+def pick_distill_fingerprint(samples: DataFrame, fingerprint: str | None = None) -> str | None:
+    """The distill fingerprint with the newest samples, or `fingerprint` (None: no samples at all);
+    a ValueError names those present if the given one has none."""
+    found = [r["fingerprint"] for r in samples.groupBy("fingerprint").agg(F.max("created_at").alias("last"))
+             .orderBy(F.col("last").desc(), "fingerprint").collect()]
+    if fingerprint is not None and found and fingerprint not in found:
+        raise ValueError(f"no distill_samples rows of fingerprint {fingerprint!r} (fingerprints: {', '.join(found)})")
+    return fingerprint if fingerprint is not None else next(iter(found), None)
+
+
+@dataclass(frozen=True)
+class Chosen:
+    refine: tuple[str, str] | None  # (model_id, fingerprint) of the refined_docs generation
+    generations: int  # how many refined_docs holds
+    distill_fingerprint: str | None
+
+
+def choose(spark, model_id: str | None = None, fingerprint: str | None = None,
+           distill_fingerprint: str | None = None) -> Chosen:
+    """Narrow the refined_docs view to one generation and the distill_samples view to one distill
+    fingerprint (the newest unless named), and define the audit views again over them, so that no
+    document counts twice in anything read from the views. The report and the notebooks use it."""
+    refine, generations = generation(spark.table("refined_docs"), model_id, fingerprint)
+    if refine is not None:
+        spark.table("refined_docs").where((F.col("model_id") == refine[0]) & (F.col("fingerprint") == refine[1])) \
+            .createOrReplaceTempView("refined_docs")
+    distilled = pick_distill_fingerprint(spark.table("distill_samples"), distill_fingerprint)
+    if distilled is not None:
+        spark.table("distill_samples").where(F.col("fingerprint") == distilled).createOrReplaceTempView("distill_samples")
+    register_views(spark)
+    return Chosen(refine, generations, distilled)
+
+
 def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_example_chars: int = 20_000,
-        seed: int = 0, model_id: str | None = None, fingerprint: str | None = None) -> dict:
+        seed: int = 0, model_id: str | None = None, fingerprint: str | None = None,
+        distill_fingerprint: str | None = None) -> dict:
     if examples_per_status < 0 or max_example_chars < 1:
         raise ValueError("examples_per_status must be >= 0 and max_example_chars >= 1")
-    output_dir = output_dir.removeprefix("file://")  # a local path written as a URI, as export-sft takes it
-    if not is_local(output_dir):  # Path("s3://b/r") would quietly be the local folder s3:/b/r
+    if not is_local(output_dir) and not output_dir.lower().startswith("file:"):
+        # Path("s3://b/r") would quietly be the local folder s3:/b/r
         raise ValueError(f"report output {output_dir!r} is a URI; the report is written on the driver through the "
                          "file system: use a local path, or a mount (e.g. /dbfs/..., /Volumes/...)")
+    output_dir = resolve_root(output_dir, what="report output")  # file:///p and file://localhost/p too
     spark, lake, stats = ctx.spark, ctx.lake, ctx.stats
     versions = {t: lake.version(t) for t in TABLES}
     with stats.timer("aggregate"):
         sql.register(ctx, {t: v for t, v in versions.items() if v is not None})
         runs = spark.sql("SELECT * FROM run_summary ORDER BY started_at, stage").toPandas()  # every run
-        chosen, n_generations = generation(spark.table("refined_docs"), model_id, fingerprint)
-        of_chosen = lambda df: df if chosen is None else df.where(  # noqa: E731
-            (F.col("model_id") == chosen[0]) & (F.col("fingerprint") == chosen[1]))
-        # The audit views read the refined_docs view: narrowed, and the views defined again over it,
-        # every other figure is of this generation.
-        of_chosen(spark.table("refined_docs")).createOrReplaceTempView("refined_docs")
-        register_views(spark)
+        chosen = choose(spark, model_id, fingerprint, distill_fingerprint)
+        of_chosen = lambda df: df if chosen.refine is None else df.where(  # noqa: E731
+            (F.col("model_id") == chosen.refine[0]) & (F.col("fingerprint") == chosen.refine[1]))
         refined_version = versions["refined_docs"]
         current = snapshot(spark.table("refined_docs"), refined_version)
         before = _before_last_run(lake.history("refined_docs"))
@@ -90,7 +123,7 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
         ops = spark.table("op_stats").toPandas()
         sources = spark.sql("SELECT coalesce(source, '(unknown)') AS source, status, count(*) AS docs "
                             "FROM audit GROUP BY 1, 2").toPandas()
-        distill = spark.sql("SELECT reason, sum(samples) AS samples FROM distill_summary GROUP BY reason").toPandas()
+        reasons = spark.sql("SELECT reason, sum(samples) AS samples FROM distill_summary GROUP BY reason").toPandas()
         # A few documents per status, picked by a seeded hash so reruns show the same ones.
         examples = spark.sql(f"""
             SELECT doc_id, source, status, deleted_fraction, raw_text, refined_text, op_outcomes, error, model_id,
@@ -99,17 +132,18 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
               FROM audit WHERE coalesce(raw_chars, 0) <= {int(max_example_chars)})
             WHERE pick <= {int(examples_per_status)}
             ORDER BY status, deleted_fraction DESC, doc_id""").toPandas()
+    refine = chosen.refine or (None, None)
     meta = {"lake": lake.root, "engine": lake.engine,
-            "model_id": chosen and chosen[0], "fingerprint": chosen and chosen[1],
-            "generations_in_table": n_generations,
+            "model_id": refine[0], "fingerprint": refine[1],
+            "generations_in_table": chosen.generations, "distill_fingerprint": chosen.distill_fingerprint,
             "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run_id": ctx.run_id,
             **{f"version.{t}": v for t, v in versions.items()}}
-    inp = ReportInput(meta=meta, current=current, previous=previous, ops=ops, sources=sources, distill=distill,
+    inp = ReportInput(meta=meta, current=current, previous=previous, ops=ops, sources=sources, distill=reasons,
                       runs=runs, examples=examples, program=ctx.config.program)
     with stats.timer("render"):
         html_path, json_path = write_report(inp, output_dir)
     stats.counts["docs"] = int(current.statuses["docs"].sum()) if not current.statuses.empty else 0
     stats.counts["examples"] = len(examples)
     stats.info.update(html=str(html_path), json=str(json_path), versions=versions,
-                      model_id=chosen and chosen[0], fingerprint=chosen and chosen[1])
+                      model_id=refine[0], fingerprint=refine[1], distill_fingerprint=chosen.distill_fingerprint)
     return stats.as_dict()
