@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
@@ -71,6 +72,11 @@ def _not_blank(value: str, what: str) -> str:
     if not value.strip():
         raise ValueError(f"must be {what}, not empty")
     return value
+
+
+def _model_location(value: str) -> str:
+    """A model directory or hub id; `~` is the home directory, as in lake.path (no hub id starts with it)."""
+    return os.path.expanduser(_not_blank(value, "a model directory or hub id"))
 
 
 def _revision(value: Any) -> str | None:
@@ -255,7 +261,7 @@ class ModelConfig(_Section):
     backoff_base_s: float = Field(1.0, ge=0)
 
     _check_base_url = field_validator("base_url")(classmethod(lambda cls, v: _http_url(v)))
-    _check_path = field_validator("path")(classmethod(lambda cls, v: _not_blank(v, "a model directory or hub id")))
+    _check_path = field_validator("path")(classmethod(lambda cls, v: _model_location(v)))
     _check_revision = field_validator("revision", mode="before")(classmethod(lambda cls, v: _revision(v)))
     _check_key_env = field_validator("api_key_env")(classmethod(lambda cls, v: _not_blank(v, "an environment variable name")))
     _check_served = field_validator("served_model")(classmethod(
@@ -299,7 +305,7 @@ class TrainConfig(_Section):
     processes: int | None = Field(None, ge=1)
 
     _check_output_dir = field_validator("output_dir")(classmethod(lambda cls, v: _not_blank(v, "a directory path")))
-    _check_base = field_validator("base")(classmethod(lambda cls, v: _not_blank(v, "a model directory or hub id")))
+    _check_base = field_validator("base")(classmethod(lambda cls, v: _model_location(v)))
     _check_base_revision = field_validator("base_revision", mode="before")(classmethod(lambda cls, v: _revision(v)))
 
 

@@ -76,7 +76,8 @@ class Diff:
             else:
                 title = html.escape(f"{s.op + 1}: {self.ops[s.op]}", quote=True)
                 parts.append(f'<del style="color:red" title="{title}" data-op="{s.op + 1}">{text}</del>')
-        body = f'<pre class="refinex-diff-text">{"".join(parts)}</pre>'
+        # HTML drops one newline right after <pre>: this one, not a leading blank line of the text.
+        body = f'<pre class="refinex-diff-text">\n{"".join(parts)}</pre>'
         return f'<div class="refinex-diff">{_STYLE}{body}{self._legend() if legend else ""}</div>'
 
     def _legend(self) -> str:

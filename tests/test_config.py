@@ -251,3 +251,12 @@ def test_an_installed_wheel_finds_its_configs_and_prompts(tmp_path, layout):
 def test_a_text_setting_given_as_digits_is_taken_as_typed(item, key, expected):
     section, name = key
     assert getattr(getattr(load_config(overrides=[item]), section), name) == expected
+
+
+def test_a_model_directory_may_start_at_home(monkeypatch, tmp_path):
+    """`~` in model.path and train.base is the home directory, as in lake.path (it was refused as no
+    directory and no hub id); hub ids are left alone."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(overrides=["model.path=~/models/refine", "train.base=~/bases/tiny"])
+    assert (cfg.model.path, cfg.train.base) == (f"{tmp_path}/models/refine", f"{tmp_path}/bases/tiny")
+    assert load_config(overrides=["train.base=Qwen/Qwen3-0.6B-Base"]).train.base == "Qwen/Qwen3-0.6B-Base"

@@ -21,8 +21,9 @@ _PRE = re.compile(r'<pre class="refinex-diff-text">(.*?)</pre>', re.DOTALL)
 
 
 def pre_text(rendered: str) -> str:
+    """The <pre> element's text as a browser reads it: HTML ignores a newline right after <pre>."""
     (body,) = _PRE.findall(rendered)
-    return body
+    return body.removeprefix("\n")
 
 
 def refined_of(rendered: str) -> str:

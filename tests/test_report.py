@@ -268,7 +268,7 @@ def test_source_names_with_dollar_signs_are_drawn_as_text() -> None:
 
 
 @pytest.mark.spark
-def test_the_distill_fingerprint_with_the_newest_samples_is_picked(spark) -> None:
+def test_the_newest_distill_fingerprint_and_generation_are_picked(spark) -> None:
     from datetime import datetime, timezone
 
     at = lambda day: datetime(2026, 1, day, tzinfo=timezone.utc)  # noqa: E731
@@ -278,3 +278,10 @@ def test_the_distill_fingerprint_with_the_newest_samples_is_picked(spark) -> Non
     with pytest.raises(ValueError, match=r"no distill_samples rows of fingerprint 'gone' \(fingerprints: new, old\)"):
         report_stage.pick_distill_fingerprint(samples, "gone")
     assert report_stage.pick_distill_fingerprint(samples.limit(0)) is None
+    # Named, on a table with no rows: refused, not an empty report.
+    with pytest.raises(ValueError, match=r"fingerprint 'gone' \(fingerprints: none\)"):
+        report_stage.pick_distill_fingerprint(samples.limit(0), "gone")
+    refined = spark.createDataFrame([], "model_id string, fingerprint string, created_at timestamp")
+    assert report_stage.generation(refined) == (None, 0)
+    with pytest.raises(ValueError, match=r"model 'm' / fingerprint None \(generations: none\)"):
+        report_stage.generation(refined, model_id="m")

@@ -57,8 +57,8 @@ def generation(refined: DataFrame, model_id: str | None = None, fingerprint: str
              .orderBy(F.col("last").desc(), "model_id", "fingerprint").collect())
     matching = [(r["model_id"], r["fingerprint"]) for r in found
                 if model_id in (None, r["model_id"]) and fingerprint in (None, r["fingerprint"])]
-    if found and not matching:
-        have = ", ".join(f"{r['model_id']} / {r['fingerprint']}" for r in found)
+    if (model_id is not None or fingerprint is not None) and not matching:
+        have = ", ".join(f"{r['model_id']} / {r['fingerprint']}" for r in found) or "none"
         raise ValueError(f"no refined_docs rows of model {model_id!r} / fingerprint {fingerprint!r} "
                          f"(generations: {have})")
     return (matching[0] if matching else None), len(found)
@@ -69,8 +69,9 @@ def pick_distill_fingerprint(samples: DataFrame, fingerprint: str | None = None)
     a ValueError names those present if the given one has none."""
     found = [r["fingerprint"] for r in samples.groupBy("fingerprint").agg(F.max("created_at").alias("last"))
              .orderBy(F.col("last").desc(), "fingerprint").collect()]
-    if fingerprint is not None and found and fingerprint not in found:
-        raise ValueError(f"no distill_samples rows of fingerprint {fingerprint!r} (fingerprints: {', '.join(found)})")
+    if fingerprint is not None and fingerprint not in found:
+        raise ValueError(f"no distill_samples rows of fingerprint {fingerprint!r} "
+                         f"(fingerprints: {', '.join(found) or 'none'})")
     return fingerprint if fingerprint is not None else next(iter(found), None)
 
 
@@ -117,7 +118,9 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
             (F.col("model_id") == chosen.refine[0]) & (F.col("fingerprint") == chosen.refine[1]))
         refined_version = versions["refined_docs"]
         current = snapshot(spark.table("refined_docs"), refined_version)
-        before = _before_last_run(lake.history("refined_docs"))
+        # The history as of the pinned version: a refine committing since must not become the baseline.
+        before = _before_last_run([c for c in lake.history("refined_docs")
+                                   if refined_version is not None and c["version"] <= refined_version])
         previous = (snapshot(of_chosen(lake.read("refined_docs", version=before)), before)
                     if before is not None else None)
         ops = spark.table("op_stats").toPandas()
