@@ -75,6 +75,13 @@ def pick_distill_fingerprint(samples: DataFrame, fingerprint: str | None = None)
     return fingerprint if fingerprint is not None else next(iter(found), None)
 
 
+def of_generation(refined: DataFrame, chosen: tuple[str, str] | None) -> DataFrame:
+    """The refined_docs rows of one (model_id, fingerprint) generation; all of them for None."""
+    if chosen is None:
+        return refined
+    return refined.where((F.col("model_id") == chosen[0]) & (F.col("fingerprint") == chosen[1]))
+
+
 @dataclass(frozen=True)
 class Chosen:
     refine: tuple[str, str] | None  # (model_id, fingerprint) of the refined_docs generation
@@ -89,8 +96,7 @@ def choose(spark, model_id: str | None = None, fingerprint: str | None = None,
     document counts twice in anything read from the views. The report and the notebooks use it."""
     refine, generations = generation(spark.table("refined_docs"), model_id, fingerprint)
     if refine is not None:
-        spark.table("refined_docs").where((F.col("model_id") == refine[0]) & (F.col("fingerprint") == refine[1])) \
-            .createOrReplaceTempView("refined_docs")
+        of_generation(spark.table("refined_docs"), refine).createOrReplaceTempView("refined_docs")
     distilled = pick_distill_fingerprint(spark.table("distill_samples"), distill_fingerprint)
     if distilled is not None:
         spark.table("distill_samples").where(F.col("fingerprint") == distilled).createOrReplaceTempView("distill_samples")
@@ -114,14 +120,12 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
         sql.register(ctx, {t: v for t, v in versions.items() if v is not None})
         runs = spark.sql("SELECT * FROM run_summary ORDER BY started_at, stage").toPandas()  # every run
         chosen = choose(spark, model_id, fingerprint, distill_fingerprint)
-        of_chosen = lambda df: df if chosen.refine is None else df.where(  # noqa: E731
-            (F.col("model_id") == chosen.refine[0]) & (F.col("fingerprint") == chosen.refine[1]))
         refined_version = versions["refined_docs"]
         current = snapshot(spark.table("refined_docs"), refined_version)
         # The history as of the pinned version: a refine committing since must not become the baseline.
         before = _before_last_run([c for c in lake.history("refined_docs")
                                    if refined_version is not None and c["version"] <= refined_version])
-        previous = (snapshot(of_chosen(lake.read("refined_docs", version=before)), before)
+        previous = (snapshot(of_generation(lake.read("refined_docs", version=before), chosen.refine), before)
                     if before is not None else None)
         ops = spark.table("op_stats").toPandas()
         sources = spark.sql("SELECT coalesce(source, '(unknown)') AS source, status, count(*) AS docs "
