@@ -42,6 +42,11 @@ def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
     return parse
 
 
+def _named(text: str) -> None:
+    if not text.strip():
+        raise ValueError("must be a name, not blank")
+
+
 def _table(text: str) -> None:
     from .jobs.sql import check_table
     check_table(text)
@@ -147,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("import", _expert_import, "import precomputed expert outputs (doc_id, text, model)", expert_sub)
     p.set_defaults(stage="expert")
     p.add_argument("path")
-    p.add_argument("--model", default=None, help="expert model name when the file has no 'model' field")
+    p.add_argument("--model", default=None, type=_checked(_named),
+                   help="expert model name of the records with no 'model' field")
     p = add("generate", _expert_generate, "clean a seeded sample of raw_docs with an LLM (served endpoint or local)",
             expert_sub)
     p.set_defaults(stage="expert")

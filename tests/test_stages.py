@@ -95,6 +95,21 @@ def test_ingest_counts_reconcile_and_rerun_adds_nothing(make_ctx, corpus):
     assert len(history) == 1 and history[0]["user_metadata"]["stage"] == "ingest"  # the rerun committed nothing
     with pytest.raises(ValueError, match="cannot tell the format of .*README.md"):  # nothing it could read
         ingest.run(make_ctx("ingest"), [str(raw_dir / "README.md")])
+    (raw_dir.parent / "empty").mkdir()
+    with pytest.raises(ValueError, match="no input files under .*empty"):
+        ingest.run(make_ctx("ingest"), [str(raw_dir.parent / "empty")])
+
+
+def test_a_file_replaced_under_its_name_has_its_new_bad_records_rejected(make_ctx, tmp_path):
+    """Rejects are told apart by their record too: the same line of a replaced file can be another bad record."""
+    daily = tmp_path / "drop" / "daily.jsonl"
+    daily.parent.mkdir()
+    for bad in ("{bad-day-1", "{bad-day-2"):
+        daily.write_text(json.dumps({"id": "d1", "text": "a document"}) + "\n" + bad + "\n")
+        assert ingest.run(make_ctx("ingest"), [str(daily.parent)])["counts"]["rejected.malformed_json"] == 1
+    assert sorted(_rows(make_ctx("x"), "rejects")["record"]) == ["{bad-day-1", "{bad-day-2"]
+    ingest.run(make_ctx("ingest"), [str(daily.parent)])  # the same file again: nothing new
+    assert len(_rows(make_ctx("x"), "rejects")) == 2
 
 
 def test_a_big_file_is_read_by_a_task_per_split(spark, corpus):
@@ -207,15 +222,23 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path, spa
         f.write(json.dumps({"doc_id": DOCS[1].doc_id, "text": "no model named, no --model given"}) + "\n")
         # a second output of DOCS[2] for the same model and prompt version in this batch: the first one wins
         f.write(json.dumps({"doc_id": DOCS[2].doc_id, "text": "a later output", "model": EXPERT_MODEL}) + "\n")
+        f.write(json.dumps({"doc_id": DOCS[3].doc_id, "text": "a blank model is none", "model": " "}) + "\n")
+        # an output of another version of the document: its raw_text_hash is not the stored text's
+        f.write(json.dumps({"doc_id": DOCS[3].doc_id, "text": "of another text", "model": "other",
+                            "raw_text_hash": "0" * 64}) + "\n")
     ex = expert_import.run(make_ctx("expert"), str(expert_path))["counts"]
     assert cache.isEmpty()
     assert ex["accepted"] == len(DOCS) and ex["rejected.unknown_doc_id"] == 1 and ex["rejected.missing_doc_id"] == 1
-    assert ex["rejected.missing_model"] == 1 and ex["rejected.duplicate_id"] == 1 and ex["rejected"] == 4
+    assert ex["rejected.missing_model"] == 2 and ex["rejected.duplicate_id"] == 1 and ex["rejected"] == 6
+    assert ex["rejected.text_hash_mismatch"] == 1
     assert ex["read"] == ex["accepted"] + ex["rejected"] + ex["already_present"]
     expert_rejects = _rows(make_ctx("x"), "rejects").query("stage == 'expert'")
     missing = expert_rejects.query("reason == 'missing_doc_id'")
     assert list(missing["detail"]) == ["no field 'doc_id'"]
-    assert list(expert_rejects.query("reason == 'missing_model'")["detail"]) == [f"doc_id {DOCS[1].doc_id}"]
+    assert sorted(expert_rejects.query("reason == 'missing_model'")["detail"]) == sorted(
+        [f"doc_id {DOCS[1].doc_id}", f"doc_id {DOCS[3].doc_id}"])
+    [mismatch] = expert_rejects.query("reason == 'text_hash_mismatch'")["detail"]
+    assert mismatch.startswith(f"doc_id {DOCS[3].doc_id}: raw_text_hash {'0' * 64} is not the stored text's ")
     assert list(expert_rejects.query("reason == 'duplicate_id'")["detail"]) == [f"doc_id {DOCS[2].doc_id}"]
     # every reject keeps its record as the file holds it, model and all
     unknown = expert_rejects.query("reason == 'unknown_doc_id'")["record"]
@@ -230,6 +253,10 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path, spa
     rerun = expert_import.run(make_ctx("expert"), str(expert_path))["counts"]
     assert rerun["accepted"] == 0 and rerun["already_present"] == len(DOCS)
     assert _counts(make_ctx, "expert_outputs", "rejects") == before  # the rerun added no rows
+    unnamed = tmp_path / "unnamed.jsonl"  # no record names its model and no --model: refused, not all rejects
+    unnamed.write_text(json.dumps({"doc_id": DOCS[0].doc_id, "text": DOCS[0].expert}) + "\n")
+    with pytest.raises(ValueError, match="names its expert model .*pass --model NAME"):
+        expert_import.run(make_ctx("expert"), str(unnamed))
     # ingest.format applies to expert import too: a name `auto` cannot place is read as told
     renamed = shutil.copy(expert_path, expert_path.with_suffix(".out"))
     with pytest.raises(ValueError, match="set ingest.format"):

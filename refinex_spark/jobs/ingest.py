@@ -124,6 +124,8 @@ def with_original_records(spark, rejected: DataFrame, cfg) -> DataFrame:
 def run(ctx: RunContext, paths: list[str]) -> dict:
     spark, cfg, stats = ctx.spark, ctx.config.ingest, ctx.stats
     files = readers.list_input_files(paths)
+    if not files:  # an empty directory is a mistyped path or a drop that has not landed: say so
+        raise ValueError(f"no input files under {', '.join(paths)} (names starting with '.' or '_' are skipped)")
     stats.counts["files"] = len(files)
     fingerprint = ctx.config.fingerprint("ingest")
 
