@@ -78,7 +78,8 @@ def refine_batch(
     # Needed only when something failed: built then, not for every batch.
     probe = lambda: backend.format_prompt(  # noqa: E731
         template, chunk_lines(split_lines(""), config.chunking, count_tokens=count)[0].text)
-    outputs = _generate(backend, prompts, [p for p in plans if not isinstance(p, dict)], probe,
+    like = lambda chunk_text: backend.format_prompt(template, _unreadable(chunk_text))  # noqa: E731
+    outputs = _generate(backend, prompts, [p for p in plans if not isinstance(p, dict)], probe, like,
                         config.refine.failing_batch_docs)
 
     rows = []
@@ -109,8 +110,14 @@ class PromptRefused(RuntimeError):
     retry gets the same answer, so it is that document's error, not a sign the backend is down."""
 
 
+def _unreadable(text: str) -> str:
+    """`text` with every word spelt backwards: as long, and about as many tokens, but no longer
+    anything a content filter would turn down."""
+    return "\n".join(" ".join(word[::-1] for word in line.split(" ")) for line in text.split("\n"))
+
+
 def _generate(backend: Backend, prompts: list[str], plans: list, probe: Callable[[], str],
-              failing_batch_docs: int) -> list[str | Exception]:
+              like: Callable[[str], str], failing_batch_docs: int) -> list[str | Exception]:
     """All prompts in one call; if that fails, document by document, so one bad document (a
     refused prompt, an unparseable reply) costs only its own row.
 
@@ -118,10 +125,12 @@ def _generate(backend: Backend, prompts: list[str], plans: list, probe: Callable
     (the prompt of an empty document) before the documents are tried one by one, and again before
     those that failed other than by a refusal get one more try. And when all of a batch's
     documents, `failing_batch_docs` or more, still fail, that is a setting (a context too short
-    for a chunk and max_new_tokens), not the documents. Each of these raises: an outage, or a
+    for a chunk and max_new_tokens), not the documents, unless they were all refused and the
+    backend answers `like(longest chunk)`, a prompt as long as theirs of no readable text: then
+    it turned down what they say (a content filter). Each of these raises: an outage, or a
     setting that makes the server refuse every request, must fail the task (Spark retries it, a
     rerun resumes), not become error rows, which only `refine --retry-errors` retries. A document
-    the working backend refuses, alone or among a few in its batch, is its own error row, or it
+    the working backend refuses is its own error row, however many there are in its batch, or it
     would fail every rerun.
     """
     if not prompts:
@@ -144,7 +153,9 @@ def _generate(backend: Backend, prompts: list[str], plans: list, probe: Callable
             _answers(backend, probe, _first_failure(outputs, retry[0][2]))
             _per_document(backend, prompts, retry, outputs)
         failed = [f for _, _, idx in plans if (f := _first_failure(outputs, idx)) is not None]
-        if len(failed) == len(plans) >= failing_batch_docs:
+        if len(failed) == len(plans) >= failing_batch_docs and not (
+                all(isinstance(f, PromptRefused) for f in failed)
+                and _answered(backend, like(max((c.text for _, chunks, _ in plans for c in chunks), key=len)))):
             raise RuntimeError(f"the backend answers an empty document's prompt but failed all {len(failed)} "
                                f"documents of the batch, each on its own ({type(failed[0]).__name__}: {failed[0]}): "
                                "a setting, such as a context too short for a chunk plus model.max_new_tokens?")
@@ -154,6 +165,14 @@ def _generate(backend: Backend, prompts: list[str], plans: list, probe: Callable
 def _first_failure(outputs: list[str | Exception], idx: list[int]) -> Exception | None:
     """The first exception among a document's slots (None: all its chunks were answered)."""
     return next((o for k in idx if isinstance(o := outputs[k], Exception)), None)
+
+
+def _answered(backend: Backend, prompt: str) -> bool:
+    try:
+        backend.generate([prompt])
+    except Exception:  # noqa: BLE001 - refused, like the documents' own prompts
+        return False
+    return True
 
 
 def _answers(backend: Backend, probe: Callable[[], str], failure: Exception) -> None:

@@ -18,11 +18,14 @@ DOCS = [("a", "Home | News\nReal text one.", "ha"), ("b", "Share this\nReal text
 class RuleBackend:
     """A deterministic stand-in for a served model: removes line 0, fails prompts holding `marker`
     (by default as a server error would; `refusal=PromptRefused` as a refused prompt; the marker
-    "" is in every prompt), and fails every call whose number (from 1) `down` is true for."""
+    "" is in every prompt) or longer than `max_chars` (a context too short for them), and fails
+    every call whose number (from 1) `down` is true for."""
 
     def __init__(self, reply: str = "remove_lines(start=0, end=0)", refusal: type[Exception] = RuntimeError,
-                 marker: str = "REFUSE", down: Callable[[int], bool] = lambda call: False) -> None:
+                 marker: str = "REFUSE", down: Callable[[int], bool] = lambda call: False,
+                 max_chars: int = 10**9) -> None:
         self.reply, self.refusal, self.marker, self.down, self.calls = reply, refusal, marker, down, 0
+        self.max_chars = max_chars
 
     def format_prompt(self, template: str, chunk_text: str) -> str:
         return chunk_text
@@ -33,6 +36,8 @@ class RuleBackend:
             raise RuntimeError("HTTP 503: model server crashed")
         if any(self.marker in p for p in prompts):
             raise self.refusal("HTTP 400: content filter")
+        if any(len(p) > self.max_chars for p in prompts):
+            raise self.refusal("HTTP 400: prompt and max_tokens exceed the context")
         return [self.reply for _ in prompts]
 
 
@@ -60,16 +65,31 @@ def test_documents_a_working_backend_fails_on_are_error_rows_even_when_no_other_
     assert backend.calls == 2 + per_doc + (1 + len(docs) if refusal is RuntimeError else 0)
 
 
+MANY = [(f"d{i}", f"Real text {i}.\nMore of it.", f"h{i}") for i in range(CONFIG.refine.failing_batch_docs)]
+
+
 def test_a_setting_that_refuses_every_real_prompt_fails_the_batch():
-    """The server answers an empty document's short prompt, but none of a batch's real ones (a context
-    too short for a chunk plus max_new_tokens): error rows would stay, so the task fails instead."""
-    many = [(f"d{i}", f"Real text {i}.\nMore of it.", f"h{i}") for i in range(CONFIG.refine.failing_batch_docs)]
-    backend = RuleBackend(refusal=PromptRefused, marker="Real")
-    with pytest.raises(RuntimeError, match=f"failed all {len(many)} documents of the batch"):
-        refine_batch(many, backend, "", CONFIG)
-    assert backend.calls == 2 + len(many)  # the batch, the probe, each document once
-    rows = refine_batch(many[:-1], RuleBackend(refusal=PromptRefused, marker="Real"), "", CONFIG)
-    assert [r["status"] for r in rows] == ["error"] * (len(many) - 1)  # fewer: the documents' own refusals
+    """The server answers an empty document's short prompt, but none of a batch's real ones, nor one
+    as long of no readable text (a context too short for a chunk plus max_new_tokens): error rows
+    would stay, so the task fails instead."""
+    backend = RuleBackend(refusal=PromptRefused, max_chars=20)
+    with pytest.raises(RuntimeError, match=f"failed all {len(MANY)} documents of the batch"):
+        refine_batch(MANY, backend, "", CONFIG)
+    assert backend.calls == 3 + len(MANY)  # the batch, the probe, each document once, a prompt as long
+    rows = refine_batch(MANY[:-1], RuleBackend(refusal=PromptRefused, max_chars=20), "", CONFIG)
+    assert [r["status"] for r in rows] == ["error"] * (len(MANY) - 1)  # fewer: the documents' own refusals
+
+
+def test_a_batch_of_documents_refused_for_what_they_say_is_error_rows_run_after_run():
+    """Every document of a batch refused by a content filter, however many: the backend answers a
+    prompt as long of unreadable text, so these are the documents' error rows. Failing the task
+    instead failed every rerun, and `--retry-errors` of such documents always."""
+    refused = [(doc_id, "REFUSE " + text, h) for doc_id, text, h in MANY]
+    for _ in range(2):
+        backend = RuleBackend(refusal=PromptRefused)
+        rows = refine_batch(refused, backend, "", CONFIG)
+        assert [r["status"] for r in rows] == ["error"] * len(MANY) and "content filter" in rows[0]["error"]
+        assert backend.calls == 3 + len(MANY)
 
 
 @pytest.mark.parametrize("backend", [
