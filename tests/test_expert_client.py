@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from expert_server import FakeExpert
+from refinex_spark.chunking import chunk_document
 from refinex_spark.expert.client import (
     ChatClient,
     Completion,
@@ -135,11 +136,20 @@ def test_content_parts_are_joined():
 
 
 def test_a_client_taking_cut_answers_takes_one_cut_before_any_content():
-    """A reasoning model that spent max_tokens thinking: for refine (truncated_ok) an empty program,
-    whose chunk keeps its text, not a malformed reply retried at full length."""
+    """A reasoning model that spent max_tokens thinking: for refine (truncated_ok) its unclosed
+    reasoning, as a local backend gives it, not a malformed reply retried at full length; refine
+    rejects its lines, so the chunk is a fallback (it was read as an empty program: kept)."""
+    from refinex_spark.config import Config
+    from refinex_spark.refine import _assemble
+
     body = json.dumps({"choices": [{"message": {"content": None, "reasoning_content": "Let me"},
                                     "finish_reason": "length"}]}).encode()
-    assert parse_reply(body, truncated_ok=True).text == ""
+    cut = parse_reply(body, truncated_ok=True).text
+    assert cut == "<think>Let me"
+    chunk = chunk_document("Menu\nThe story.", Config().chunking)[0]
+    row = _assemble("d", "Menu\nThe story.", "h", [chunk], [cut], Config())
+    assert (row["status"], row["refined_text"], json.loads(row["op_outcomes"])[0]["reason"]) == (
+        "fallback", "Menu\nThe story.", "malformed")
 
 
 def test_transient_failure_is_retried(server):

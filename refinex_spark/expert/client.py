@@ -11,7 +11,8 @@ document's attempts instead (a task slot must not sleep for an hour; the next ru
 Other HTTP errors (400 for an over-long prompt, 401, 404) are permanent, and so is an answer cut
 off at `max_tokens` (finish_reason "length"): with greedy decoding it would be cut again. A client
 made with `truncated_ok` takes such an answer instead (a refine program cut short still has
-valid ops; the program parser rejects the cut last line). An answer the provider's content filter
+valid ops; the program parser rejects the cut last line, and the unclosed <think> block of a
+reasoning model cut before it answered). An answer the provider's content filter
 stopped is permanent too, whatever the client: its missing tail would read as text deleted. Redirects
 are failures (http_3xx), never followed: the API key would go wherever they point.
 
@@ -205,8 +206,12 @@ def parse_reply(body: bytes, endpoint: Endpoint = "chat", *, truncated_ok: bool 
             content = "".join(texts) if texts else None
     else:
         content = choice.get("text")
-    if content is None and finish == "length":  # a client taking cut answers: everything was cut
-        content = ""
+    if content is None and finish == "length":  # a client taking cut answers: cut while reasoning
+        # As a local backend would give it: an unclosed <think> block, whose lines a program parser
+        # rejects (as "" it read as an empty program, a chunk the model judged clean).
+        message = choice.get("message")
+        reasoning = message.get("reasoning_content") if isinstance(message, dict) else None
+        content = "<think>" + (reasoning if isinstance(reasoning, str) else "")
     if not isinstance(content, str):
         raise ExpertFailure("bad_reply", "no message content" if endpoint == "chat" else "no text", retryable=True)
     try:  # JSON can carry lone surrogates ("\ud800"), which no UTF-8 table can store
