@@ -5,7 +5,8 @@ Sampling is a bottom-k sample on a seeded hash: every document gets the key
 quota (`allocate`), and a stratum's sample is its `quota` documents with the smallest keys (ties:
 smaller doc_id). So the sample depends only on the seed and the set of documents, never on
 partitioning or row order; the same seed gives the same sample, and growing the count only adds
-documents (the samples nest).
+documents (the samples nest: quotas only grow with the count). A sample is of the documents there
+are: as raw_docs grows, new documents with smaller keys take places of a fixed count.
 
 Long documents are split on line boundaries (`split_document`); the expert cleans each piece and
 the stage re-joins the cleaned pieces with "\\n", exactly as the raw pieces re-join to the
@@ -15,8 +16,10 @@ the stage re-joins the cleaned pieces with "\\n", exactly as the raw pieces re-j
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from collections.abc import Mapping
+from fractions import Fraction
 
 from refinex_spark.chunking import approx_tokens, split_lines
 
@@ -51,23 +54,31 @@ def sample_size(population: int, fraction: float | None = None, count: int | Non
 
 
 def allocate(sizes: Mapping[str, int], total: int) -> dict[str, int]:
-    """Proportional quotas per stratum that sum to exactly `total` (largest-remainder method).
+    """Proportional quotas per stratum that sum to exactly `total`, no quota above its size.
 
-    Each stratum gets floor(total * size / N); the leftover units go to the largest remainders,
-    ties to the smaller stratum name, so the result is deterministic. No quota exceeds its size.
+    Webster's (Sainte-Laguë) method, seat by seat: the k-th document (from 0) of a stratum of n
+    has priority (2k + 1) / 2n, and the `total` places of least priority value win (ties: the
+    smaller stratum name). One fixed order of places means a larger total only adds places, so
+    the samples nest; largest remainders can take a place away as the total grows (the Alabama
+    paradox). Every place of value at most (total - strata) / population is certainly among the
+    winners, so they are counted at once and only the last few (at most 1.5 x strata) are dealt
+    one by one.
     """
     population = sum(sizes.values())
     if any(n < 0 for n in sizes.values()):
         raise ValueError("stratum sizes must be >= 0")
     if not 0 <= total <= population:
         raise ValueError(f"total must be in [0, {population}], got {total}")
-    if population == 0:
-        return {name: 0 for name in sizes}
-    quotas = {name: total * n // population for name, n in sizes.items()}
-    leftover = total - sum(quotas.values())
-    by_remainder = sorted(sizes, key=lambda name: (-(total * sizes[name] % population), name))
-    for name in by_remainder[:leftover]:
+    head = Fraction(max(total - len(sizes), 0), population or 1)
+    # places k with (2k + 1) / 2n <= head: k <= head * n - 1/2
+    quotas = {name: min(n, max(0, math.floor(head * n - Fraction(1, 2)) + 1)) for name, n in sizes.items()}
+    places = [(Fraction(2 * q + 1, 2 * n), name) for name, n in sizes.items() if (q := quotas[name]) < n]
+    heapq.heapify(places)
+    for _ in range(total - sum(quotas.values())):
+        _, name = heapq.heappop(places)
         quotas[name] += 1
+        if quotas[name] < sizes[name]:
+            heapq.heappush(places, (Fraction(2 * quotas[name] + 1, 2 * sizes[name]), name))
     return quotas
 
 
