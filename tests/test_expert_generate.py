@@ -400,9 +400,12 @@ def test_an_unusable_endpoint_fails_the_run_before_anything_is_sent(spark, tmp_p
     """A refused key, a model the server does not serve, a host that is down: one error before any
     document is sent, not an error row per sampled document (which every rerun would add again)."""
     lake = Lake(spark, LakeConfig(path=str(tmp_path / "lake")))
-    put_raw_docs(lake, [(f"doc-{i}", f"text {i}\nNOISE", "s") for i in range(4)])
     monkeypatch.setenv(KEY_ENV, "wrong")
     with FakeExpert(INSTRUCTION, model=MODEL, api_key="sekret") as server:
+        # nothing ingested (or a wrong lake.path): said so, not "0 sampled"
+        with pytest.raises(ValueError, match="raw_docs at .* has no documents to sample: run ingest first"):
+            expert_generate.run(context(lake, "expert", **http_settings(server)))
+        put_raw_docs(lake, [(f"doc-{i}", f"text {i}\nNOISE", "s") for i in range(4)])
         with pytest.raises(ValueError, match=r"is not usable, nothing was sent: http_401"):
             expert_generate.run(context(lake, "expert", **http_settings(server)))
         monkeypatch.setenv(KEY_ENV, "sekret")

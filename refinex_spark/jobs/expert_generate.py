@@ -241,6 +241,9 @@ def run(ctx: RunContext, *, fraction: float | None = None, count: int | None = N
                       stratified=cfg.stratify_by_source, piece_tokens=piece_tokens)
 
     with stats.timer("sample"):
+        if ctx.read("raw_docs").isEmpty():  # a wrong lake.path, or nothing ingested yet: not "0 sampled"
+            raise ValueError(f"raw_docs at {ctx.lake.location('raw_docs')} has no documents to sample: "
+                             "run ingest first, or set lake.path to your lake")
         ids, quotas = sample_ids(ctx.read("raw_docs").select("doc_id", "source"), cfg)
         done = (ctx.read("expert_outputs")
                 .where((F.col("status") == "ok") & (F.col("expert_model") == cfg.model)
