@@ -229,8 +229,9 @@ def test_an_installed_wheel_finds_its_configs_and_prompts(tmp_path, layout):
     built = run(sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", str(tmp_path / "dist"), str(src))
     assert built.returncode == 0, built.stderr[-2000:]
     where = tmp_path / "installed"
-    done = run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", layout, str(where),
-               *map(str, (tmp_path / "dist").glob("*.whl")))
+    # --ignore-installed: pip would otherwise uninstall this environment's own (editable) install first
+    done = run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+               layout, str(where), *map(str, (tmp_path / "dist").glob("*.whl")))
     assert done.returncode == 0, done.stderr[-2000:]
     site = where / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     probe = ("import refinex_spark.config as c; from refinex_spark.model.prompt import load_template; "
@@ -239,6 +240,8 @@ def test_an_installed_wheel_finds_its_configs_and_prompts(tmp_path, layout):
     assert got.returncode == 0, got.stderr[-2000:]
     module, conf_dir = got.stdout.split()
     assert Path(module).is_relative_to(where) and Path(conf_dir) == where / "share" / "refinex-spark" / "conf"
+    # This environment's own install is still there (pip had uninstalled it): the suite goes on with it.
+    assert run(sys.executable, "-c", "import refinex_spark", cwd=tmp_path).returncode == 0
 
 
 @pytest.mark.parametrize("item, key, expected", [
