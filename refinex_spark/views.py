@@ -9,7 +9,8 @@ whatever snapshot the base views show.
     op_stats         ops by kind (the call name before "("), applied or why not, over refined_docs
     run_summary      one row per stage run: rows, docs, statuses, deleted-fraction quantiles,
                      expert tokens, models, fingerprints
-    distill_summary  distill_samples kept or dropped, by reason, expert model and fingerprint
+    distill_summary  each document's current distill_samples, kept or dropped, by reason, expert
+                     model and fingerprint
 """
 
 from __future__ import annotations
@@ -117,14 +118,20 @@ FROM (SELECT * FROM refine UNION ALL SELECT * FROM distill UNION ALL SELECT * FR
 LEFT JOIN statuses s ON s.run_id = a.run_id AND s.stage = a.stage
 """
 
-# The doc_* averages are over documents: every chunk row repeats its document's value, and an
-# average over rows would weigh a document by its number of chunks.
+# Of each document's current samples (its newest distillation: a newer expert output distils it
+# again, and the older samples stay, superseded, as jobs/distill.py's `current` says). The doc_*
+# averages are over documents: every chunk row repeats its document's value, and an average over
+# rows would weigh a document by its number of chunks.
 _DISTILL_SUMMARY = f"""
-WITH docs AS (
+WITH current AS (
+  SELECT * FROM (SELECT *, max(created_at) OVER (PARTITION BY doc_id, fingerprint) AS _newest
+                 FROM distill_samples)
+  WHERE created_at = _newest
+), docs AS (
   SELECT fingerprint, expert_model, kept, {_REASON} AS reason, doc_id, count(*) AS samples,
          first(doc_fidelity) AS fidelity, first(doc_deleted_fraction) AS deleted_fraction,
          first(doc_illegal_fraction) AS illegal_fraction
-  FROM distill_samples
+  FROM current
   GROUP BY fingerprint, expert_model, kept, 4, doc_id
 )
 SELECT fingerprint, expert_model, kept, reason, sum(samples) AS samples, count(*) AS docs,

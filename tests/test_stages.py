@@ -325,6 +325,25 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path, spa
     assert never.config.fingerprint("program", "chunking", "distill") in str(err.value)
     assert samples["fingerprint"].iloc[0] in str(err.value) and not (tmp_path / "sft-none").exists()
 
+    # A newer expert output of a document (here: one that keeps it all) distils it again; export reads
+    # its new samples only, and the old ones stay in the table, superseded.
+    doc = next(d for d in DOCS if samples.loc[samples.doc_id == d.doc_id, "kept"].any())
+    newer = tmp_path / "newer.jsonl"
+    newer.write_text(json.dumps({"doc_id": doc.doc_id, "text": doc.raw, "model": "second-expert"}) + "\n")
+    assert expert_import.run(make_ctx("expert"), str(newer))["counts"]["accepted"] == 1
+    assert distill.run(make_ctx("distill"))["counts"]["docs"] == 1
+    assert distill.run(make_ctx("distill"))["counts"]["docs"] == 0  # and then it is done
+    rows = _rows(make_ctx("x"), "distill_samples")
+    of_doc = rows[(rows.doc_id == doc.doc_id) & (rows.fingerprint == samples["fingerprint"].iloc[0])]
+    old, new = (of_doc[of_doc.expert_model == m] for m in (EXPERT_MODEL, "second-expert"))
+    assert len(old) and len(new) and (new["drop_reason"].isna() | new["drop_reason"].eq("keep_all_sampled_out")).all()
+    e2 = export_sft.run(make_ctx("export-sft"), str(tmp_path / "sft-newer"))
+    exported = [json.loads(line) for p in sorted((tmp_path / "sft-newer").glob("part-*.json"))
+                for line in p.read_text().splitlines()]
+    assert e2["counts"]["samples"] == e["counts"]["samples"] - int(old["kept"].sum()) + int(new["kept"].sum())
+    assert sorted(x["chunk_index"] for x in exported if x["doc_id"] == doc.doc_id) == sorted(
+        new.loc[new.kept, "chunk_index"])
+
 
 def test_a_failing_stage_releases_what_it_cached(make_ctx, corpus, spark, monkeypatch):
     """A commit refused (another run committed first, say) leaves nothing cached in the session."""

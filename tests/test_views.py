@@ -67,7 +67,12 @@ def small_lake(spark):
             for d, i, reason, fid, frac in (("a", 0, None, 1.0, 0.2), ("a", 1, "too_many_ops", 1.0, 0.2),
                                             ("a", 2, None, 1.0, 0.2), ("b", 0, "illegal_edits", 0.5, 0.4),
                                             ("b", 1, None, 0.5, 0.4),
-                                            ("c", -1, "error: ValueError: boom", None, None))],
+                                            ("c", -1, "error: ValueError: boom", None, None))]
+        # a's samples of an older expert output, superseded: in run_summary's history, not distill_summary
+        + [{"doc_id": "a", "fingerprint": "dfp", "chunk_index": 0, "start_line": 0, "end_line": 0, "prompt": "",
+            "program": "", "n_ops": 0, "kept": False, "drop_reason": "illegal_edits", "doc_fidelity": 0.1,
+            "doc_deleted_fraction": 0.9, "doc_illegal_fraction": 0.5, "expert_model": "small",
+            "run_id": "distill-0", "created_at": datetime(2025, 1, 1, tzinfo=timezone.utc)}],
     })
     assert register_views(spark) == list(VIEWS)
     return spark
@@ -100,7 +105,7 @@ def test_op_stats_counts_kinds_by_outcome(small_lake) -> None:
 
 def test_run_summary_has_one_row_per_stage_run(small_lake) -> None:
     got = {r["run_id"]: r for r in rows(small_lake, "SELECT * FROM run_summary")}
-    assert sorted(got) == ["distill-1", "expert-1", "ingest-1", "refine-1", "refine-2"]
+    assert sorted(got) == ["distill-0", "distill-1", "expert-1", "ingest-1", "refine-1", "refine-2"]
     r1 = got["refine-1"]
     assert (r1["stage"], r1["rows"], r1["docs"], r1["model"], r1["fingerprint"]) == ("refine", 3, 3, "m", "fp1")
     assert r1["statuses"] == {"error": 1, "fallback": 1, "ok": 1}

@@ -1,13 +1,17 @@
 """distill: `raw_docs` x `expert_outputs` -> `distill_samples`, the core distiller per partition.
 
-Only documents with no samples under the current fingerprint (program + chunking + distill
-settings) are distilled, so a rerun adds nothing and a changed setting distils again. Every
-distilled document leaves at least one row (kept or with a drop reason); a document the
+A document is distilled when its newest `ok` expert output (for its current text) is newer than
+its samples under the current fingerprint (program + chunking + distill settings), or it has
+none: a rerun adds nothing, a changed setting distils again, and so does a newer expert output
+(regenerated, re-imported, or of a changed text). Earlier samples stay in the table, superseded:
+`current` keeps each document's newest, which is what training, export and the report read.
+Every distilled document leaves at least one row (kept or with a drop reason); a document the
 distiller fails on leaves one row with drop_reason `error: ...` instead of failing the job.
 """
 
 from __future__ import annotations
 
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..distill import distill
@@ -40,16 +44,23 @@ def _distill_rows(config) -> RowsFn:
     return lambda docs: [row for doc in docs for row in _sample_rows(doc, config)]
 
 
+def current(samples: DataFrame) -> DataFrame:
+    """Each document's samples of its newest distillation, per fingerprint (one run writes all of a
+    document's samples, with one created_at); the older ones are superseded, not deleted."""
+    newest = samples.groupBy("doc_id", "fingerprint").agg(F.max("created_at").alias("created_at"))
+    return samples.join(newest, ["doc_id", "fingerprint", "created_at"], "left_semi")
+
+
 def pending(ctx: RunContext, fingerprint: str):
-    """Documents with an `ok` expert output for their current text (the newest one) and no
-    samples under this fingerprint.
+    """Documents with an `ok` expert output for their current text (the newest one) newer than
+    their samples under this fingerprint, or with no samples.
 
     The expert pass covers a sample of `raw_docs`, and a rerun finds most of it distilled, so
-    both sides are first cut down to what is pending without moving any text: raw documents by
-    a broadcast of the 8-byte hashes of the sample's keys (a hash collision only lets a document
-    through to the exact join), both sides by a broadcast of the documents already distilled
-    (the sample's size too). Only then do texts cross the network, once, in hash joins without
-    sorting. Both sides are hash-partitioned on the join key into exactly
+    both sides are first cut down to what is pending without moving any text: expert outputs by
+    a broadcast of when each document was last distilled (the sample's size), raw documents by a
+    broadcast of the 8-byte hashes of the pending outputs' keys (a hash collision only lets a
+    document through to the exact join). Only then do texts cross the network, once, in hash
+    joins without sorting. Both sides are hash-partitioned on the join key into exactly
     `spark.sql.shuffle.partitions` parts (a task each): adaptive execution would otherwise
     coalesce them by shuffled bytes into a few uneven tasks, while the distiller's cost is CPU
     per character (on local[2], 8 parts became 3, the last one running alone). The newest output
@@ -60,9 +71,12 @@ def pending(ctx: RunContext, fingerprint: str):
     parts = [int(setting)] if setting.isdigit() else []  # Databricks' "auto": adaptive execution decides
     key = ["doc_id", "text_hash"]
     done = F.broadcast(ctx.read("distill_samples").where(F.col("fingerprint") == fingerprint)
-                       .select("doc_id").distinct())
+                       .groupBy("doc_id").agg(F.max("created_at").alias("_distilled_at")))
+    # Outputs newer than the document's samples: their newest is the document's newest.
     ok = (ctx.read("expert_outputs").where("status = 'ok'").withColumnRenamed("raw_text_hash", "text_hash")
-          .join(done, "doc_id", "left_anti"))
+          .join(done, "doc_id", "left")
+          .where(F.col("_distilled_at").isNull() | (F.col("created_at") > F.col("_distilled_at")))
+          .drop("_distilled_at"))
     sampled = F.broadcast(ok.select(F.xxhash64(*key).alias("_key")).distinct())
     experts = ok.repartition(*parts, *key)
     # Newest first; ties (one import with several prompt versions) go to the greatest model, then version.
@@ -73,7 +87,6 @@ def pending(ctx: RunContext, fingerprint: str):
     experts = (experts.join(newest.hint("shuffle_hash"), key).where(rank >= F.col("_newest"))
                .select(*key, F.col("text").alias("expert_text"), "expert_model"))
     raw = (ctx.read("raw_docs").select(*key, "text")
-           .join(done, "doc_id", "left_anti")
            .join(sampled, F.xxhash64(*key) == F.col("_key"), "left_semi")
            .repartition(*parts, *key))
     return raw.join(experts.hint("shuffle_hash"), key).select("doc_id", "text", "expert_text", "expert_model")

@@ -21,6 +21,7 @@ from ..model.prompt import load_template, user_message
 from ..readers import resolve
 from ..runtime import RunContext
 from ..spark_session import spark_master
+from .distill import current
 
 
 # All a crashed export leaves: Spark's part files, their checksums and its temporary directories.
@@ -64,7 +65,7 @@ def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
     template = load_template(config.model.prompt_version)
     fingerprint = config.fingerprint("program", "chunking", "distill")
     as_user = F.udf(lambda chunk: user_message(template, chunk), "string")
-    kept = ctx.read("distill_samples").where(F.col("kept"))
+    kept = current(ctx.read("distill_samples")).where(F.col("kept"))
     samples = kept.where(F.col("fingerprint") == fingerprint)
     n = samples.count()
     if not n:

@@ -25,6 +25,7 @@ from ..runtime import RunContext
 from ..schemas import TABLES
 from ..views import register_views
 from . import sql
+from .distill import current
 
 
 def snapshot(refined: DataFrame, version: int | None) -> Snapshot:
@@ -92,14 +93,16 @@ class Chosen:
 def choose(spark, model_id: str | None = None, fingerprint: str | None = None,
            distill_fingerprint: str | None = None) -> Chosen:
     """Narrow the refined_docs view to one generation and the distill_samples view to one distill
-    fingerprint (the newest unless named), and define the audit views again over them, so that no
-    document counts twice in anything read from the views. The report and the notebooks use it."""
+    fingerprint (the newest unless named) and each document's current samples, and define the audit
+    views again over them, so that no document counts twice in anything read from the views. The
+    report and the notebooks use it."""
     refine, generations = generation(spark.table("refined_docs"), model_id, fingerprint)
     if refine is not None:
         of_generation(spark.table("refined_docs"), refine).createOrReplaceTempView("refined_docs")
     distilled = pick_distill_fingerprint(spark.table("distill_samples"), distill_fingerprint)
     if distilled is not None:
-        spark.table("distill_samples").where(F.col("fingerprint") == distilled).createOrReplaceTempView("distill_samples")
+        current(spark.table("distill_samples").where(F.col("fingerprint") == distilled)) \
+            .createOrReplaceTempView("distill_samples")
     register_views(spark)
     return Chosen(refine, generations, distilled)
 

@@ -25,6 +25,7 @@ from ..model.tiny import build_tiny_model
 from ..model.train import train_model
 from ..runtime import RunContext
 from ..spark_session import spark_master
+from .distill import current
 
 SAMPLES_FILE = "train-samples.parquet"
 
@@ -42,7 +43,7 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
     base_revision = None if init_tiny else hub_pin(config.train.base, config.train.base_revision,
                                                    ("train.base", "train.base_revision"))
     with stats.timer("collect"):
-        kept = (ctx.read("distill_samples").where(F.col("kept") & (F.col("fingerprint") == fingerprint))
+        kept = (current(ctx.read("distill_samples").where(F.col("fingerprint") == fingerprint)).where(F.col("kept"))
                 .select("doc_id", "prompt", "program").orderBy("doc_id", "chunk_index"))
         samples = write_sample_file(out / SAMPLES_FILE,
                                     ((r["doc_id"], r["prompt"], r["program"]) for r in kept.toLocalIterator()))
