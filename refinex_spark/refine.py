@@ -78,7 +78,7 @@ def refine_batch(
     # Needed only when something failed: built then, not for every batch.
     probe = lambda: backend.format_prompt(  # noqa: E731
         template, chunk_lines(split_lines(""), config.chunking, count_tokens=count)[0].text)
-    like = lambda chunk_text: backend.format_prompt(template, _unreadable(chunk_text))  # noqa: E731
+    like = lambda chunk_text: backend.format_prompt(template, _neutral(chunk_text))  # noqa: E731
     outputs = _generate(backend, prompts, [p for p in plans if not isinstance(p, dict)], probe, like,
                         config.refine.failing_batch_docs)
 
@@ -110,10 +110,13 @@ class PromptRefused(RuntimeError):
     retry gets the same answer, so it is that document's error, not a sign the backend is down."""
 
 
-def _unreadable(text: str) -> str:
-    """`text` with every word spelt backwards: as long, and about as many tokens, but no longer
-    anything a content filter would turn down."""
-    return "\n".join(" ".join(word[::-1] for word in line.split(" ")) for line in text.split("\n"))
+_FILLER = "the cat sat on the mat and the dog lay by the door "
+
+
+def _neutral(text: str) -> str:
+    """Plain English of `text`'s line lengths: about as many tokens as English text that long (the
+    ratio chunking sizes chunks by), and nothing a content filter would turn down."""
+    return "\n".join((_FILLER * (len(line) // len(_FILLER) + 1))[:len(line)] for line in text.split("\n"))
 
 
 def _generate(backend: Backend, prompts: list[str], plans: list, probe: Callable[[], str],
@@ -126,7 +129,7 @@ def _generate(backend: Backend, prompts: list[str], plans: list, probe: Callable
     those that failed other than by a refusal get one more try. And when all of a batch's
     documents, `failing_batch_docs` or more, still fail, that is a setting (a context too short
     for a chunk and max_new_tokens), not the documents, unless they were all refused and the
-    backend answers `like(longest chunk)`, a prompt as long as theirs of no readable text: then
+    backend answers `like(longest chunk)`, a prompt as long as theirs in plain filler text: then
     it turned down what they say (a content filter). Each of these raises: an outage, or a
     setting that makes the server refuse every request, must fail the task (Spark retries it, a
     rerun resumes), not become error rows, which only `refine --retry-errors` retries. A document
@@ -207,8 +210,11 @@ def _storable(text: str) -> str:
 def _without_reasoning(output: str) -> str:
     """The program after a leading <think>...</think> block: a model tuned through a chat template
     that opens every answer with one (Qwen3's, rendering export-sft rows), or a reasoning model,
-    still answers with its program after it. An unclosed block (cut at max_new_tokens) stays, and
-    its lines are rejected."""
+    still answers with its program after it. An unclosed block (cut at max_new_tokens) holds no
+    program, only drafts that may read as ops: it is just its "<think>", one rejected line, so the
+    chunk keeps its text and the document is a fallback."""
+    if output.lstrip().startswith("<think>") and "</think>" not in output:
+        return "<think>"
     return _REASONING.sub("", output, count=1)
 
 

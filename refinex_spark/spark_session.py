@@ -8,6 +8,7 @@ preconfigured, so nothing is added there.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import shutil
@@ -25,9 +26,12 @@ DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.1"
 
 # The lake relies on these: UTC instants everywhere, and Parquet timestamps as INT64 micros
 # (Spark's default INT96 is not a type delta-rs accepts for a `timestamp` column).
+# No deletion vectors either: delta-rs could not read such a table (DESIGN.md); pinned here so that
+# a cluster's spark-defaults.conf cannot turn them on.
 FIXED_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
 }
 DEFAULT_CONF = {"spark.sql.execution.arrow.pyspark.enabled": "true"}
 
@@ -59,7 +63,9 @@ def session_conf(config: Config, launched: dict[str, str] | None = None) -> dict
     user = dict(config.spark.conf)
     for key, value in FIXED_CONF.items():
         if key in user and user[key] != value:
-            raise ConfigError(f"spark.conf.{key} must be {value!r} (the lake stores UTC timestamps), got {user[key]!r}")
+            raise ConfigError(f"spark.conf.{key} must be {value!r} (the lake relies on it), got {user[key]!r}")
+    if launched is not None:  # the JVM is running: settings read at its start are what it started with
+        user = {k: v for k, v in user.items() if k not in LAUNCH_CONF}
     conf = {**DEFAULT_CONF, **user, **(launched or {}), **FIXED_CONF}
     engine = config.lake.engine
     if not on_databricks() and (engine == "spark" or (engine == "auto" and _delta_jars_configured(conf))):
@@ -80,6 +86,7 @@ def launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+@functools.cache  # once per process: a notebook or a test session builds the session many times
 def _warn(message: str) -> None:
     print(f"refinex-spark: warning: {message}", file=sys.stderr, flush=True)
 
@@ -92,6 +99,9 @@ def _launched_conf(config: Config) -> dict[str, str]:
 
     SparkContext._ensure_initialized()  # connects to spark-submit's JVM; SparkConf() then reads its settings
     launched = dict(SparkConf().getAll())
+    # Without --name, spark-submit names the application after its script: then spark.app_name does.
+    if launched.get("spark.app.name") == os.path.basename(sys.argv[0] if sys.argv else ""):
+        del launched["spark.app.name"]
     for key, value in config.spark.conf.items():
         if key in FIXED_CONF:
             continue
@@ -116,7 +126,9 @@ def get_spark(config: Config) -> SparkSession:
     builder = SparkSession.builder.appName(config.spark.app_name)
     if master:
         builder = builder.master(master)
-    conf = session_conf(config, _launched_conf(config) if submitted and not remote else None)
+    # Databricks starts its Python driver on a gateway too, with its session configured already.
+    launched = _launched_conf(config) if submitted and not remote and not on_databricks() else None
+    conf = session_conf(config, launched)
     for key, value in conf.items():
         builder = builder.config(key, value)
     try:

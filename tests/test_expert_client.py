@@ -146,6 +146,8 @@ def test_a_client_taking_cut_answers_takes_one_cut_before_any_content():
                                     "finish_reason": "length"}]}).encode()
     cut = parse_reply(body, truncated_ok=True).text
     assert cut == "<think>Let me"
+    empty = json.dumps({"choices": [{"message": {"content": ""}, "finish_reason": "length"}]}).encode()
+    assert parse_reply(empty, truncated_ok=True).text == "<think>"  # nothing written before the cut
     chunk = chunk_document("Menu\nThe story.", Config().chunking)[0]
     row = _assemble("d", "Menu\nThe story.", "h", [chunk], [cut], Config())
     assert (row["status"], row["refined_text"], json.loads(row["op_outcomes"])[0]["reason"]) == (

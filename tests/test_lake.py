@@ -137,6 +137,11 @@ def test_session_conf_adds_delta_only_when_the_jars_will_be_there(monkeypatch):
                   "spark.sql.extensions": "com.example.Other"})
     assert submitted["spark.sql.shuffle.partitions"] == "7"
     assert submitted["spark.sql.extensions"] == f"com.example.Other,{DELTA_EXTENSION}"
+    # ... but not over what the lake relies on; and the config's jars, too late for a running JVM, are none.
+    late = session_conf(Config(lake=LakeConfig(engine="auto"), spark=SparkConfig(conf={"spark.jars.packages": DELTA_PACKAGE})),
+                        launched={"spark.databricks.delta.properties.defaults.enableDeletionVectors": "true"})
+    assert late["spark.databricks.delta.properties.defaults.enableDeletionVectors"] == "false"
+    assert "spark.jars.packages" not in late and "spark.sql.extensions" not in late
 
     monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "16.4")  # built in and preconfigured there
     assert "spark.sql.extensions" not in session_conf(Config(lake=LakeConfig(engine="spark")))

@@ -117,6 +117,18 @@ def test_an_outage_fails_the_batch_before_any_document_is_tried_alone():
     assert backend.calls == 2  # the batch and the probe, not 150 documents' own retries
 
 
+def test_an_answer_cut_while_reasoning_applies_none_of_its_drafts():
+    """Cut at max_new_tokens inside <think>: no program, whatever its drafts look like, so the chunk
+    keeps its text (a draft op used to apply beside one rejected prose line)."""
+    cut = "<think>Lines 0-1 are a menu.\nremove_lines(start=0, end=1)"
+    doc = ("r", "Home | News\nMenu\nThe story.\nMore of it.", "hr")
+    (row,) = refine_batch([doc], RuleBackend(cut), "", CONFIG)
+    assert (row["status"], row["refined_text"], row["program"]) == ("fallback", doc[1], "<think>")
+    assert [o["reason"] for o in json.loads(row["op_outcomes"])] == ["malformed"]
+    (closed,) = refine_batch([doc], RuleBackend("<think>a menu</think>\nremove_lines(start=0, end=1)"), "", CONFIG)
+    assert (closed["status"], closed["refined_text"]) == ("ok", "The story.\nMore of it.")
+
+
 def test_lone_surrogates_in_model_output_are_rejected_and_stored_visibly():
     doc = ("q", "Why? Because. Really?\nsecond line", "hq")
     rows = refine_batch([doc], RuleBackend('remove_str(line=0, text="\ud800")'), "", CONFIG)

@@ -611,6 +611,13 @@ def test_spark_submit_entry_point(tmp_path):
     said = done.stdout + done.stderr
     assert "spark.conf.spark.sql.shuffle.partitions='8' from the config is overridden by spark-submit's '7'" in said
     assert "spark.conf.spark.driver.extraJavaOptions from the config has no effect under spark-submit" in said
+    # With no --name, spark-submit names the application after its script: the config's name stands.
+    done = subprocess.run(
+        [str(submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false", entry.__file__,
+         "sql", "SET spark.app.name", "--set", f"lake.path={tmp_path / 'lake'}", "--set", "spark.app_name=refinex-test"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and re.search(r"\|\s*spark\.app\.name\s*\|\s*refinex-test\s*\|", done.stdout), \
+        done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def test_rerunning_the_demo_adds_no_rows(spark, demo_lake):

@@ -206,7 +206,7 @@ def parse_reply(body: bytes, endpoint: Endpoint = "chat", *, truncated_ok: bool 
             content = "".join(texts) if texts else None
     else:
         content = choice.get("text")
-    if content is None and finish == "length":  # a client taking cut answers: cut while reasoning
+    if not content and finish == "length":  # a client taking cut answers: cut while reasoning
         # As a local backend would give it: an unclosed <think> block, whose lines a program parser
         # rejects (as "" it read as an empty program, a chunk the model judged clean).
         message = choice.get("message")

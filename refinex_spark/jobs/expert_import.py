@@ -40,7 +40,7 @@ def run(ctx: RunContext, path: str, default_model: str | None = None) -> dict:
                 "doc_id", "text", "text_hash", "source_file", "line_no",
                 F.coalesce(named("model"), named("expert_model"), F.lit(default_model)).alias("expert_model"),
                 F.coalesce(meta("prompt_version"), F.lit(IMPORTED_PROMPT_VERSION)).alias("prompt_version"),
-                meta("raw_text_hash").alias("_claimed_hash"))
+                F.lower(F.trim(meta("raw_text_hash"))).alias("_claimed_hash"))  # text_hash is lower-case hex
             raw = ctx.read("raw_docs").select("doc_id", F.col("text_hash").alias("raw_text_hash"))
             first = Window.partitionBy(*KEY).orderBy("source_file", "line_no")
             outputs = cache.enter_context(persisted(outputs.withColumn("_rank", F.row_number().over(first))

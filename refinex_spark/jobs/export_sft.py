@@ -65,11 +65,11 @@ def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
     template = load_template(config.model.prompt_version)
     fingerprint = config.fingerprint("program", "chunking", "distill")
     as_user = F.udf(lambda chunk: user_message(template, chunk), "string")
-    kept = current(ctx.read("distill_samples")).where(F.col("kept"))
-    samples = kept.where(F.col("fingerprint") == fingerprint)
+    table = ctx.read("distill_samples")
+    samples = current(table.where(F.col("fingerprint") == fingerprint)).where(F.col("kept"))
     n = samples.count()
     if not n:
-        present = sorted(r["fingerprint"] for r in kept.select("fingerprint").distinct().collect())
+        present = sorted(r["fingerprint"] for r in table.where(F.col("kept")).select("fingerprint").distinct().collect())
         raise ValueError(f"no kept distill_samples under fingerprint {fingerprint} (fingerprints with kept samples: "
                          f"{', '.join(present) or 'none'}): pass the settings (--config, --set) the lake was distilled "
                          "with, or run `distill` with these program/chunking/distill settings first")
