@@ -438,14 +438,20 @@ def _override_value(key: str, raw: str) -> Any:
     return raw if raw.count("#") > inside.count("#") else value  # a '#' outside the value began a comment
 
 
-def _text_field(parts: list[str]) -> bool:
-    """Whether the dotted key names a setting that takes text and no number."""
+def _annotation(parts: list[str] | tuple) -> Any:
+    """The type of the setting (or section) a dotted key names; None for no such key."""
     model: Any = Config
     for p in parts:
         field = getattr(model, "model_fields", {}).get(p)
         if field is None:
-            return False
+            return None
         model = field.annotation
+    return model
+
+
+def _text_field(parts: list[str]) -> bool:
+    """Whether the dotted key names a setting that takes text and no number."""
+    model = _annotation(parts)
     return model is str or (str in get_args(model) and not _numeric(model))
 
 
@@ -482,11 +488,7 @@ def _explain(err: ValidationError) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            parent = e["loc"][:-1]
-            model: Any = Config
-            for p in parent:
-                model = model.model_fields[p].annotation
-            allowed = ", ".join(model.model_fields)
+            allowed = ", ".join(_annotation(e["loc"][:-1]).model_fields)
             lines.append(f"unknown key '{key}' (allowed: {allowed})")
         else:
             lines.append(f"bad value for '{key}': {e['msg']} (got {e.get('input')!r})")

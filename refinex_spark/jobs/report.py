@@ -50,12 +50,17 @@ def _before_last_run(history: list[dict]) -> int | None:
     return next((c["version"] for c in history[1:] if last is None or _run_of(c) != last), None)
 
 
+def _newest_first(rows: DataFrame, *keys: str) -> list:
+    """The distinct values of `keys`, the one with the newest row first (ties by the keys)."""
+    return (rows.groupBy(*keys).agg(F.max("created_at").alias("last"))
+            .orderBy(F.col("last").desc(), *keys).collect())
+
+
 def generation(refined: DataFrame, model_id: str | None = None, fingerprint: str | None = None
                ) -> tuple[tuple[str, str] | None, int]:
     """The (model_id, fingerprint) of the newest refined_docs row matching the given ones (None: no rows at
     all), and how many generations the table holds. A ValueError names them if none matches."""
-    found = (refined.groupBy("model_id", "fingerprint").agg(F.max("created_at").alias("last"))
-             .orderBy(F.col("last").desc(), "model_id", "fingerprint").collect())
+    found = _newest_first(refined, "model_id", "fingerprint")
     matching = [(r["model_id"], r["fingerprint"]) for r in found
                 if model_id in (None, r["model_id"]) and fingerprint in (None, r["fingerprint"])]
     if (model_id is not None or fingerprint is not None) and not matching:
@@ -68,8 +73,7 @@ def generation(refined: DataFrame, model_id: str | None = None, fingerprint: str
 def pick_distill_fingerprint(samples: DataFrame, fingerprint: str | None = None) -> str | None:
     """The distill fingerprint with the newest samples, or `fingerprint` (None: no samples at all);
     a ValueError names those present if the given one has none."""
-    found = [r["fingerprint"] for r in samples.groupBy("fingerprint").agg(F.max("created_at").alias("last"))
-             .orderBy(F.col("last").desc(), "fingerprint").collect()]
+    found = [r["fingerprint"] for r in _newest_first(samples, "fingerprint")]
     if fingerprint is not None and fingerprint not in found:
         raise ValueError(f"no distill_samples rows of fingerprint {fingerprint!r} "
                          f"(fingerprints: {', '.join(found) or 'none'})")
