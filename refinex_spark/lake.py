@@ -257,11 +257,16 @@ def _conform(df: DataFrame, spec: TableSpec) -> DataFrame:
                        for f in declared.fields])
 
 
-def _same_columns(a: DeltaSchema, b: DeltaSchema) -> bool:
+def _columns_to_add(have: DeltaSchema, declared: DeltaSchema) -> list[Any] | None:
+    """The declared columns a table lacks, when it has the others as declared, in order, and lacks only
+    nullable ones at the end (columns added to the declaration since it was created); else None."""
     def shape(schema: DeltaSchema) -> list[tuple[Any, ...]]:
         return [(f["name"], json.dumps(f["type"]), f["nullable"]) for f in json.loads(schema.to_json())["fields"]]
 
-    return shape(a) == shape(b)
+    ours, theirs = shape(declared), shape(have)
+    if ours[:len(theirs)] != theirs or not all(nullable for *_, nullable in ours[len(theirs):]):
+        return None
+    return declared.fields[len(theirs):]
 
 
 def _already(app_id: str, txn_version: int) -> str:
@@ -469,8 +474,7 @@ class _DeltaRsEngine:
         # Checked on the snapshot the commit is based on; later commits of the same app id conflict.
         if _txn_done(table, txn.app_id, txn.version):
             return None
-        if not _same_columns(table.schema(), schema):
-            raise LakeError(f"{spec.name} at {uri} has a schema other than the declared one; nothing was committed")
+        self._add_columns(spec, table, schema, properties)
         read_version = table.version()
         table.create_write_transaction(adds, mode="append", schema=schema, commit_properties=properties)
         # Our version is read_version + 1 unless other writers committed in between: find it by id.
@@ -479,6 +483,27 @@ class _DeltaRsEngine:
         if version is None:
             raise LakeError(f"{spec.name}: commit {commit_id} succeeded but is not in the table history")
         return version
+
+
+    @staticmethod
+    def _add_columns(spec: TableSpec, table: DeltaTable, schema: DeltaSchema, properties: CommitProperties) -> None:
+        """Bring the table's schema up to the declared one, in a commit of its own, where the declaration
+        only added nullable columns at the end; refuse any other difference."""
+        missing = _columns_to_add(table.schema(), schema)
+        if missing:
+            tag = CommitProperties(custom_metadata={"userMetadata": properties.custom_metadata["userMetadata"]})
+            try:
+                table.alter.add_columns(missing, commit_properties=tag)
+            except Exception:  # noqa: BLE001 - a concurrent writer may have added them first
+                table.update_incremental()
+                missing = _columns_to_add(table.schema(), schema)
+                if missing:
+                    raise
+            table.update_incremental()
+        if missing is None:
+            raise LakeError(f"{spec.name} at {table.table_uri} has a schema other than the declared one (columns "
+                            f"{', '.join(f.name for f in table.schema().fields)}; declared "
+                            f"{', '.join(spec.column_names)}); nothing was committed")
 
 
 class _SparkEngine:
@@ -529,7 +554,10 @@ class _SparkEngine:
             if version is not None:
                 reader = reader.option("versionAsOf", int(version))
             df = reader.load(spark_path(self.location(spec)))
-        return df.select(*spec.column_names)
+        # A table written before the declaration added a column reads it as null until an append adds it.
+        have = set(df.columns)
+        return df.select(*[F.col(f.name) if f.name in have else F.lit(None).cast(f.dataType).alias(f.name)
+                           for f in spec.spark_schema().fields])
 
     def history(self, spec: TableSpec) -> list[dict[str, Any]]:
         if not self.exists(spec):
@@ -563,9 +591,11 @@ class _SparkEngine:
         # An empty df is then an empty commit, which still records the app transaction.
         self._create_if_missing(spec)
         before = self.version(spec)
+        # mergeSchema: df has the declared columns (`_conform`), so the only merge there can be is adding
+        # the columns declared since the table was created, at its end, as delta-rs' engine does.
         writer = (df.write.format("delta").mode("append")
                   .option("txnAppId", txn_app_id).option("txnVersion", str(txn_version))
-                  .option("userMetadata", user_metadata))
+                  .option("userMetadata", user_metadata).option("mergeSchema", "true"))
         if self.catalog_schema:
             writer.saveAsTable(self.location(spec))
         else:

@@ -75,10 +75,16 @@ class TableSpec:
                                            metadata={"comment": c.doc}) for c in fields])
 
 
-def _table(name: str, doc: str, *columns: tuple[str, str, bool, str]) -> TableSpec:
+def _table(name: str, doc: str, *columns: tuple[str, str, bool, str],
+           added: tuple[tuple[str, str, bool, str], ...] = ()) -> TableSpec:
+    """`added`: nullable columns declared after the table's first release. They come last, after the
+    lineage columns, because that is where Delta adds a column to an existing table: a lake written
+    before them gains them in place on its next append (`lake`), its older rows reading null."""
     lineage = (("run_id", "string", False, "the run that wrote the row"),
                ("created_at", "timestamp", False, "when the row was computed (UTC)"))
-    return TableSpec(name, tuple(Column(*c) for c in (*columns, *lineage)), doc=doc)
+    if any(not nullable for _, _, nullable, _ in added):
+        raise ValueError(f"{name}: an added column must be nullable (the rows written before it have none)")
+    return TableSpec(name, tuple(Column(*c) for c in (*columns, *lineage, *added)), doc=doc)
 
 
 TABLES: dict[str, TableSpec] = {t.name: t for t in (
@@ -128,6 +134,9 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
         ("doc_deleted_fraction", "double", True, "share of raw characters the program deletes (document)"),
         ("doc_illegal_fraction", "double", True, "share of expert edits that were not deletions (document)"),
         ("expert_model", "string", False, "expert_outputs.expert_model the sample was distilled from"),
+        added=(("expert_created_at", "timestamp", True,
+                "expert_outputs.created_at of the output the sample was distilled from (null: written before "
+                "this column was)"),),
     ),
     _table(
         "refined_docs", "One row per refined raw document: the program, its outcome and the refined text.",

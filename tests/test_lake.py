@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 from deltalake import Schema as DeltaSchema
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -621,6 +621,46 @@ def test_tables_have_no_deletion_vectors_and_no_column_mapping(spark, tmp_lake):
     config = table.metadata().configuration
     assert config.get("delta.enableDeletionVectors") == "false" and "delta.columnMapping.mode" not in config
     assert table.metadata().partition_columns == []
+
+
+def _written_by_an_older_declaration(lake: Lake, table: str, drop: list[str], seed: int) -> list[dict]:
+    """The table as a release that declared it without `drop` wrote it (through deltalake); its rows."""
+    arrow = TABLES[table].arrow_schema()
+    old = pa.schema([f for f in arrow if f.name not in drop])
+    rows = [{k: v for k, v in r.items() if k not in drop} for r in random_rows(TABLES[table], 4, seed=seed)]
+    write_deltalake(lake.location(table), pa.Table.from_pylist(rows, schema=old),
+                    configuration={"delta.enableDeletionVectors": "false"})
+    return rows
+
+
+def test_a_table_gains_the_columns_declared_since_it_was_written(spark, tmp_lake):
+    """An added column (declared last, nullable) reads null in an older lake and joins the table, at its
+    end and in a commit of its own, on the next append; both readers then agree, and nothing else moved."""
+    [added] = [c.name for c in TABLES["distill_samples"].fields][TABLES["distill_samples"].column_names.index(
+        "created_at") + 1:]
+    old = _written_by_an_older_declaration(tmp_lake, "distill_samples", [added], seed=21)
+    assert via_spark(tmp_lake, "distill_samples") == canonical([{**r, added: None} for r in old])
+    new = random_rows(TABLES["distill_samples"], 3, seed=22)
+    new[0][added] = EPOCH
+    info = append(tmp_lake, "distill_samples", frame(spark, "distill_samples", new))
+    assert info.version == 2 and info.rows == 3  # version 1 added the column
+    expected = canonical([{**r, added: None} for r in old] + new)
+    assert via_spark(tmp_lake, "distill_samples") == via_deltalake(tmp_lake, "distill_samples") == expected
+    table = DeltaTable(tmp_lake.location("distill_samples"))
+    assert [f.name for f in table.schema().fields] == TABLES["distill_samples"].column_names
+    assert (table.protocol().min_reader_version, table.protocol().min_writer_version) == (1, 2)
+    assert json.loads(table.history(2)[1]["userMetadata"])["run_id"] == "run-1"  # the column's commit is tagged
+    assert via_spark(tmp_lake, "distill_samples", version=0) == canonical([{**r, added: None} for r in old])
+
+
+@pytest.mark.parametrize("drop", [["detail"], ["created_at"]])
+def test_a_table_that_differs_otherwise_from_its_declaration_is_refused(spark, tmp_lake, drop):
+    """Only nullable columns at the end are added: a column missing elsewhere (or a NOT NULL one) is a
+    different table, and nothing is committed to it."""
+    _written_by_an_older_declaration(tmp_lake, "rejects", drop, seed=23)
+    with pytest.raises(LakeError, match="schema other than the declared one"):
+        append(tmp_lake, "rejects", frame(spark, "rejects", rejects(2, seed=24)))
+    assert DeltaTable(tmp_lake.location("rejects")).version() == 0
 
 
 def test_delete_takes_declared_columns_and_any_value_as_data(spark, tmp_lake):

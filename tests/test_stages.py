@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
+from pyspark.sql import functions as F
 
 from refinex_spark import cli, readers
 from refinex_spark.config import IngestConfig, TrainConfig
@@ -379,6 +380,35 @@ def test_distill_uses_the_newest_ok_output_of_each_document(make_ctx, tmp_path):
     samples = _rows(make_ctx("x"), "distill_samples")
     used = samples.groupby("doc_id")["expert_model"].agg(set).to_dict()
     assert used == {docs[0].doc_id: {"expert-1"}, **{d.doc_id: {"expert-2"} for d in docs[1:]}}
+
+
+def test_distill_takes_up_an_output_committed_while_it_read(make_ctx, tmp_path):
+    """An expert run stamps its rows when it starts: one that commits after a distill run read the
+    outputs leaves rows older than that run's samples, which must still be distilled on the next run."""
+    docs = DOCS[:2]
+    raw, expert = write_docs(tmp_path / "in", docs)
+    ingest.run(make_ctx("ingest"), [str(raw)])
+    expert_import.run(make_ctx("expert"), str(expert))
+    assert distill.run(make_ctx("distill"))["counts"]["docs"] == len(docs)
+    ctx = make_ctx("expert")
+    distilled_at = ctx.lake.read("distill_samples").agg(F.min(F.unix_micros("created_at"))).first()[0]
+    late = (ctx.lake.read("expert_outputs").where(F.col("doc_id") == docs[0].doc_id)
+            .withColumn("expert_model", F.lit("late-expert"))
+            .withColumn("text", F.lit(docs[0].raw))  # keeps everything: samples unlike the first ones
+            .withColumn("created_at", F.timestamp_micros(  # between the first output and the samples
+                ((F.unix_micros("created_at") + F.lit(distilled_at)) / 2).cast("long"))))
+    ctx.append("expert_outputs", late, fingerprint="")
+    [(late_at,)] = (ctx.lake.read("expert_outputs").where("expert_model = 'late-expert'")
+                    .select(F.unix_micros("created_at")).collect())
+    assert late_at < distilled_at
+    assert distill.run(make_ctx("distill"))["counts"]["docs"] == 1
+    samples = _rows(make_ctx("x"), "distill_samples")
+    newest = samples[samples.created_at == samples.groupby("doc_id")["created_at"].transform("max")]
+    assert newest.groupby("doc_id")["expert_model"].agg(set).to_dict() == {
+        docs[0].doc_id: {"late-expert"}, docs[1].doc_id: {EXPERT_MODEL}}
+    stamped = make_ctx("x").lake.read("distill_samples").where(F.col("expert_model") == "late-expert")
+    assert {r[0] for r in stamped.select(F.unix_micros("expert_created_at")).collect()} == {late_at}
+    assert distill.run(make_ctx("distill"))["counts"]["docs"] == 0  # and then it is done
 
 
 def test_distill_breaks_ties_between_outputs_of_one_import(make_ctx, tmp_path):

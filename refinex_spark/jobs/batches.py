@@ -47,7 +47,8 @@ def map_rows(df: DataFrame, fn: RowsFn, schema: StructType, profile=None) -> Dat
 
     fn may return a lazy iterable: its rows are converted in bounded batches as they come.
     """
-    arrow_schema = to_arrow_schema(schema)
+    # Timestamps as UTC instants: the session's time zone (spark_session.FIXED_CONF) and the lake's.
+    arrow_schema = to_arrow_schema(schema, timezone="UTC")
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:

@@ -1,9 +1,10 @@
 """distill: `raw_docs` x `expert_outputs` -> `distill_samples`, the core distiller per partition.
 
 A document is distilled when its newest `ok` expert output (for its current text) is newer than
-its samples under the current fingerprint (program + chunking + distill settings), or it has
-none: a rerun adds nothing, a changed setting distils again, and so does a newer expert output
-(regenerated, re-imported, or of a changed text). Earlier samples stay in the table, superseded:
+the output its samples under the current fingerprint (program + chunking + distill settings) were
+distilled from, or it has none: a rerun adds nothing, a changed setting distils again, and so does
+a newer expert output (regenerated, re-imported, or of a changed text), even one that an expert run
+committed while a distill run was reading the outputs before it. Earlier samples stay in the table, superseded:
 `current` keeps each document's newest, which is what training, export and the report read.
 Every distilled document leaves at least one row (kept or with a drop reason); a document the
 distiller fails on leaves one row with drop_reason `error: ...` instead of failing the job.
@@ -20,12 +21,13 @@ from ..schemas import TABLES
 from .batches import RowsFn, map_rows
 
 _COMPUTED = ["doc_id", "chunk_index", "start_line", "end_line", "prompt", "program", "n_ops", "kept",
-             "drop_reason", "doc_fidelity", "doc_deleted_fraction", "doc_illegal_fraction", "expert_model"]
+             "drop_reason", "doc_fidelity", "doc_deleted_fraction", "doc_illegal_fraction", "expert_model",
+             "expert_created_at"]
 
 
 def _sample_rows(doc: dict, config) -> list[dict]:
     """Every sample row of one document; a distiller failure is one row with the error as reason."""
-    common = {"doc_id": doc["doc_id"], "expert_model": doc["expert_model"]}
+    common = {"doc_id": doc["doc_id"], "expert_model": doc["expert_model"], "expert_created_at": doc["expert_created_at"]}
     try:
         result = distill(doc["text"], doc["expert_text"], config.distill, config.chunking, program=config.program)
     except Exception as e:  # noqa: BLE001 - one bad document must not fail the stage
@@ -52,12 +54,17 @@ def current(samples: DataFrame) -> DataFrame:
 
 
 def pending(ctx: RunContext, fingerprint: str):
-    """Documents with an `ok` expert output for their current text (the newest one) newer than
-    their samples under this fingerprint, or with no samples.
+    """Documents with an `ok` expert output for their current text (the newest one) newer than the
+    one their samples under this fingerprint come from, or with no samples.
+
+    The outputs are compared by their own created_at, not with when the samples were made: an expert
+    run stamps its rows when it starts, and one that commits while a distill run reads would
+    otherwise leave outputs older than samples that never saw them. Samples written before
+    `expert_created_at` was recorded stand for outputs as old as themselves, as they used to.
 
     The expert pass covers a sample of `raw_docs`, and a rerun finds most of it distilled, so
     both sides are first cut down to what is pending without moving any text: expert outputs by
-    a broadcast of when each document was last distilled (the sample's size), raw documents by a
+    a broadcast of each document's last distilled output's time (the sample's size), raw documents by a
     broadcast of the 8-byte hashes of the pending outputs' keys (a hash collision only lets a
     document through to the exact join). Only then do texts cross the network, once, in hash
     joins without sorting. Both sides are hash-partitioned on the join key into exactly
@@ -71,7 +78,7 @@ def pending(ctx: RunContext, fingerprint: str):
     parts = [int(setting)] if setting.isdigit() else []  # Databricks' "auto": adaptive execution decides
     key = ["doc_id", "text_hash"]
     done = F.broadcast(ctx.read("distill_samples").where(F.col("fingerprint") == fingerprint)
-                       .groupBy("doc_id").agg(F.max("created_at").alias("_distilled_at")))
+                       .groupBy("doc_id").agg(F.max(F.coalesce("expert_created_at", "created_at")).alias("_distilled_at")))
     # Outputs newer than the document's samples: their newest is the document's newest.
     ok = (ctx.read("expert_outputs").where("status = 'ok'").withColumnRenamed("raw_text_hash", "text_hash")
           .join(done, "doc_id", "left")
@@ -85,11 +92,13 @@ def pending(ctx: RunContext, fingerprint: str):
     # `>=` (rank <= _newest always) rather than `==`, which the optimizer would make a join key
     # and so shuffle the texts again by it.
     experts = (experts.join(newest.hint("shuffle_hash"), key).where(rank >= F.col("_newest"))
-               .select(*key, F.col("text").alias("expert_text"), "expert_model"))
+               .select(*key, F.col("text").alias("expert_text"), "expert_model",
+                       F.col("created_at").alias("expert_created_at")))
     raw = (ctx.read("raw_docs").select(*key, "text")
            .join(sampled, F.xxhash64(*key) == F.col("_key"), "left_semi")
            .repartition(*parts, *key))
-    return raw.join(experts.hint("shuffle_hash"), key).select("doc_id", "text", "expert_text", "expert_model")
+    return raw.join(experts.hint("shuffle_hash"), key).select("doc_id", "text", "expert_text", "expert_model",
+                                                              "expert_created_at")
 
 
 def run(ctx: RunContext) -> dict:
