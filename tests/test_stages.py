@@ -325,6 +325,10 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path, spa
         export_sft.run(never, str(tmp_path / "sft-none"))
     assert never.config.fingerprint("program", "chunking", "distill") in str(err.value)
     assert samples["fingerprint"].iloc[0] in str(err.value) and not (tmp_path / "sft-none").exists()
+    with pytest.raises(ValueError, match="no kept distill_samples under fingerprint") as err:
+        train.run(never, init_tiny=True)  # the same message, and no samples file left behind
+    assert samples["fingerprint"].iloc[0] in str(err.value)
+    assert not (Path(never.config.train.output_dir) / train.SAMPLES_FILE).exists()
 
     # A newer expert output of a document (here: one that keeps it all) distils it again; export reads
     # its new samples only, and the old ones stay in the table, superseded.

@@ -53,6 +53,20 @@ def current(samples: DataFrame) -> DataFrame:
     return samples.join(newest, ["doc_id", "fingerprint", "created_at"], "left_semi")
 
 
+def kept_current(samples: DataFrame, fingerprint: str) -> DataFrame:
+    """The kept samples of each document's newest distillation under `fingerprint`: what training
+    and export read."""
+    return current(samples.where(F.col("fingerprint") == fingerprint)).where(F.col("kept"))
+
+
+def no_kept_samples(samples: DataFrame, fingerprint: str) -> ValueError:
+    """The error for a fingerprint without kept samples, naming the fingerprints that have some."""
+    present = sorted(r["fingerprint"] for r in samples.where(F.col("kept")).select("fingerprint").distinct().collect())
+    return ValueError(f"no kept distill_samples under fingerprint {fingerprint} (fingerprints with kept samples: "
+                      f"{', '.join(present) or 'none'}): pass the settings (--config, --set) the lake was distilled "
+                      "with, or run `distill` with these program/chunking/distill settings first")
+
+
 def pending(ctx: RunContext, fingerprint: str):
     """Documents with an `ok` expert output for their current text (the newest one) newer than the
     one their samples under this fingerprint come from, or with no samples.

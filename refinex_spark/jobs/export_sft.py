@@ -21,7 +21,7 @@ from ..model.prompt import load_template, user_message
 from ..readers import resolve
 from ..runtime import RunContext
 from ..spark_session import spark_master
-from .distill import current
+from .distill import kept_current, no_kept_samples
 
 
 # All a crashed export leaves: Spark's part files, their checksums and its temporary directories.
@@ -66,13 +66,10 @@ def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
     fingerprint = config.fingerprint("program", "chunking", "distill")
     as_user = F.udf(lambda chunk: user_message(template, chunk), "string")
     table = ctx.read("distill_samples")
-    samples = current(table.where(F.col("fingerprint") == fingerprint)).where(F.col("kept"))
+    samples = kept_current(table, fingerprint)
     n = samples.count()
     if not n:
-        present = sorted(r["fingerprint"] for r in table.where(F.col("kept")).select("fingerprint").distinct().collect())
-        raise ValueError(f"no kept distill_samples under fingerprint {fingerprint} (fingerprints with kept samples: "
-                         f"{', '.join(present) or 'none'}): pass the settings (--config, --set) the lake was distilled "
-                         "with, or run `distill` with these program/chunking/distill settings first")
+        raise no_kept_samples(table, fingerprint)
     rows = samples.select(
         F.array(
             F.struct(F.lit("user").alias("role"), as_user("prompt").alias("content")),

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
 
-from pyspark.sql import functions as F
 
 from ..config import TrainConfig
 from ..lake import is_local
@@ -25,7 +24,7 @@ from ..model.tiny import build_tiny_model
 from ..model.train import train_model
 from ..runtime import RunContext
 from ..spark_session import spark_master
-from .distill import current
+from .distill import kept_current, no_kept_samples
 
 SAMPLES_FILE = "train-samples.parquet"
 
@@ -43,13 +42,14 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
     base_revision = None if init_tiny else hub_pin(config.train.base, config.train.base_revision,
                                                    ("train.base", "train.base_revision"))
     with stats.timer("collect"):
-        kept = (current(ctx.read("distill_samples").where(F.col("fingerprint") == fingerprint)).where(F.col("kept"))
-                .select("doc_id", "prompt", "program").orderBy("doc_id", "chunk_index"))
+        table = ctx.read("distill_samples")
+        kept = kept_current(table, fingerprint).select("doc_id", "prompt", "program").orderBy("doc_id", "chunk_index")
         samples = write_sample_file(out / SAMPLES_FILE,
                                     ((r["doc_id"], r["prompt"], r["program"]) for r in kept.toLocalIterator()))
     stats.counts["samples"] = len(samples)  # read from the file's footer: once
     if not stats.counts["samples"]:
-        raise ValueError(f"no kept distill_samples under fingerprint {fingerprint}: run `distill` first")
+        os.remove(samples.path)
+        raise no_kept_samples(table, fingerprint)
     base = config.train.base
     if init_tiny:
         with stats.timer("init_tiny"):
