@@ -103,7 +103,7 @@ def _export_sft(ctx, a):
 
 def _train(ctx, a):
     from .jobs import train
-    return train.run(ctx, init_tiny=a.init_tiny, distributed=a.distributed)
+    return train.run(ctx, init_tiny=a.init_tiny, distributed=a.distributed, fresh=a.fresh)
 
 
 def _refine(ctx, a):
@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", _train, "fine-tune the refine model on distill_samples")
     p.add_argument("--init-tiny", action="store_true", help="build a tiny local Qwen3 model as the base (CI, demo)")
     p.add_argument("--distributed", action="store_true", help="train through TorchDistributor")
+    p.add_argument("--fresh", action="store_true",
+                   help="start from the base even where checkpoints of an unfinished run of other settings are")
     p = add("refine", _refine, "raw_docs -> refined_docs with the refine model")
     p.add_argument("--retry-errors", action="store_true",
                    help="refine again the documents whose row for this model and fingerprint is an error")

@@ -10,6 +10,7 @@ import json
 import math
 import pickle
 import random
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ from refinex_spark.model.prompt import PLAIN_SUFFIX, PROMPT_VERSIONS, build_prom
 from refinex_spark.model.tiny import IM_END, build_tiny_model, qwen3_0_6b_config
 from refinex_spark.model.train import (
     CHECKPOINTS,
+    DONE,
+    RUN_IDENTITY,
+    prior_run,
     IGNORE_INDEX,
     _encode_all,
     encode_sample,
@@ -210,15 +214,36 @@ def test_training_resumes_from_last_checkpoint(trained: Trained) -> None:
     assert trained.interrupted["global_step"] == STOP_AT and not trained.interrupted["completed"]
     assert trained.resumed["resumed_from_step"] == STOP_AT
     assert trained.resumed["completed"] and trained.resumed["global_step"] == trained.resumed["max_steps"] > STOP_AT
-    # The loss curve is continuous across the restart: the first logged loss is the first run's.
+    # The loss curve is continuous across the restart: the first logged loss is the first run's, and
+    # the mean covers the steps before the restart too (the Trainer's own figure would not).
     assert trained.resumed["first_loss"] == trained.interrupted["first_loss"]
-    checkpoints = sorted(p.name for p in (trained.out / CHECKPOINTS).glob("checkpoint-*"))
-    assert f"checkpoint-{trained.resumed['max_steps']}" in checkpoints
+    assert trained.resumed["last_loss"] < trained.resumed["train_loss"] < trained.resumed["first_loss"]
+    # Finished: marked done, and the checkpoints (optimizer state and all) are gone from the model directory.
+    assert not list((trained.out / CHECKPOINTS).glob("checkpoint-*"))
+    assert json.loads((trained.out / CHECKPOINTS / DONE).read_text()) == json.loads(
+        (trained.out / CHECKPOINTS / RUN_IDENTITY).read_text())
 
 
-def test_resume_refuses_another_runs_checkpoints(trained: Trained, base_model: Path, samples) -> None:
-    with pytest.raises(ValueError, match="belong to another run"):
-        train_model(samples, TRAIN, TRAIN_TEMPLATE, trained.out, base=str(base_model), data_version=8)
+@pytest.fixture
+def unfinished(trained: Trained, tmp_path: Path) -> Path:
+    """An output directory holding the checkpoints of the `trained` run, as if it had been cut short."""
+    (tmp_path / CHECKPOINTS).mkdir()
+    shutil.copy(trained.out / CHECKPOINTS / RUN_IDENTITY, tmp_path / CHECKPOINTS / RUN_IDENTITY)
+    return tmp_path
+
+
+def test_resume_refuses_another_runs_checkpoints(unfinished: Path, base_model: Path, samples) -> None:
+    """An unfinished run of other settings is refused, before any sample is read; --fresh discards it."""
+    class Unread(list):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("samples read before the refusal")
+
+    with pytest.raises(ValueError, match="belong to another run that did not finish .*train --fresh"):
+        train_model(Unread(samples), TRAIN, TRAIN_TEMPLATE, unfinished, base=str(base_model), data_version=8,
+                    fingerprint="fp-test")
+    identity = json.loads((unfinished / CHECKPOINTS / RUN_IDENTITY).read_text())
+    assert prior_run(unfinished, {**identity, "data_version": 8}, resume=False) == "fresh"
+    assert prior_run(unfinished, identity) == "resume"
 
 
 def test_model_card_records_the_run(trained: Trained, base_model: Path) -> None:
@@ -286,21 +311,21 @@ def test_sample_file_is_replaced_whole(tmp_path: Path) -> None:
     assert list(SampleFile(str(path))) == [("chunk", "keep_all()")]
 
 
-def test_resume_refuses_other_hyperparameters(trained: Trained, base_model: Path, samples) -> None:
+def test_resume_refuses_other_hyperparameters(unfinished: Path, trained: Trained, base_model: Path, samples) -> None:
     changed = TRAIN.model_copy(update={"learning_rate": TRAIN.learning_rate * 2})
     with pytest.raises(ValueError, match="belong to another run"):
-        train_model(samples, changed, TRAIN_TEMPLATE, trained.out, base=str(base_model), data_version=7,
+        train_model(samples, changed, TRAIN_TEMPLATE, unfinished, base=str(base_model), data_version=7,
                     fingerprint="fp-test")
-    # The processes setting is no hyperparameter: the same world size resumes (with nothing left to do).
-    elsewhere = TRAIN.model_copy(update={"processes": 2})
-    again = train_model(samples, elsewhere, TRAIN_TEMPLATE, trained.out, base=str(base_model), data_version=7,
-                        fingerprint="fp-test")
-    assert again.metrics["resumed_from_step"] == trained.resumed["global_step"]
     # Another world size would resume at another place of the data: refused (checked before DDP starts).
     with pytest.MonkeyPatch.context() as mp, pytest.raises(ValueError, match="belong to another run .*'world_size': 2"):
         mp.setenv("WORLD_SIZE", "2")
-        train_model(samples, TRAIN, TRAIN_TEMPLATE, trained.out, base=str(base_model), data_version=7,
+        train_model(samples, TRAIN, TRAIN_TEMPLATE, unfinished, base=str(base_model), data_version=7,
                     fingerprint="fp-test")
+    # The processes setting is no hyperparameter: the finished run is that run, and is not redone.
+    elsewhere = TRAIN.model_copy(update={"processes": 2})
+    again = train_model(samples, elsewhere, TRAIN_TEMPLATE, trained.out, base=str(base_model), data_version=7,
+                        fingerprint="fp-test")
+    assert again.metrics == {**read_model_card(trained.out)["refinex"]["metrics"], "already_trained": True}
 
 
 def test_retraining_on_the_same_data_keeps_the_refine_revision(tmp_path: Path, samples) -> None:
@@ -320,10 +345,15 @@ def test_retraining_on_the_same_data_keeps_the_refine_revision(tmp_path: Path, s
     first = train()
     revision = model_revision(str(out))
     again = train()
-    assert again.metrics["resumed_from_step"] == first.metrics["global_step"]  # nothing left to train
+    assert again.metrics["already_trained"] and again.metrics["global_step"] == first.metrics["global_step"]
     assert model_revision(str(out)) == revision
-    train(resume=False)
+    fresh = train(resume=False)
+    assert "already_trained" not in fresh.metrics and fresh.metrics["resumed_from_step"] == 0
     assert model_revision(str(out)) == revision
+    # New data (another distill_samples version): the finished run is replaced, not refused.
+    newer = train_model(few, config, TRAIN_TEMPLATE, out, base=str(tmp_path / "base"), data_version=4, fingerprint="fp")
+    assert newer.metrics["completed"] and newer.metrics["resumed_from_step"] == 0
+    assert read_model_card(out)["refinex"]["data_version"] == 4
     build_tiny_model(out, texts, vocab_size=512, seed=1)  # other weights in place: a new revision
     assert model_revision(str(out)) != revision
 

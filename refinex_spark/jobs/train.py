@@ -5,6 +5,10 @@ output directory (`SAMPLES_FILE`, removed once the model is written) and `model.
 reads them from there, in-process or, with `--distributed`, in every TorchDistributor process on
 the cluster's GPUs (which see the output directory too). `--init-tiny` first builds a tiny
 Qwen3-architecture base model with a locally trained tokenizer (no hub), for CI and the demo.
+
+A run is identified by its base, data version, fingerprint, prompt and hyperparameters: one that
+finished is not trained again, one that was cut short resumes, and an unfinished run of other
+settings is refused before any sample is collected (`--fresh` discards it).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from ..model.prompt import load_template
 from ..model.revision import hub_pin
 from ..model.sample_file import write_sample_file
 from ..model.tiny import build_tiny_model
-from ..model.train import train_model
+from ..model.train import prior_run, read_model_card, run_identity, train_model
 from ..runtime import RunContext
 from ..spark_session import spark_master
 from .distill import kept_current, no_kept_samples
@@ -29,7 +33,7 @@ from .distill import kept_current, no_kept_samples
 SAMPLES_FILE = "train-samples.parquet"
 
 
-def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> dict:
+def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False, fresh: bool = False) -> dict:
     config, stats = ctx.config, ctx.stats
     fingerprint = config.fingerprint("program", "chunking", "distill")
     template = load_template(config.model.prompt_version)
@@ -38,38 +42,44 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False) -> 
     n_processes = processes(config.train, master, ctx.spark.conf.get) if distributed else 1
     if init_tiny and config.train.base_revision is not None:
         raise ValueError("--init-tiny builds its own base, which has no hub revision: unset train.base_revision")
-    # A hub base is pinned to one commit for every training process (and the model card).
-    base_revision = None if init_tiny else hub_pin(config.train.base, config.train.base_revision,
-                                                   ("train.base", "train.base_revision"))
+    tiny_base = out.parent / f"{out.name}-tiny-base"
+    table = ctx.read("distill_samples")  # pins the data version the run is identified by
+    run = dict(base=str(tiny_base) if init_tiny else config.train.base,
+               # A hub base is pinned to one commit for every training process (and the model card).
+               base_revision=None if init_tiny else hub_pin(config.train.base, config.train.base_revision,
+                                                            ("train.base", "train.base_revision")),
+               data_version=ctx.read_versions["distill_samples"], fingerprint=fingerprint,
+               prompt_version=config.model.prompt_version)
+    stats.info.update(output_dir=str(out), base=run["base"], base_revision=run["base_revision"])
+    # Before the samples are collected: a finished run is not redone, an unfinished other one is refused.
+    identity = run_identity(config.train, template=template, world_size=n_processes, **run)
+    if prior_run(out, identity, resume=not fresh) == "trained":
+        stats.info.update(already_trained=True, metrics=read_model_card(out)["refinex"]["metrics"])
+        return stats.as_dict()
     with stats.timer("collect"):
-        table = ctx.read("distill_samples")
         kept = kept_current(table, fingerprint).select("doc_id", "prompt", "program").orderBy("doc_id", "chunk_index")
         samples = write_sample_file(out / SAMPLES_FILE,
                                     ((r["doc_id"], r["prompt"], r["program"]) for r in kept.toLocalIterator()))
-    stats.counts["samples"] = len(samples)  # read from the file's footer: once
-    if not stats.counts["samples"]:
-        os.remove(samples.path)
-        raise no_kept_samples(table, fingerprint)
-    base = config.train.base
-    if init_tiny:
-        with stats.timer("init_tiny"):
-            texts = chain([template], chain.from_iterable(samples))
-            base = str(build_tiny_model(out.parent / f"{out.name}-tiny-base", texts,
-                                        seed=config.train.seed))
-    kwargs = dict(base=base, base_revision=base_revision, data_version=ctx.read_versions.get("distill_samples"),
-                  fingerprint=fingerprint, prompt_version=config.model.prompt_version,
-                  max_new_tokens=config.model.max_new_tokens)
-    with stats.timer("train"):
-        if distributed:
-            from pyspark.ml.torch.distributor import TorchDistributor
+    try:  # the file is a copy of distill_samples: a rerun writes it again
+        stats.counts["samples"] = len(samples)  # read from the file's footer: once
+        if not stats.counts["samples"]:
+            raise no_kept_samples(table, fingerprint)
+        if init_tiny:
+            with stats.timer("init_tiny"):
+                build_tiny_model(tiny_base, chain([template], chain.from_iterable(samples)), seed=config.train.seed)
+        kwargs = dict(run, resume=not fresh, max_new_tokens=config.model.max_new_tokens)
+        with stats.timer("train"):
+            if distributed:
+                from pyspark.ml.torch.distributor import TorchDistributor
 
-            local = master.startswith("local")
-            result = TorchDistributor(num_processes=n_processes, local_mode=local, use_gpu=not local).run(
-                train_model, samples, config.train, template, str(out), **kwargs)
-        else:
-            result = train_model(samples, config.train, template, out, **kwargs)
-    os.remove(samples.path)  # a copy of distill_samples: a rerun writes it again
-    stats.info.update(output_dir=str(out), base=base, base_revision=base_revision, metrics=result.metrics)
+                local = master.startswith("local")
+                result = TorchDistributor(num_processes=n_processes, local_mode=local, use_gpu=not local).run(
+                    train_model, samples, config.train, template, str(out), **kwargs)
+            else:
+                result = train_model(samples, config.train, template, out, **kwargs)
+    finally:
+        os.remove(samples.path)
+    stats.info.update(metrics=result.metrics)
     return stats.as_dict()
 
 

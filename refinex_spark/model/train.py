@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from refinex_spark.config import ModelConfig, TrainConfig
 from refinex_spark.model.backends import Backend, HFBackend
@@ -33,7 +33,8 @@ from refinex_spark.program import parse_program, render_program
 
 IGNORE_INDEX = -100
 CHECKPOINTS = "checkpoints"
-RUN_IDENTITY = "run.json"
+RUN_IDENTITY = "run.json"  # in CHECKPOINTS: the identity of the run whose checkpoints these are
+DONE = "done.json"  # in CHECKPOINTS: the identity of the run whose model output_dir holds
 CARD = "README.md"
 # Checkpoints kept on disk: resuming needs only the newest; one more survives a torn write.
 KEEP_CHECKPOINTS = 2
@@ -181,23 +182,79 @@ def evaluate_model(model_dir: Path | str, samples: Sequence[tuple[str, str]], te
     return evaluate_programs(backend, samples, template)
 
 
-def _check_identity(ckpt_dir: Path, identity: dict[str, Any], resume: bool, *, owner: bool) -> None:
-    """Refuse to resume checkpoints of another run (every rank checks); when not resuming, the
-    owner (rank 0) clears old checkpoints so a later resume cannot pick one of them up."""
-    marker = ckpt_dir / RUN_IDENTITY
-    if resume and marker.exists():
-        previous = json.loads(marker.read_text())
-        if previous != identity:
-            raise ValueError(
-                f"checkpoints in {ckpt_dir} belong to another run ({previous} != {identity}); "
-                "remove them or train with resume=False"
-            )
+def _mean_logged_loss(log_history: list[dict[str, Any]]) -> float | None:
+    """Mean training loss over the logged steps, a resumed run's earlier ones included (the Trainer's
+    own `training_loss` averages only the steps since the resume, over all of them). Each log entry's
+    loss is the mean since the previous entry."""
+    total = steps = 0.0
+    previous = 0
+    for entry in log_history:
+        if "loss" in entry:
+            total += entry["loss"] * (entry["step"] - previous)
+            steps += entry["step"] - previous
+            previous = entry["step"]
+    return total / steps if steps else None
+
+
+def run_identity(config: TrainConfig, *, base: str, base_revision: str | None, data_version: int | None,
+                 fingerprint: str | None, prompt_version: str, template: str, world_size: int) -> dict[str, Any]:
+    """What makes two training runs the same run: a resume must match it, and a finished one is not redone."""
+    return {
+        "base": base if base_revision is None else f"{base}@{base_revision}",
+        "data_version": data_version,
+        "fingerprint": fingerprint,
+        "prompt_version": prompt_version,
+        "template": template_digest(template),
+        # Resuming under other hyperparameters would train a mix of two runs. Not the `processes`
+        # setting but the world size the run has: the Trainer resumes by skipping steps x batches per
+        # process, so another world size skips samples never trained or trains some twice. (Left out
+        # for one process, so checkpoints written before it was recorded still resume.)
+        "train": config.model_dump(exclude={"base", "base_revision", "output_dir", "save_steps", "processes"}),
+        **({"world_size": world_size} if world_size != 1 else {}),
+    }
+
+
+def prior_run(output_dir: Path | str, identity: dict[str, Any], resume: bool = True) -> str:
+    """What `output_dir` holds of the run `identity`: "trained" (its model is there: nothing to do),
+    "resume" (it was cut short: go on from its newest checkpoint) or "fresh" (start it; what is there,
+    a finished run of other settings included, is replaced). An unfinished run of other settings is
+    refused, its checkpoints being maybe hours of GPU time, unless `resume` is False."""
+    ckpt_dir = Path(output_dir) / CHECKPOINTS
+    if not resume:
+        return "fresh"
+    done, marker = ckpt_dir / DONE, ckpt_dir / RUN_IDENTITY
+    if done.exists():
+        same = json.loads(done.read_text()) == identity and (Path(output_dir) / CARD).exists()
+        return "trained" if same else "fresh"
+    if not marker.exists():
+        return "fresh"
+    previous = json.loads(marker.read_text())
+    if previous != identity:
+        raise ValueError(
+            f"checkpoints in {ckpt_dir} belong to another run that did not finish ({previous} != {identity}): "
+            "rerun with that run's settings to finish it, or start this one afresh (`train --fresh`, or "
+            f"delete {ckpt_dir})"
+        )
+    return "resume"
+
+
+def _prepare_checkpoints(ckpt_dir: Path, identity: dict[str, Any], state: str, *, owner: bool) -> None:
+    """The owner (rank 0) clears what a fresh run replaces, so that no resume picks it up, and records
+    the run's identity."""
     if not owner:
         return
-    if not resume and ckpt_dir.exists():
+    if state == "fresh" and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(identity, sort_keys=True))
+    (ckpt_dir / RUN_IDENTITY).write_text(json.dumps(identity, sort_keys=True))
+
+
+def _finish_checkpoints(ckpt_dir: Path, identity: dict[str, Any]) -> None:
+    """Once the model and its card are written: the run is marked done, then its checkpoints (optimizer
+    state, several times the model's size) go; a crash between the two leaves them for the next call."""
+    (ckpt_dir / DONE).write_text(json.dumps(identity, sort_keys=True))
+    for checkpoint in ckpt_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 def write_model_card(output_dir: Path, front_matter: dict[str, Any]) -> Path:
@@ -282,8 +339,9 @@ def train_model(
     kept as text: the training set is held as packed token ids.
 
     Checkpoints go to `output_dir/checkpoints` every `config.save_steps` optimizer steps; with
-    `resume` the newest one of the same run (same base, data, fingerprint, prompt) is resumed.
-    The final model, tokenizer and model card go to `output_dir`. `callbacks` are extra
+    `resume` the newest one of the same run (`run_identity`: base, data, fingerprint, prompt,
+    hyperparameters) is resumed, and a finished one is not trained again (`prior_run`). The final
+    model, tokenizer and model card go to `output_dir`; the checkpoints are removed once it is there. `callbacks` are extra
     `TrainerCallback`s (progress reporting; tests use one to simulate preemption).
     """
     started = time.perf_counter()
@@ -294,6 +352,14 @@ def train_model(
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     cuda = torch.cuda.is_available()
+    identity = run_identity(config, base=base, base_revision=base_revision, data_version=data_version,
+                            fingerprint=fingerprint, prompt_version=prompt_version, template=template,
+                            world_size=world_size)
+    state = prior_run(out, identity, resume)  # before any sample is read: a refusal costs nothing
+    if state == "trained":
+        if rank == 0:
+            _finish_checkpoints(ckpt_dir, identity)
+        return TrainResult(str(out), {**read_model_card(out)["refinex"]["metrics"], "already_trained": True})
 
     tokenizer = AutoTokenizer.from_pretrained(base, revision=base_revision)
     if tokenizer.pad_token_id is None:
@@ -317,21 +383,8 @@ def train_model(
         raise ValueError(f"no trainable samples: {n_samples} given, none fits max_seq_len={config.max_seq_len}")
     eval_rows = _encode_all(tokenizer, template, eval_pairs, config.max_seq_len)[0]
 
-    identity = {
-        "base": base if base_revision is None else f"{base}@{base_revision}",
-        "data_version": data_version,
-        "fingerprint": fingerprint,
-        "prompt_version": prompt_version,
-        "template": template_digest(template),
-        # Resuming under other hyperparameters would train a mix of two runs. Not the `processes`
-        # setting but the world size the run has: the Trainer resumes by skipping steps x batches per
-        # process, so another world size skips samples never trained or trains some twice. (Left out
-        # for one process, so checkpoints written before it was recorded still resume.)
-        "train": config.model_dump(exclude={"base", "base_revision", "output_dir", "save_steps", "processes"}),
-        **({"world_size": world_size} if world_size != 1 else {}),
-    }
-    _check_identity(ckpt_dir, identity, resume, owner=rank == 0)
-    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
+    _prepare_checkpoints(ckpt_dir, identity, state, owner=rank == 0)
+    last = get_last_checkpoint(str(ckpt_dir)) if state == "resume" and ckpt_dir.is_dir() else None
 
     args = _training_args(config, ckpt_dir, len(rows), world_size, cuda)
     model = AutoModelForCausalLM.from_pretrained(base, revision=base_revision, dtype=torch.float32)
@@ -344,7 +397,7 @@ def train_model(
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
-    train_output = trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=last)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     metrics: dict[str, Any] = {
         "n_train": len(rows),
@@ -358,7 +411,7 @@ def train_model(
         "max_steps": trainer.state.max_steps,
         "completed": trainer.state.global_step >= trainer.state.max_steps,
         "resumed_from_step": int(Path(last).name.rsplit("-", 1)[1]) if last else 0,
-        "train_loss": train_output.training_loss,
+        "train_loss": _mean_logged_loss(trainer.state.log_history),
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
     }
@@ -391,4 +444,6 @@ def train_model(
             },
         },
     )
+    if metrics["completed"]:
+        _finish_checkpoints(ckpt_dir, identity)
     return TrainResult(str(out), metrics)
