@@ -283,6 +283,7 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path, spa
     lines = [json.loads(line) for p in sorted(out.glob("part-*.json")) for line in p.read_text().splitlines()]
     assert len(lines) == e["counts"]["samples"] == int(samples["kept"].sum())
     assert [m["role"] for m in lines[0]["messages"]] == ["user", "assistant"]
+    assert list(lines[0]) == export_sft.COLUMNS  # what a crashed export is recognised by
     keys = [(line["doc_id"], line["chunk_index"]) for line in lines]
     assert keys == sorted(keys)
     # A big export is many part files (here: small ranges left unmerged), still in order file after file.
@@ -299,20 +300,28 @@ def test_expert_import_distill_export_and_reruns(make_ctx, corpus, tmp_path, spa
         export_sft.run(make_ctx("export-sft"), str(out))
     with pytest.raises(ValueError, match="already exists"):  # created after the check (or dbfs:/): Spark's own check
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(export_sft, "_existing_output", lambda target: None)
+            mp.setattr(export_sft, "_existing_output", lambda target, fmt: None)
             export_sft.run(make_ctx("export-sft"), str(out))
-    # A crashed export (part files, no _SUCCESS) is written again; a directory of other files never is.
+    # A crashed export (some of its part files, no _SUCCESS) is written again; a directory of other
+    # files never is, Spark-like names included.
     crashed = tmp_path / "sft-crashed"
     (crashed / "_temporary" / "0").mkdir(parents=True)
-    (crashed / "part-00000-half.json").write_text('{"messages": []}\n')
+    part = sorted(out.glob("part-*.json"))[0]
+    shutil.copy(part, crashed / part.name)
+    shutil.copy(part.with_name(f".{part.name}.crc"), crashed / f".{part.name}.crc")
     again = export_sft.run(make_ctx("export-sft"), str(crashed))
     assert again["replaced_crashed_export"] and (crashed / "_SUCCESS").exists()
     assert sorted(p.read_text() for p in crashed.glob("part-*.json")) == sorted(p.read_text() for p in out.glob("part-*.json"))
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="holds files no export wrote"):
-        export_sft.run(make_ctx("export-sft"), str(tmp_path / "mine"))
-    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    pq.write_to_dataset(pa.table({"doc": ["precious"]}), tmp_path / "dataset")  # pyarrow's part-0-<uuid>.parquet
+    (tmp_path / "spark-like").mkdir()
+    (tmp_path / "spark-like" / part.name).write_text('{"doc": "precious"}\n')  # an export's name, not its rows
+    for theirs, fmt in (("mine", "jsonl"), ("dataset", "parquet"), ("spark-like", "jsonl")):
+        kept = {p.name: p.read_bytes() for p in (tmp_path / theirs).iterdir()}
+        with pytest.raises(ValueError, match="holds files no export wrote"):
+            export_sft.run(make_ctx("export-sft"), str(tmp_path / theirs), fmt=fmt)
+        assert {p.name: p.read_bytes() for p in (tmp_path / theirs).iterdir()} == kept
     (tmp_path / "a-file").write_text("x")  # Spark would fail with a Java traceback, after sorting every sample
     with pytest.raises(ValueError, match="cannot be created: a folder above it is a file"):
         export_sft.run(make_ctx("export-sft"), str(tmp_path / "a-file" / "deeper" / "sft"))

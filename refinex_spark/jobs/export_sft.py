@@ -9,10 +9,12 @@ turn is built by `model.prompt.user_message`, the same function training and inf
 
 from __future__ import annotations
 
+import json
 import re
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from pyspark.errors import AnalysisException
 from pyspark.sql import functions as F
 
@@ -24,14 +26,40 @@ from ..spark_session import spark_master
 from .distill import kept_current, no_kept_samples
 
 
-# All a crashed export leaves: Spark's part files, their checksums and its temporary directories.
-_SPARK_OUTPUT = re.compile(r"part-.*|\..*\.crc|_temporary|_started_.*|_committed_.*")
+# All a crashed export leaves: Spark's part files of the format (part-00000-<job uuid>-c000.json, or
+# part-00000-tid-<n>-<uuid>-<n>-c000.snappy.parquet on Databricks), their checksums, its temporary
+# directories. Another writer's names (pyarrow's part-0.parquet, say) are not an export's.
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_PART = r"part-\d{5}-(tid-\d+-)?" + _UUID + r"(-\d+)?(-c\d{3})?(\.\w+)?\."  # + the format's extension
+_TEMPORARY = r"_temporary|_started_.*|_committed_.*"
+_EXTENSION = {"jsonl": "json", "parquet": "parquet"}
+COLUMNS = ["messages", "doc_id", "chunk_index", "prompt_version"]  # an export's rows, in order
 
 
-def _existing_output(target: str) -> str | None:
-    """What is at target: "finished" (an export, with `_SUCCESS`), "crashed" (Spark output without
-    it), "other" (anything else), "blocked" (nothing, but the nearest existing folder above it is a
-    file), or None (nothing, or a scheme pyarrow cannot look into, dbfs:/)."""
+def _an_export(fs: pafs.FileSystem, path: str, names: list[str], fmt: str) -> bool:
+    """Whether names (the folder's) are what an export in fmt leaves before `_SUCCESS`: Spark's part
+    files with an export's columns, and Spark's temporary files; no file of anyone else is replaced."""
+    part = re.compile(_PART + _EXTENSION[fmt])
+    ours = re.compile(rf"{_TEMPORARY}|\.({part.pattern})\.crc")
+    if not all(part.fullmatch(n) or ours.fullmatch(n) for n in names):
+        return False
+    parts = sorted(n for n in names if part.fullmatch(n))
+    if not parts:
+        return True
+    with fs.open_input_file(f"{path}/{parts[0]}") as f:
+        if fmt == "parquet":
+            return pq.read_schema(f).names == COLUMNS
+        first = f.read(1 << 20).split(b"\n", 1)[0]
+    try:
+        return list(json.loads(first)) == COLUMNS
+    except (ValueError, TypeError):
+        return False
+
+
+def _existing_output(target: str, fmt: str) -> str | None:
+    """What is at target: "finished" (an export, with `_SUCCESS`), "crashed" (an export's Spark output
+    without it, `_an_export`), "other" (anything else), "blocked" (nothing, but the nearest existing
+    folder above it is a file), or None (nothing, or a scheme pyarrow cannot look into, dbfs:/)."""
     try:
         fs, path = resolve(target)
         info = fs.get_file_info(path)
@@ -43,18 +71,18 @@ def _existing_output(target: str) -> str | None:
         if info.type != pafs.FileType.Directory:
             return "other"
         names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(path))]
+        if "_SUCCESS" in names:
+            return "finished"
+        return "crashed" if _an_export(fs, path, names, fmt) else "other"
     except (OSError, ValueError, pa.ArrowException):
         return None  # the writer's own check ("error" mode) still refuses an existing path
-    if "_SUCCESS" in names:
-        return "finished"
-    return "crashed" if all(_SPARK_OUTPUT.fullmatch(n) for n in names) else "other"
 
 
 def run(ctx: RunContext, output: str, fmt: str = "jsonl") -> dict:
     # A local path or a storage URI, as for the lake (a relative path is refused on a cluster).
     target = resolve_root(output, spark_master(ctx.spark), what="export path")
     exists = f"output {output} already exists; choose a new path (exports are never overwritten)"
-    found = _existing_output(target)
+    found = _existing_output(target, fmt)
     if found == "finished":
         raise ValueError(exists)
     if found == "other":
