@@ -303,7 +303,7 @@ def _training_args(config: TrainConfig, ckpt_dir: Path, n_rows: int, world_size:
         eval_strategy="no",
         seed=config.seed,
         data_seed=config.seed,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=cuda and torch.cuda.is_bf16_supported(including_emulation=False),  # not emulated (T4, V100)
         use_cpu=not cuda,
         ddp_backend=("nccl" if cuda else "gloo") if world_size > 1 else None,
         ddp_find_unused_parameters=False,  # every parameter of a causal LM gets a gradient
