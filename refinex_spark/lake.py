@@ -42,7 +42,9 @@ from .spark_session import DELTA_PACKAGE, delta_classes_available, spark_master
 Engine = Literal["spark", "delta-rs"]
 # Set on every table either engine creates. Column mapping is off unless asked for, in both.
 TABLE_PROPERTIES = {"delta.enableDeletionVectors": "false"}
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # 2+ chars: "C:" is a drive, not a scheme
+# A URI: a scheme of 2+ characters ("C:" is a drive) and a slash, as in dbfs:/ or s3://; "file:" whatever
+# follows. Anything else with a colon (data:2024/lake) is a relative path.
+_SCHEME = re.compile(r"^(file|[A-Za-z][A-Za-z0-9+.-]+(?=:/)):", re.IGNORECASE)
 _STAGING_DIR = re.compile(r"^(\d{13})-[0-9a-f]{32}$")  # <start epoch ms>-<uuid>
 _TABLE_FILE = re.compile(r"^part-.+-((\d{13})-[0-9a-f]{32})-\d{5}\.snappy\.parquet$")  # part-<run>-<commit id>-<n>
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
@@ -359,6 +361,8 @@ class _DeltaRsEngine:
             table = DeltaTable(uri)
             live = {f.rsplit("/", 1)[-1] for f in table.file_uris()}
             history = table.history()
+            if not history:  # a log delta-rs cannot list: no file can be shown to be no commit's
+                return
             committed = {c.get("refinexCommitId") for c in history}
             # commitInfo, and so its timestamp, is optional to other writers: none known, nothing is older
             oldest = min((c["timestamp"] for c in history if isinstance(c.get("timestamp"), int)), default=0)

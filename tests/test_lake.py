@@ -171,6 +171,8 @@ def test_resolve_root(path, expected):
 def test_resolve_root_makes_relative_and_home_paths_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_root("./lake") == str(tmp_path.resolve() / "lake")
+    for relative in ("data:2024/lake", "lake:v2"):  # a colon without a slash after it names no scheme
+        assert resolve_root(relative) == str(tmp_path.resolve() / relative)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert resolve_root("~/lake") == str(tmp_path.resolve() / "lake")
 
@@ -178,6 +180,7 @@ def test_resolve_root_makes_relative_and_home_paths_absolute(tmp_path, monkeypat
 @pytest.mark.parametrize("path, needle", [
     ("", "empty"), ("   ", "empty"), ("/a\x00b", "NUL or newline"), ("/a\nb", "NUL or newline"),
     ("/a\rb", "NUL or newline"), ("/lake[1]", "glob"), ("/lake*", "glob"), ("/my%20lake", "URI escape"),
+    ("/runs/run#1/lake", "URI fragment"),
     ("file://host/lake", "absolute local"),
     ("file:lake", "absolute local"),
 ])
@@ -202,7 +205,7 @@ def test_a_relative_lake_path_is_fine_on_local_masters(master, tmp_path, monkeyp
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\n\r*?[]{}:%\\"),
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\n\r*?[]{}:%#\\"),
                min_size=1).filter(lambda s: s.strip()))
 def test_resolve_root_gives_a_stable_absolute_path(path):
     root = resolve_root(path)
