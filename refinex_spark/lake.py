@@ -22,6 +22,8 @@ import uuid
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import reduce
+from operator import and_
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import unquote
@@ -40,7 +42,8 @@ from .schemas import TABLES, TableSpec
 from .spark_session import DELTA_PACKAGE, delta_classes_available, spark_master
 
 Engine = Literal["spark", "delta-rs"]
-# Set on every table either engine creates. Column mapping is off unless asked for, in both.
+# Set on every table the delta-rs engine creates; the spark engine's get them from the session default
+# `Lake` sets. Column mapping is off unless asked for, in both.
 TABLE_PROPERTIES = {"delta.enableDeletionVectors": "false"}
 # A URI: a scheme of 2+ characters ("C:" is a drive) and a slash, as in dbfs:/ or s3://; "file:" whatever
 # follows. Anything else with a colon (data:2024/lake) is a relative path.
@@ -138,7 +141,7 @@ class _Engine(Protocol):
     def history(self, spec: TableSpec) -> list[dict[str, Any]]: ...
     def append(self, spec: TableSpec, df: DataFrame, *, run_id: str, user_metadata: str, txn_app_id: str,
                txn_version: int) -> tuple[int | None, int, str]: ...
-    def delete(self, spec: TableSpec, predicate: str, user_metadata: str) -> int: ...
+    def delete(self, spec: TableSpec, where: dict[str, str], user_metadata: str) -> int: ...
 
 
 class Lake:
@@ -156,6 +159,9 @@ class Lake:
         root = None if catalog else resolve_root(config.path, spark_master(spark))
         self.root = root or config.catalog_schema  # where the tables are, for messages and reports
         if self.engine == "spark":
+            # The tables it creates take their properties from the session's defaults (get_spark sets
+            # this, a caller-built session may not have).
+            spark.conf.set("spark.databricks.delta.properties.defaults.enableDeletionVectors", "false")
             self._engine = _SparkEngine(spark, root, config.catalog_schema)
         else:
             # Spark's default INT96 Parquet timestamps are not a type delta-rs accepts for `timestamp`;
@@ -217,10 +223,9 @@ class Lake:
         unknown = [c for c in where if c not in spec.column_names]
         if unknown or not where:
             raise LakeError(f"{table}: cannot delete by {unknown or 'nothing'} (columns: {', '.join(spec.column_names)})")
-        predicate = " AND ".join(f"{column} = {_sql_string(value)}" for column, value in where.items())
         if not self.exists(table):
             return 0
-        return self._engine.delete(spec, predicate, _user_metadata(run_id, stage, fingerprint))
+        return self._engine.delete(spec, where, _user_metadata(run_id, stage, fingerprint))
 
     def history(self, table: str) -> list[dict[str, Any]]:
         """Commits, newest first: version, timestamp (UTC), operation, user_metadata (parsed), rows_added."""
@@ -255,8 +260,9 @@ def _conform(df: DataFrame, spec: TableSpec) -> DataFrame:
     if missing or extra:
         raise LakeError(f"{spec.name}: columns do not match the declared schema "
                         f"(missing {missing}, unexpected {extra})")
-    return df.select(*[F.col(f.name) if have[f.name] == f.dataType else F.col(f.name).cast(f.dataType).alias(f.name)
-                       for f in declared.fields])
+    # With the declared comments: the spark engine's first append creates the table from this schema.
+    return df.select(*[(F.col(f.name) if have[f.name] == f.dataType else F.col(f.name).cast(f.dataType))
+                       .alias(f.name, metadata=f.metadata) for f in declared.fields])
 
 
 def _columns_to_add(have: DeltaSchema, declared: DeltaSchema) -> list[Any] | None:
@@ -428,7 +434,9 @@ class _DeltaRsEngine:
             if self.fs.get_file_info(staging).type != pafs.FileType.NotFound:
                 self.fs.delete_dir(staging)
 
-    def delete(self, spec: TableSpec, predicate: str, user_metadata: str) -> int:
+    def delete(self, spec: TableSpec, where: dict[str, str], user_metadata: str) -> int:
+        # DataFusion SQL: a quote doubled is the only escape (a backslash is a plain character).
+        predicate = " AND ".join(f"{column} = {_sql_string(value)}" for column, value in where.items())
         metrics = DeltaTable(self.location(spec)).delete(
             predicate, commit_properties=CommitProperties(custom_metadata={"userMetadata": user_metadata}))
         return int(metrics.get("num_deleted_rows") or 0)
@@ -572,38 +580,35 @@ class _SparkEngine:
         return [_history_entry(r["version"], r["timestamp"].astimezone(timezone.utc), r["operation"],
                                r["userMetadata"], r["operationMetrics"]) for r in rows]
 
-    def _create_if_missing(self, spec: TableSpec) -> None:
-        from delta.tables import DeltaTable as SparkDeltaTable
-
-        builder = SparkDeltaTable.createIfNotExists(self.spark)
-        if self.catalog_schema:
-            # catalog_schema is validated as `schema` or `catalog.schema` identifiers (config.py).
-            self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {self.catalog_schema}")
-            builder = builder.tableName(self.location(spec))
-        else:
-            builder = builder.location(spark_path(self.location(spec)))
-        builder = builder.addColumns(spec.spark_schema()).comment(spec.doc)
-        if spec.partition_by:
-            builder = builder.partitionedBy(*spec.partition_by)
-        for key, value in TABLE_PROPERTIES.items():
-            builder = builder.property(key, value)
-        builder.execute()
-
     def append(self, spec: TableSpec, df: DataFrame, *, run_id: str, user_metadata: str, txn_app_id: str,
                txn_version: int) -> tuple[int | None, int, str]:
         # No df.isEmpty() first: it would compute df twice (a second read and shuffle, a wasted GPU batch).
         # An empty df is then an empty commit, which still records the app transaction.
-        self._create_if_missing(spec)
+        # The first append creates the table (no CREATE commit of its own, which would carry no app
+        # transaction and so put every later one a version behind: `last_transaction`'s stand-in);
+        # deletion vectors stay off by the session default `Lake` sets, comments come with the columns.
+        if self.catalog_schema:
+            # catalog_schema is validated as `schema` or `catalog.schema` identifiers (config.py).
+            self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {self.catalog_schema}")
         before = self.version(spec)
         # mergeSchema: df has the declared columns (`_conform`), so the only merge there can be is adding
         # the columns declared since the table was created, at its end, as delta-rs' engine does.
         writer = (df.write.format("delta").mode("append")
                   .option("txnAppId", txn_app_id).option("txnVersion", str(txn_version))
                   .option("userMetadata", user_metadata).option("mergeSchema", "true"))
-        if self.catalog_schema:
-            writer.saveAsTable(self.location(spec))
-        else:
-            writer.save(spark_path(self.location(spec)))
+        if spec.partition_by:
+            writer = writer.partitionBy(*spec.partition_by)
+        from delta.exceptions import ConcurrentTransactionException  # importing it maps the JVM's to it
+
+        try:
+            if self.catalog_schema:
+                writer.saveAsTable(self.location(spec))
+            else:
+                writer.save(spark_path(self.location(spec)))
+        except ConcurrentTransactionException:
+            # Another run's commit of the same app transaction won the conflict check (delta-spark checks
+            # txnVersion when the transaction starts, so both may have written their files).
+            return None, 0, _already(txn_app_id, txn_version)
         # Delta skips an already-committed app transaction silently: no new version means skipped.
         # (A concurrent writer's commit in between would be reported as ours; Delta gives no commit id.)
         after = self.version(spec)
@@ -612,12 +617,14 @@ class _SparkEngine:
         metrics = self._delta_table(spec).history(1).select("operationMetrics").head()[0] or {}
         return after, int(metrics.get("numOutputRows", 0)), ""
 
-    def delete(self, spec: TableSpec, predicate: str, user_metadata: str) -> int:
+    def delete(self, spec: TableSpec, where: dict[str, str], user_metadata: str) -> int:
+        # A Column, not SQL text: Spark's parser reads backslash escapes in string literals.
+        condition = reduce(and_, [F.col(column) == F.lit(value) for column, value in where.items()])
         before = self.version(spec)
         key = "spark.databricks.delta.commitInfo.userMetadata"  # how delta-spark tags a DELETE's commit
         self.spark.conf.set(key, user_metadata)
         try:
-            self._delta_table(spec).delete(predicate)
+            self._delta_table(spec).delete(condition)
         finally:
             self.spark.conf.unset(key)
         if self.version(spec) == before:
