@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable
 from statistics import fmean
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ..chunking import approx_tokens, chunk_document, split_lines
 from ..distill import DistillResult, Sample, align, distill
@@ -71,6 +71,13 @@ def _best(repeat: int, fn: Callable[[], T]) -> tuple[float, T]:
     return best, result  # type: ignore[return-value]
 
 
+def _at_least_one(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _docs(bucket: str, chars: int, n: int) -> list[SynthDoc]:
     base = 1_000_000 * (list(BUCKETS).index(bucket) + 1)  # distinct seeds per bucket
     return [generate_doc(base + i, chars) for i in range(n)]
@@ -86,15 +93,20 @@ def _lines(n: int) -> str:
     return "\n".join(lines[:n])
 
 
-def _run(docs: list[SynthDoc], alignment: str, repeat: int) -> tuple[dict[str, float], list[DistillResult]]:
+class _Run(NamedTuple):
+    seconds: float
+    fidelity: float  # mean over the documents
+    results: list[DistillResult]
+
+    def figures(self, mb: float) -> dict[str, float]:
+        n = len(self.results)
+        return {"seconds": round(self.seconds, 4), "docs_per_s": round(n / self.seconds, 2),
+                "mb_per_s": round(mb / self.seconds, 3), "fidelity": round(self.fidelity, 5)}
+
+
+def _run(docs: list[SynthDoc], alignment: str, repeat: int) -> _Run:
     seconds, results = _best(repeat, lambda: [distill(d.raw, d.expert, alignment=alignment) for d in docs])
-    mb = sum(len(d.raw) for d in docs) / 1e6
-    return {
-        "seconds": round(seconds, 4),
-        "docs_per_s": round(len(docs) / seconds, 2),
-        "mb_per_s": round(mb / seconds, 3),
-        "fidelity": round(fmean(r.stats.fidelity for r in results), 5),
-    }, results
+    return _Run(seconds, fmean(r.stats.fidelity for r in results), results)
 
 
 def _align_seconds(docs: list[SynthDoc], alignment: str, repeat: int) -> float:
@@ -108,32 +120,38 @@ def _align_seconds(docs: list[SynthDoc], alignment: str, repeat: int) -> float:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m refinex_spark.bench core")
     ap.add_argument("--quick", action="store_true", help="a few docs per bucket, one repeat (for tests)")
-    ap.add_argument("--repeat", type=int, default=None, help="timing repeats (default 2, 1 with --quick)")
+    ap.add_argument("--repeat", type=_at_least_one, default=None, help="timing repeats (default 2, 1 with --quick)")
     args = ap.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 2)
     counts = QUICK_DOCS if args.quick else DOCS
 
+    # Untimed, once per mode: the process's first distill pays for what later ones find ready.
+    warm = generate_doc(0, BUCKETS["2kB"])
+    for alignment in ("hierarchical", "flat"):
+        distill(warm.raw, warm.expert, alignment=alignment)
     buckets: dict[str, Any] = {}
+    exact: dict[str, tuple[float, float]] = {}  # (speedup, fidelity loss) unrounded: what the targets judge
     distilled: list[tuple[SynthDoc, DistillResult]] = []
     for bucket, chars in BUCKETS.items():
         docs = _docs(bucket, chars, counts[bucket])
-        hier, results = _run(docs, "hierarchical", repeat)
-        flat, _ = _run(docs, "flat", repeat)
-        distilled += zip(docs, results)
+        hier, flat = _run(docs, "hierarchical", repeat), _run(docs, "flat", repeat)
+        distilled += zip(docs, hier.results)
         hier_align = _align_seconds(docs, "hierarchical", repeat)
+        exact[bucket] = (flat.seconds / hier.seconds, flat.fidelity - hier.fidelity)
+        mb = sum(len(d.raw) for d in docs) / 1e6
         buckets[bucket] = {
             "docs": len(docs),
             "mean_chars": round(fmean(len(d.raw) for d in docs)),
-            "hierarchical": hier,
-            "flat": flat,
-            "speedup": round(flat["seconds"] / hier["seconds"], 2),
+            "hierarchical": hier.figures(mb),
+            "flat": flat.figures(mb),
+            "speedup": round(flat.seconds / hier.seconds, 2),
             "alignment_only_speedup": round(_align_seconds(docs, "flat", repeat) / hier_align, 2),
             # What the speedup would be if the hierarchical alignment took no time at all: the bound
             # that the steps after it (ops, chunk programs, execution, fidelity, samples) put on it.
             # None when the two separately timed figures leave nothing to divide by (noise).
-            "speedup_with_free_alignment": (round(flat["seconds"] / (hier["seconds"] - hier_align), 2)
-                                            if hier["seconds"] > hier_align else None),
-            "fidelity_diff": round(hier["fidelity"] - flat["fidelity"], 5),
+            "speedup_with_free_alignment": (round(flat.seconds / (hier.seconds - hier_align), 2)
+                                            if hier.seconds > hier_align else None),
+            "fidelity_diff": round(hier.fidelity - flat.fidelity, 5),
         }
 
     big = generate_doc(7, 1_000_000)
@@ -180,10 +198,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "targets": dict(TARGETS),
     }
     report["pass"] = {
-        **{f"speedup_{b}_at_least": buckets[b]["speedup"] >= TARGETS[f"speedup_{b}_at_least"]
-           for b in TARGET_BUCKETS},
-        **{f"fidelity_loss_{b}_at_most": -buckets[b]["fidelity_diff"] <= TARGETS[f"fidelity_loss_{b}_at_most"]
-           for b in TARGET_BUCKETS},
+        **{f"speedup_{b}_at_least": exact[b][0] >= TARGETS[f"speedup_{b}_at_least"] for b in TARGET_BUCKETS},
+        **{f"fidelity_loss_{b}_at_most": exact[b][1] <= TARGETS[f"fidelity_loss_{b}_at_most"] for b in TARGET_BUCKETS},
         "large_doc_seconds_below": large_s < TARGETS["large_doc_seconds_below"],
         "chunk_10k_lines_seconds_below": chunk_s < TARGETS["chunk_10k_lines_seconds_below"],
         "apply_program_mb_per_s_at_least": apply_mb / apply_s >= TARGETS["apply_program_mb_per_s_at_least"],
