@@ -11,11 +11,13 @@ import math
 import pickle
 import random
 import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from unittest.mock import patch
 
 import pytest
@@ -580,3 +582,43 @@ def test_openai_backend_unreachable() -> None:
         OpenAIBackend(config).generate(["x"])
     with pytest.raises(ValueError, match="base_url"):
         OpenAIBackend(ModelConfig(backend="openai"))
+
+
+def test_vllm_backend_hands_vllm_the_token_ids_training_used(chaotic_model: Path, samples, template: str,
+                                                             monkeypatch) -> None:
+    """vLLM encodes a text prompt with the tokenizer's special tokens (a BOS for Llama-like tokenizers,
+    a second one after a chat template's); training and the hf backend do not. So the backend hands
+    vLLM token ids. vLLM needs a GPU: a stand-in records what its `LLM.generate` is given."""
+    from tokenizers.processors import TemplateProcessing
+
+    from refinex_spark.model.backends import VLLMBackend
+
+    tokenizer = AutoTokenizer.from_pretrained(chaotic_model)
+    bos = tokenizer.bos_token
+    tokenizer._tokenizer.post_processor = TemplateProcessing(  # a tokenizer that adds a BOS, as Llama's does
+        single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)])
+    chunks = [chunk for chunk, _ in samples[:4]]
+    prompts = [build_prompt(tokenizer, template, chunk) for chunk in chunks]
+    assert tokenizer(prompts[0])["input_ids"][0] == tokenizer.bos_token_id
+
+    class StandIn:
+        seen: list = []
+
+        def get_tokenizer(self):  # type: ignore[no-untyped-def]
+            return tokenizer
+
+        def generate(self, inputs, sampling, use_tqdm=False):  # type: ignore[no-untyped-def]
+            self.seen += inputs
+            done = SimpleNamespace(outputs=[SimpleNamespace(text="keep_all()", token_ids=[1, 2])])
+            return [SimpleNamespace(prompt_token_ids=i["prompt_token_ids"], **vars(done)) for i in inputs]
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(
+        LLM=None, SamplingParams=lambda temperature, max_tokens: SimpleNamespace(max_tokens=max_tokens)))
+    engine = StandIn()
+    backend = VLLMBackend(str(chaotic_model), ModelConfig(max_new_tokens=12), _llm=engine)
+    assert backend.generate(prompts) == ["keep_all()"] * len(prompts)
+    trained = [encode_sample(tokenizer, template, chunk, "keep_all()", 1 << 16) for chunk in chunks]
+    trained_prompts = [[t for t, label in zip(s["input_ids"], s["labels"]) if label == IGNORE_INDEX] for s in trained]
+    assert [i["prompt_token_ids"] for i in engine.seen] == trained_prompts
+    assert trained_prompts[0][0] != tokenizer.bos_token_id
+    assert backend.stats.input_tokens == sum(map(len, trained_prompts))

@@ -92,14 +92,19 @@ def fingerprint(config: Config, revision: str | None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _bind_gpu() -> None:
+def _bind_gpu(backend: str) -> None:
     """Use the GPU Spark assigned to this task (cluster mode with GPU scheduling)."""
     ctx = TaskContext.get()
     gpus = ctx.resources().get("gpu") if ctx is not None else None
     if gpus is not None and gpus.addresses:
         import torch
 
-        torch.cuda.set_device(int(gpus.addresses[0]))
+        if backend != "vllm":
+            torch.cuda.set_device(int(gpus.addresses[0]))
+        elif not torch.cuda.is_initialized():
+            # vLLM's engine is a process of its own, on the first device it can see: it is shown this
+            # one only (before this worker's first engine starts; the cached engine keeps its GPU).
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus.addresses[0]
 
 
 def format_progress(counts: dict[str, int], total_docs: int, elapsed_s: float) -> str:
@@ -113,7 +118,7 @@ def format_progress(counts: dict[str, int], total_docs: int, elapsed_s: float) -
 
 def _refine_rows(config: Config, template: str, revision: str | None, progress: Accumulator | None) -> RowsFn:
     def run(docs: list[dict]) -> list[dict]:
-        _bind_gpu()
+        _bind_gpu(config.model.backend)
         backend = cache.get_backend(config.model, revision)  # loaded once per Python worker and revision
         stats = BatchStats()
         rows = refine_batch([(d["doc_id"], d["text"], d["text_hash"]) for d in docs], backend, template, config, stats)

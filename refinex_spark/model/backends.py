@@ -205,7 +205,10 @@ class VLLMBackend:
 
     def generate(self, prompts: list[str]) -> list[str]:
         started = time.perf_counter()
-        results = self.llm.generate(prompts, self.sampling, use_tqdm=False)
+        # Token ids, encoded as training and the hf backend encode them: given text, vLLM would add the
+        # tokenizer's special tokens (a BOS the model never saw, or a second one after the template's).
+        encoded = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        results = self.llm.generate(encoded, self.sampling, use_tqdm=False)
         self.stats.prompts += len(prompts)
         self.stats.input_tokens += sum(len(r.prompt_token_ids or ()) for r in results)
         self.stats.output_tokens += sum(len(r.outputs[0].token_ids) for r in results)
