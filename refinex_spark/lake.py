@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import unquote
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
@@ -38,6 +39,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from .config import LakeConfig, lake_path_problem
+from .readers import resolve
 from .schemas import TABLES, TableSpec
 from .spark_session import DELTA_PACKAGE, delta_classes_available, spark_master
 
@@ -292,7 +294,11 @@ class _DeltaRsEngine:
         self.retention_ms = int(staging_retention_hours * 3_600_000)
         self.started_ms = int(time.time() * 1000)
         self._swept: set[str] = set()  # tables whose leftovers from before this run are removed
-        self.fs, self.fs_root = (pafs.LocalFileSystem(), root) if is_local(root) else pafs.FileSystem.from_uri(root)
+        try:
+            self.fs, self.fs_root = (pafs.LocalFileSystem(), root) if is_local(root) else resolve(root)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise LakeError(f"lake.path {root}: the delta-rs engine cannot reach it ({e}); where the Delta jars "
+                            "are (Databricks, --packages), lake.engine auto or spark writes through Spark") from e
 
     def location(self, spec: TableSpec) -> str:
         return f"{self.root}/{spec.name}"

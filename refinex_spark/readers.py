@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -227,9 +228,16 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")  # s3://, dbfs:/, file:/; not C:/ nor data:2024/x
+
+
 def resolve(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
+    """The pyarrow file system of a local path or storage URI, and the path on it. Hadoop's S3 schemes
+    (s3a://, s3n://, as Spark clusters spell S3) are pyarrow's s3://."""
+    uri = _URI.match(path)
+    if uri:
+        hadoop_s3 = uri.group(1).lower() in ("s3a", "s3n")
+        return pafs.FileSystem.from_uri(f"s3{path[len(uri.group(1)):]}" if hadoop_s3 else path)
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 

@@ -110,6 +110,12 @@ def test_forcing_the_spark_engine_without_the_jars_is_a_clear_error(spark, tmp_p
     assert DELTA_PACKAGE in str(err.value)
 
 
+def test_a_lake_the_delta_rs_engine_cannot_reach_is_a_clear_error(spark):
+    config = LakeConfig(path="dbfs:/mnt/lake", engine="delta-rs")
+    with pytest.raises(LakeError, match=r"lake.path dbfs:/mnt/lake: the delta-rs engine cannot reach it .*lake.engine"):
+        Lake(spark, config)
+
+
 def test_catalog_tables_need_the_spark_engine(spark, tmp_path):
     with pytest.raises(LakeError, match="catalog_schema=main.refinex needs the spark engine"):
         Lake(spark, LakeConfig(path=str(tmp_path), catalog_schema="main.refinex"))

@@ -6,6 +6,7 @@ import bz2
 import codecs
 import gzip
 import json
+import os
 import re
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from refinex_spark.config import IngestConfig
 from refinex_spark import readers
 from refinex_spark.readers import (REJECT_REASONS, WHOLE, Split, _remote_name, detect_format, list_input_files,
-                                   plan_splits, read_file, text_hash)
+                                   plan_splits, read_file, resolve, text_hash)
 
 BAD_LINES = [
     (b'{"id": "m", "text": "unterminated', "malformed_json"),
@@ -368,3 +369,20 @@ def test_local_files_have_one_spelling(tmp_path, monkeypatch):
     for spelling in [real, f"file://{real}", "data/a.jsonl", "current/a.jsonl", "./current/../data/a.jsonl"]:
         assert list_input_files([spelling]) == {real: 3}, spelling
     assert list_input_files([f"file://{tmp_path}/current"]) == {real: 3, str(data.resolve() / "link.jsonl"): 3}
+
+
+@pytest.mark.parametrize("uri, fs_type, path", [
+    ("s3a://bucket/raw/a.jsonl?region=us-east-1", "s3", "bucket/raw/a.jsonl"),  # Hadoop's spelling of S3
+    ("S3N://bucket/raw?region=us-east-1", "s3", "bucket/raw"),
+    ("file:///data/raw", "local", "/data/raw"),
+    ("file:/data/raw", "local", "/data/raw"),
+])
+def test_resolve_takes_the_uris_spark_clusters_use(uri, fs_type, path):
+    fs, where = resolve(uri)
+    assert (fs.type_name, where) == (fs_type, path)
+
+
+def test_resolve_refuses_a_scheme_it_cannot_read_rather_than_taking_it_for_a_local_name():
+    with pytest.raises(pa.ArrowInvalid, match="dbfs"):
+        resolve("dbfs:/mnt/raw")
+    assert resolve("data:2024/raw")[1] == os.path.abspath("data:2024/raw")  # no slash after the colon: a name
