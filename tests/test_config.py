@@ -160,10 +160,10 @@ def test_yaml_reads_as_people_now_write_it(tmp_path):
 
 
 @pytest.mark.parametrize("item, value", [
-    ("lake.path=/data/my lake #1", "/data/my lake #1"),  # YAML would have cut it to '/data/my lake'
+    ("train.output_dir=/data/my model #1", "/data/my model #1"),  # YAML would have cut it to '/data/my model'
     ("ingest.source_field=#src", "#src"),  # YAML would have read a comment only: null
-    ("lake.path='/data/a #b'", "/data/a #b"),  # quoted: no comment, YAML's reading is kept
-    ("lake.path=/data/a#b", "/data/a#b"),  # no space before '#': never a comment
+    ("train.output_dir='/data/a #b'", "/data/a #b"),  # quoted: no comment, YAML's reading is kept
+    ("train.output_dir=/data/a#b", "/data/a#b"),  # no space before '#': never a comment
 ])
 def test_set_keeps_hash_text(item, value):
     key = item.partition("=")[0].split(".")
