@@ -44,9 +44,11 @@ from .schemas import TABLES, TableSpec
 from .spark_session import DELTA_PACKAGE, delta_classes_available, spark_master
 
 Engine = Literal["spark", "delta-rs"]
-# Set on every table the delta-rs engine creates; the spark engine's get them from the session default
-# `Lake` sets. Column mapping is off unless asked for, in both.
+# Set on every table either engine creates. Column mapping is off unless asked for, in both.
 TABLE_PROPERTIES = {"delta.enableDeletionVectors": "false"}
+# Set by the spark engine's CREATE, a commit of its own without an app transaction: the table's app
+# transactions are then one version behind its commits (see `_SparkEngine.last_transaction`).
+CREATED_EMPTY = "refinex.createdEmpty"
 # A URI: a scheme of 2+ characters ("C:" is a drive) and a slash, as in dbfs:/ or s3://; "file:" whatever
 # follows. Anything else with a colon (data:2024/lake) is a relative path.
 _SCHEME = re.compile(r"^(file|[A-Za-z][A-Za-z0-9+.-]+(?=:/)):", re.IGNORECASE)
@@ -161,9 +163,6 @@ class Lake:
         root = None if catalog else resolve_root(config.path, spark_master(spark))
         self.root = root or config.catalog_schema  # where the tables are, for messages and reports
         if self.engine == "spark":
-            # The tables it creates take their properties from the session's defaults (get_spark sets
-            # this, a caller-built session may not have).
-            spark.conf.set("spark.databricks.delta.properties.defaults.enableDeletionVectors", "false")
             self._engine = _SparkEngine(spark, root, config.catalog_schema)
         else:
             # Spark's default INT96 Parquet timestamps are not a type delta-rs accepts for `timestamp`;
@@ -262,9 +261,8 @@ def _conform(df: DataFrame, spec: TableSpec) -> DataFrame:
     if missing or extra:
         raise LakeError(f"{spec.name}: columns do not match the declared schema "
                         f"(missing {missing}, unexpected {extra})")
-    # With the declared comments: the spark engine's first append creates the table from this schema.
-    return df.select(*[(F.col(f.name) if have[f.name] == f.dataType else F.col(f.name).cast(f.dataType))
-                       .alias(f.name, metadata=f.metadata) for f in declared.fields])
+    return df.select(*[F.col(f.name) if have[f.name] == f.dataType else F.col(f.name).cast(f.dataType).alias(f.name)
+                       for f in declared.fields])
 
 
 def _columns_to_add(have: DeltaSchema, declared: DeltaSchema) -> list[Any] | None:
@@ -531,6 +529,7 @@ class _SparkEngine:
         self.spark = spark
         self.root = root
         self.catalog_schema = catalog_schema
+        self._created_empty: dict[str, bool] = {}  # per table: whether its version 0 is our CREATE
 
     def location(self, spec: TableSpec) -> str:
         return f"{self.catalog_schema}.{spec.name}" if self.catalog_schema else f"{self.root}/{spec.name}"
@@ -555,9 +554,13 @@ class _SparkEngine:
         return int(self._delta_table(spec).history(1).select("version").head()[0])
 
     def last_transaction(self, spec: TableSpec, app_id: str, version: int) -> int | None:
-        # delta-spark's Python API does not show app transactions. The table version stands in: no app
-        # transaction of ours is above it, but a commit without one (OPTIMIZE, auto-compaction) moves it on.
-        return version
+        # delta-spark's Python API does not show app transactions. The table version stands in, less its
+        # own CREATE commit (each later commit of ours carries the next one): no app transaction of ours
+        # is above it, but a commit without one (OPTIMIZE, auto-compaction) moves it on.
+        if spec.name not in self._created_empty:
+            properties = self._delta_table(spec).detail().select("properties").head()[0] or {}
+            self._created_empty[spec.name] = properties.get(CREATED_EMPTY) == "true"
+        return version - 1 if self._created_empty[spec.name] else version
 
     def read(self, spec: TableSpec, version: int | None, session: SparkSession) -> DataFrame | None:
         if not self.exists(spec):
@@ -586,24 +589,48 @@ class _SparkEngine:
         return [_history_entry(r["version"], r["timestamp"].astimezone(timezone.utc), r["operation"],
                                r["userMetadata"], r["operationMetrics"]) for r in rows]
 
+    def _create_if_missing(self, spec: TableSpec) -> None:
+        from delta.tables import DeltaTable as SparkDeltaTable
+
+        builder = SparkDeltaTable.createIfNotExists(self.spark)
+        if self.catalog_schema:
+            # catalog_schema is validated as `schema` or `catalog.schema` identifiers (config.py).
+            self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {self.catalog_schema}")
+            builder = builder.tableName(self.location(spec))
+        else:
+            builder = builder.location(spark_path(self.location(spec)))
+        # The declared schema, NOT NULL columns and comments included (a table created by a first write
+        # would have every column nullable, and delta-rs would then refuse it as another schema).
+        builder = builder.addColumns(spec.spark_schema()).comment(spec.doc)
+        if spec.partition_by:
+            builder = builder.partitionedBy(*spec.partition_by)
+        for key, value in {**TABLE_PROPERTIES, CREATED_EMPTY: "true"}.items():
+            builder = builder.property(key, value)
+        builder.execute()
+
+    def _columns_to_add(self, spec: TableSpec) -> bool:
+        """Whether the table lacks declared columns at its end (added since it was created), which the
+        append then adds; any other difference from the declared columns is refused, as on delta-rs."""
+        have = [(f.name, f.dataType.simpleString()) for f in self._delta_table(spec).toDF().schema.fields]
+        declared = [(f.name, f.dataType.simpleString()) for f in spec.spark_schema().fields]
+        if declared[:len(have)] != have or not all(c.nullable for c in spec.fields[len(have):]):
+            raise LakeError(f"{spec.name} at {self.location(spec)} has a schema other than the declared one "
+                            f"(columns {', '.join(n for n, _ in have)}; declared {', '.join(spec.column_names)}); "
+                            "nothing was committed")
+        return len(have) < len(declared)
+
     def append(self, spec: TableSpec, df: DataFrame, *, run_id: str, user_metadata: str, txn_app_id: str,
                txn_version: int) -> tuple[int | None, int, str]:
         # No df.isEmpty() first: it would compute df twice (a second read and shuffle, a wasted GPU batch).
         # An empty df is then an empty commit, which still records the app transaction.
-        # The first append creates the table (no CREATE commit of its own, which would carry no app
-        # transaction and so put every later one a version behind: `last_transaction`'s stand-in);
-        # deletion vectors stay off by the session default `Lake` sets, comments come with the columns.
-        if self.catalog_schema:
-            # catalog_schema is validated as `schema` or `catalog.schema` identifiers (config.py).
-            self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {self.catalog_schema}")
+        self._create_if_missing(spec)
         before = self.version(spec)
-        # mergeSchema: df has the declared columns (`_conform`), so the only merge there can be is adding
-        # the columns declared since the table was created, at its end, as delta-rs' engine does.
         writer = (df.write.format("delta").mode("append")
                   .option("txnAppId", txn_app_id).option("txnVersion", str(txn_version))
-                  .option("userMetadata", user_metadata).option("mergeSchema", "true"))
-        if spec.partition_by:
-            writer = writer.partitionBy(*spec.partition_by)
+                  .option("userMetadata", user_metadata))
+        if self._columns_to_add(spec):
+            # Delta adds them at the end of the table, where the declaration has them (`schemas._table`).
+            writer = writer.option("mergeSchema", "true")
         from delta.exceptions import ConcurrentTransactionException  # importing it maps the JVM's to it
 
         try:
