@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from refinex_spark.config import Config, ModelConfig, load_config
-from refinex_spark.jobs import refine, train
+from refinex_spark.jobs import distill, refine, train
 from refinex_spark.lake import Lake
 from refinex_spark.model.backends import HFBackend
 from refinex_spark.model.revision import hub_commit, hub_pin
@@ -181,6 +181,12 @@ def test_train_fine_tunes_the_pinned_commit_of_a_hub_base_and_records_it(spark, 
     assert card["refinex"]["train_config"]["base_revision"] == V1
     again = train.run(RunContext(config, spark, Lake(spark, config.lake), StageStats("train", new_run_id("train"))))
     assert again["already_trained"] and "collect" not in again["seconds"]  # finished: not redone, nothing read
+    # Samples of other distill settings land in the table: this fingerprint's did not change, nor does the run.
+    other = config.model_copy(update={"distill": config.distill.model_copy(update={"max_ops_per_chunk": 3})})
+    ctx = RunContext(other, spark, Lake(spark, other.lake), StageStats("distill", new_run_id("distill")))
+    assert distill.run(ctx)["counts"]["docs"] > 0
+    again = train.run(RunContext(config, spark, Lake(spark, config.lake), StageStats("train", new_run_id("train"))))
+    assert again["already_trained"]
     # main moves on: the finished V1 run is replaced by a run on the new commit, not resumed
     _publish(hub, "acme/base", V2, Path(demo_lake.model.path), "main")
     newer = train.run(RunContext(config, spark, Lake(spark, config.lake), StageStats("train", new_run_id("train"))))

@@ -40,6 +40,7 @@ from refinex_spark.model.train import (
     CHECKPOINTS,
     DONE,
     RUN_IDENTITY,
+    _mean_logged_loss,
     prior_run,
     IGNORE_INDEX,
     _encode_all,
@@ -244,8 +245,25 @@ def test_resume_refuses_another_runs_checkpoints(unfinished: Path, base_model: P
         train_model(Unread(samples), TRAIN, TRAIN_TEMPLATE, unfinished, base=str(base_model), data_version=8,
                     fingerprint="fp-test")
     identity = json.loads((unfinished / CHECKPOINTS / RUN_IDENTITY).read_text())
-    assert prior_run(unfinished, {**identity, "data_version": 8}, resume=False) == "fresh"
     assert prior_run(unfinished, identity) == "resume"
+    # A run whose newest checkpoint is its last step finished (an earlier release wrote no done.json):
+    # another run replaces it.
+    last = unfinished / CHECKPOINTS / "checkpoint-10"
+    last.mkdir()
+    (last / "trainer_state.json").write_text(json.dumps({"global_step": 10, "max_steps": 10}))
+    assert prior_run(unfinished, {**identity, "data_version": 8}) == "fresh"
+    (last / "trainer_state.json").write_text(json.dumps({"global_step": 9, "max_steps": 10}))
+    with pytest.raises(ValueError, match="did not finish"):
+        prior_run(unfinished, {**identity, "data_version": 8})
+
+
+def test_mean_logged_loss_weighs_each_log_by_the_steps_it_covers() -> None:
+    """Logs every 5 steps, a checkpoint at 7, resumed there: the first log after it covers steps 8-10,
+    and steps 6-7 went unlogged (the Trainer's own mean would divide the resumed steps' sum by 15)."""
+    history = [{"step": 5, "loss": 3.0}, {"step": 10, "loss": 2.0}, {"step": 15, "loss": 1.0}, {"step": 15}]
+    assert _mean_logged_loss(history, resumed_from=7) == pytest.approx((3.0 * 5 + 2.0 * 3 + 1.0 * 5) / 13)
+    assert _mean_logged_loss(history) == pytest.approx(2.0)
+    assert _mean_logged_loss([{"step": 3}]) is None
 
 
 def test_model_card_records_the_run(trained: Trained, base_model: Path) -> None:

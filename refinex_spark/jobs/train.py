@@ -25,7 +25,7 @@ from ..model.prompt import load_template
 from ..model.revision import hub_pin
 from ..model.sample_file import write_sample_file
 from ..model.tiny import build_tiny_model
-from ..model.train import prior_run, read_model_card, run_identity, train_model
+from ..model.train import finish_checkpoints, prior_run, read_model_card, run_identity, train_model
 from ..runtime import RunContext
 from ..spark_session import spark_master
 from .distill import kept_current, no_kept_samples
@@ -48,12 +48,14 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False, fre
                # A hub base is pinned to one commit for every training process (and the model card).
                base_revision=None if init_tiny else hub_pin(config.train.base, config.train.base_revision,
                                                             ("train.base", "train.base_revision")),
-               data_version=ctx.read_versions["distill_samples"], fingerprint=fingerprint,
+               data_version=samples_version(ctx, fingerprint), fingerprint=fingerprint,
                prompt_version=config.model.prompt_version)
     stats.info.update(output_dir=str(out), base=run["base"], base_revision=run["base_revision"])
     # Before the samples are collected: a finished run is not redone, an unfinished other one is refused.
     identity = run_identity(config.train, template=template, world_size=n_processes, **run)
-    if prior_run(out, identity, resume=not fresh) == "trained":
+    state = prior_run(out, identity, resume=not fresh)
+    if state == "trained":
+        finish_checkpoints(out, identity)  # what a crash after marking it done left
         stats.info.update(already_trained=True, metrics=read_model_card(out)["refinex"]["metrics"])
         return stats.as_dict()
     with stats.timer("collect"):
@@ -67,7 +69,7 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False, fre
         if init_tiny:
             with stats.timer("init_tiny"):
                 build_tiny_model(tiny_base, chain([template], chain.from_iterable(samples)), seed=config.train.seed)
-        kwargs = dict(run, resume=not fresh, max_new_tokens=config.model.max_new_tokens)
+        kwargs = dict(run, state=state, max_new_tokens=config.model.max_new_tokens)
         with stats.timer("train"):
             if distributed:
                 from pyspark.ml.torch.distributor import TorchDistributor
@@ -81,6 +83,19 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False, fre
         os.remove(samples.path)
     stats.info.update(metrics=result.metrics)
     return stats.as_dict()
+
+
+def samples_version(ctx: RunContext, fingerprint: str) -> int | None:
+    """The `distill_samples` version at which the fingerprint's samples last changed, at or before the
+    one this run read: what the model is trained on, whatever else the table took since (other
+    fingerprints' samples, empty commits, a column added), so none of that makes a finished run new."""
+    pinned = ctx.read_versions["distill_samples"]
+    for commit in ctx.lake.history("distill_samples"):  # newest first
+        metadata = commit["user_metadata"]
+        if (pinned is not None and commit["version"] <= pinned and isinstance(metadata, dict)
+                and metadata.get("fingerprint") == fingerprint and (commit["rows_added"] or 0) > 0):
+            return commit["version"]
+    return pinned  # a log cleaned up past it: the version read
 
 
 def processes(train: TrainConfig, master: str, conf: Callable[[str, str], str]) -> int:

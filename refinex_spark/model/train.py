@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from refinex_spark.config import ModelConfig, TrainConfig
@@ -182,14 +183,16 @@ def evaluate_model(model_dir: Path | str, samples: Sequence[tuple[str, str]], te
     return evaluate_programs(backend, samples, template)
 
 
-def _mean_logged_loss(log_history: list[dict[str, Any]]) -> float | None:
+def _mean_logged_loss(log_history: list[dict[str, Any]], resumed_from: int = 0) -> float | None:
     """Mean training loss over the logged steps, a resumed run's earlier ones included (the Trainer's
     own `training_loss` averages only the steps since the resume, over all of them). Each log entry's
-    loss is the mean since the previous entry."""
+    loss is the mean since the previous entry, or since the resume for the first one after it."""
     total = steps = 0.0
     previous = 0
     for entry in log_history:
         if "loss" in entry:
+            if previous < resumed_from < entry["step"]:
+                previous = resumed_from  # the steps between the last log and the checkpoint went unlogged
             total += entry["loss"] * (entry["step"] - previous)
             steps += entry["step"] - previous
             previous = entry["step"]
@@ -229,6 +232,8 @@ def prior_run(output_dir: Path | str, identity: dict[str, Any], resume: bool = T
     if not marker.exists():
         return "fresh"
     previous = json.loads(marker.read_text())
+    if previous != identity and _reached_its_end(ckpt_dir):
+        return "fresh"  # finished before done.json was written (an earlier release): replaced
     if previous != identity:
         raise ValueError(
             f"checkpoints in {ckpt_dir} belong to another run that did not finish ({previous} != {identity}): "
@@ -236,6 +241,15 @@ def prior_run(output_dir: Path | str, identity: dict[str, Any], resume: bool = T
             f"delete {ckpt_dir})"
         )
     return "resume"
+
+
+def _reached_its_end(ckpt_dir: Path) -> bool:
+    """Whether the newest checkpoint is a run's last step."""
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if last is None:
+        return False
+    state = json.loads((Path(last) / TRAINER_STATE_NAME).read_text())
+    return state["global_step"] >= state["max_steps"]
 
 
 def _prepare_checkpoints(ckpt_dir: Path, identity: dict[str, Any], state: str, *, owner: bool) -> None:
@@ -249,9 +263,11 @@ def _prepare_checkpoints(ckpt_dir: Path, identity: dict[str, Any], state: str, *
     (ckpt_dir / RUN_IDENTITY).write_text(json.dumps(identity, sort_keys=True))
 
 
-def _finish_checkpoints(ckpt_dir: Path, identity: dict[str, Any]) -> None:
+def finish_checkpoints(output_dir: Path | str, identity: dict[str, Any]) -> None:
     """Once the model and its card are written: the run is marked done, then its checkpoints (optimizer
-    state, several times the model's size) go; a crash between the two leaves them for the next call."""
+    state, several times the model's size) go; a crash between the two leaves them for the next call
+    that finds the run "trained"."""
+    ckpt_dir = Path(output_dir) / CHECKPOINTS
     (ckpt_dir / DONE).write_text(json.dumps(identity, sort_keys=True))
     for checkpoint in ckpt_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)
@@ -328,6 +344,7 @@ def train_model(
     callbacks: Sequence[Any] = (),
     groups: Sequence[str] | None = None,
     max_new_tokens: int | None = None,
+    state: str | None = None,
 ) -> TrainResult:
     """Fine-tune `base` (default `config.base`; a hub id at commit `base_revision`) on
     (chunk_text, program) samples.
@@ -340,7 +357,8 @@ def train_model(
 
     Checkpoints go to `output_dir/checkpoints` every `config.save_steps` optimizer steps; with
     `resume` the newest one of the same run (`run_identity`: base, data, fingerprint, prompt,
-    hyperparameters) is resumed, and a finished one is not trained again (`prior_run`). The final
+    hyperparameters) is resumed, and a finished one is not trained again (`prior_run`; `state`, when
+    the caller has decided it: every process of a distributed run then acts on the same decision). The final
     model, tokenizer and model card go to `output_dir`; the checkpoints are removed once it is there. `callbacks` are extra
     `TrainerCallback`s (progress reporting; tests use one to simulate preemption).
     """
@@ -355,10 +373,11 @@ def train_model(
     identity = run_identity(config, base=base, base_revision=base_revision, data_version=data_version,
                             fingerprint=fingerprint, prompt_version=prompt_version, template=template,
                             world_size=world_size)
-    state = prior_run(out, identity, resume)  # before any sample is read: a refusal costs nothing
+    if state is None:  # before any sample is read: a refusal costs nothing
+        state = prior_run(out, identity, resume)
     if state == "trained":
         if rank == 0:
-            _finish_checkpoints(ckpt_dir, identity)
+            finish_checkpoints(out, identity)
         return TrainResult(str(out), {**read_model_card(out)["refinex"]["metrics"], "already_trained": True})
 
     tokenizer = AutoTokenizer.from_pretrained(base, revision=base_revision)
@@ -385,6 +404,7 @@ def train_model(
 
     _prepare_checkpoints(ckpt_dir, identity, state, owner=rank == 0)
     last = get_last_checkpoint(str(ckpt_dir)) if state == "resume" and ckpt_dir.is_dir() else None
+    resumed_from = int(Path(last).name.rsplit("-", 1)[1]) if last else 0
 
     args = _training_args(config, ckpt_dir, len(rows), world_size, cuda)
     model = AutoModelForCausalLM.from_pretrained(base, revision=base_revision, dtype=torch.float32)
@@ -410,8 +430,8 @@ def train_model(
         "global_step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "completed": trainer.state.global_step >= trainer.state.max_steps,
-        "resumed_from_step": int(Path(last).name.rsplit("-", 1)[1]) if last else 0,
-        "train_loss": _mean_logged_loss(trainer.state.log_history),
+        "resumed_from_step": resumed_from,
+        "train_loss": _mean_logged_loss(trainer.state.log_history, resumed_from),
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
     }
@@ -445,5 +465,5 @@ def train_model(
         },
     )
     if metrics["completed"]:
-        _finish_checkpoints(ckpt_dir, identity)
+        finish_checkpoints(out, identity)
     return TrainResult(str(out), metrics)
