@@ -39,7 +39,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from .config import LakeConfig, lake_path_problem
-from .readers import resolve
+from .readers import URI_SCHEME, resolve
 from .schemas import TABLES, TableSpec
 from .spark_session import DELTA_PACKAGE, delta_classes_available, spark_master
 
@@ -49,9 +49,6 @@ TABLE_PROPERTIES = {"delta.enableDeletionVectors": "false"}
 # Set by the spark engine's CREATE, a commit of its own without an app transaction: the table's app
 # transactions are then one version behind its commits (see `_SparkEngine.last_transaction`).
 CREATED_EMPTY = "refinex.createdEmpty"
-# A URI: a scheme of 2+ characters ("C:" is a drive) and a slash, as in dbfs:/ or s3://; "file:" whatever
-# follows. Anything else with a colon (data:2024/lake) is a relative path.
-_SCHEME = re.compile(r"^(file|[A-Za-z][A-Za-z0-9+.-]+(?=:/)):", re.IGNORECASE)
 _STAGING_DIR = re.compile(r"^(\d{13})-[0-9a-f]{32}$")  # <start epoch ms>-<uuid>
 _TABLE_FILE = re.compile(r"^part-.+-((\d{13})-[0-9a-f]{32})-\d{5}\.snappy\.parquet$")  # part-<run>-<commit id>-<n>
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
@@ -81,7 +78,7 @@ def resolve_root(path: str, master: str = "local", what: str = "lake.path") -> s
     problem = lake_path_problem(path or "")
     if problem:
         raise LakeError(f"{what} {path!r} {problem}")
-    m = _SCHEME.match(path)
+    m = URI_SCHEME.match(path)
     if m and m.group(1).lower() != "file":
         return path.rstrip("/")  # s3://, abfss://, dbfs:/, hdfs://: the storage layer resolves these
     local = path
@@ -98,7 +95,7 @@ def resolve_root(path: str, master: str = "local", what: str = "lake.path") -> s
 
 
 def is_local(uri: str) -> bool:
-    return not _SCHEME.match(uri)
+    return not URI_SCHEME.match(uri)
 
 
 def spark_path(uri: str) -> str:

@@ -228,13 +228,15 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")  # s3://, dbfs:/, file:/; not C:/ nor data:2024/x
+# A storage URI's scheme: 2+ characters ("C:" is a drive) followed by a slash, as in dbfs:/ or s3://, or
+# "file:" whatever follows. Anything else with a colon (data:2024/raw) is a relative path.
+URI_SCHEME = re.compile(r"^(file|[A-Za-z][A-Za-z0-9+.-]+(?=:/)):", re.IGNORECASE)
 
 
 def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow file system of a local path or storage URI, and the path on it. Hadoop's S3 schemes
     (s3a://, s3n://, as Spark clusters spell S3) are pyarrow's s3://."""
-    uri = _URI.match(path)
+    uri = URI_SCHEME.match(path)
     if uri:
         hadoop_s3 = uri.group(1).lower() in ("s3a", "s3n")
         return pafs.FileSystem.from_uri(f"s3{path[len(uri.group(1)):]}" if hadoop_s3 else path)

@@ -386,3 +386,5 @@ def test_resolve_refuses_a_scheme_it_cannot_read_rather_than_taking_it_for_a_loc
     with pytest.raises(pa.ArrowInvalid, match="dbfs"):
         resolve("dbfs:/mnt/raw")
     assert resolve("data:2024/raw")[1] == os.path.abspath("data:2024/raw")  # no slash after the colon: a name
+    with pytest.raises(pa.ArrowInvalid, match="relative"):
+        resolve("file:data")  # as the lake refuses it: a file URI is absolute
