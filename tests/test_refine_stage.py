@@ -182,3 +182,29 @@ def test_a_missing_model_directory_is_not_taken_for_a_hub_id(tmp_path, monkeypat
     (tmp_path / "models" / "refine-v1" / "config.json").write_text("{}")
     with pytest.raises(ValueError, match=r"'models/refine' is no directory, and ./models/ here holds models"):
         refine.check_model(config)
+
+
+def test_a_model_is_prompted_as_it_was_trained(tmp_path):
+    """The model card names the prompt version and template the model was trained on: refine refuses
+    another (its programs would answer a prompt the model never saw); a model without our card passes."""
+    from refinex_spark.model.prompt import PROMPT_VERSION, load_template, template_digest
+    from refinex_spark.model.train import write_model_card
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    config = load_config(overrides=[f"model.path={model_dir}"])
+    refine.check_model(config)  # no card: a model trained elsewhere
+    (model_dir / "README.md").write_text("# a model\n\nno front matter here\n")
+    refine.check_model(config)
+
+    def card(digest: str) -> None:
+        metrics = {"n_train": 1, "n_eval": 0}
+        write_model_card(model_dir, {"base_model": "b", "refinex": {
+            "prompt_version": PROMPT_VERSION, "template_digest": digest, "data_version": 0, "metrics": metrics}})
+
+    card(template_digest(load_template(PROMPT_VERSION)))
+    refine.check_model(config)
+    card("0123456789abcdef")  # the template file was edited since training
+    with pytest.raises(ValueError, match=rf"trained on prompt {PROMPT_VERSION} \(template 0123456789abcdef\)"):
+        refine.check_model(config)

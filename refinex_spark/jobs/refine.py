@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from contextlib import nullcontext
 
+import yaml
 from pyspark import TaskContext
 from pyspark.accumulators import Accumulator
 from pyspark.sql import functions as F
@@ -24,7 +25,7 @@ from pyspark.sql import functions as F
 from ..config import Config, ModelConfig
 from ..lake import CommitInfo
 from ..model import cache
-from ..model.prompt import load_template
+from ..model.prompt import load_template, template_digest
 from ..model.revision import HUB_ID, hub_pin, model_revision
 from ..refine import STATUSES, BatchStats, refine_batch
 from ..runtime import RunContext
@@ -52,12 +53,35 @@ def check_model(config: Config) -> None:
         if not os.path.isfile(os.path.join(m.path, "config.json")):
             raise ValueError(f"model.path {m.path} holds no model (no config.json): run `refinex-spark train` "
                              "first, or point model.path at a model directory")
+        _check_trained_prompt(m.path, m.prompt_version)
     elif not HUB_ID.fullmatch(m.path):
         raise ValueError(f"model.path {m.path!r} is no directory and no hub id (org/name): run `refinex-spark "
                          "train` first, or point model.path at a model directory")
     elif _holds_models(org := m.path.split("/")[0]):  # models/refine next to ./models/other: a mistyped path
         raise ValueError(f"model.path {m.path!r} is no directory, and ./{org}/ here holds models, so it is no "
                          "hub id either: run `refinex-spark train` first, or fix the path")
+
+
+def _check_trained_prompt(model_dir: str, prompt_version: str) -> None:
+    """Refuse a prompt other than the one the model card says the model was trained on: its programs
+    would be of a prompt it never saw. A model without a refinex card (ProX's, a hub model) passes."""
+    from ..model.train import CARD, read_model_card
+
+    if not os.path.isfile(os.path.join(model_dir, CARD)):
+        return
+    try:
+        trained = read_model_card(model_dir).get("refinex") or {}
+    except (ValueError, AttributeError, yaml.YAMLError):
+        return  # a README that is no model card of ours
+    if "prompt_version" not in trained:
+        return
+    digest = template_digest(load_template(prompt_version))
+    if (trained["prompt_version"], trained.get("template_digest", digest)) != (prompt_version, digest):
+        raise ValueError(
+            f"model.path {model_dir} was trained on prompt {trained['prompt_version']} (template "
+            f"{trained.get('template_digest')}), but refine would prompt it with {prompt_version} (template "
+            f"{digest}): set model.prompt_version to {trained['prompt_version']} with its template file as it "
+            "was, or train the model on this prompt")
 
 
 def _holds_models(directory: str) -> bool:
