@@ -82,7 +82,10 @@ def test_run_over_run_compares_with_the_lake_before_the_last_run() -> None:
     commit = lambda version, run: {"version": version, "user_metadata": {"run_id": run} if run else "by hand"}  # noqa: E731
     # refine commits a slice at a time: versions 7, 6 and 5 are one run's, 4 the one before it
     assert _before_last_run([commit(7, "r2"), commit(6, "r2"), commit(5, "r2"), commit(4, "r1")]) == 4
-    assert _before_last_run([commit(3, None), commit(2, "r1")]) == 2  # a commit of no run: the version before
+    # A commit of no run (VACUUM, OPTIMIZE) is no run of its own: the last run is still r1.
+    assert _before_last_run([commit(4, None), commit(3, None), commit(2, "r1"), commit(1, "r0")]) == 1
+    assert _before_last_run([commit(3, None), commit(2, "r1")]) is None
+    assert _before_last_run([commit(3, "r1"), commit(2, None), commit(1, "r0")]) == 2  # the same data as r0 left
     assert _before_last_run([commit(1, "r1"), commit(0, "r1")]) is None and _before_last_run([]) is None
 
 
@@ -285,3 +288,30 @@ def test_the_newest_distill_fingerprint_and_generation_are_picked(spark) -> None
     assert report_stage.generation(refined) == (None, 0)
     with pytest.raises(ValueError, match=r"model 'm' / fingerprint None \(generations: none\)"):
         report_stage.generation(refined, model_id="m")
+
+
+@pytest.mark.spark
+def test_a_vacuumed_previous_version_leaves_the_report_without_the_comparison(spark, audited_lake_config,
+                                                                               tmp_path) -> None:
+    """A delete (refine --retry-errors, say) then VACUUM removes the files the version before the last
+    run read: the report still renders, and says why the run-over-run figure is missing."""
+    import shutil
+
+    from deltalake import DeltaTable
+
+    lake_dir = tmp_path / "lake"
+    shutil.copytree(audited_lake_config.lake.path, lake_dir)
+    config = audited_lake_config.model_copy(update={"lake": audited_lake_config.lake.model_copy(
+        update={"path": str(lake_dir)})})
+    ctx = context(spark, config, "report")
+    doc = ctx.lake.read("refined_docs").first()["doc_id"]
+    assert ctx.lake.delete("refined_docs", {"doc_id": doc}, stage="refine", run_id="retry", fingerprint="x") > 0
+    assert DeltaTable(str(lake_dir / "refined_docs")).vacuum(retention_hours=0, enforce_retention_duration=False,
+                                                              dry_run=False)
+    result = report_stage.run(ctx, str(tmp_path / "report"), examples_per_status=1)
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    comparison = {f["id"]: f["data"] for f in data["figures"]}["run_over_run"]
+    assert comparison["previous_version"] is None
+    deleted_at = next(c["version"] for c in ctx.lake.history("refined_docs") if c["operation"] == "DELETE")
+    assert f"version {deleted_at - 1} is no longer readable" in data["meta"]["previous_version_unreadable"]
+    assert result["previous_version_unreadable"] == data["meta"]["previous_version_unreadable"]

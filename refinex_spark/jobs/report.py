@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -45,9 +46,11 @@ def _run_of(commit: dict) -> str | None:
 
 
 def _before_last_run(history: list[dict]) -> int | None:
-    """The newest version that the last run's commits are not in (refine commits once per slice)."""
-    last = _run_of(history[0]) if history else None
-    return next((c["version"] for c in history[1:] if last is None or _run_of(c) != last), None)
+    """The newest version that the last run's commits are not in (refine commits once per slice).
+    Commits of no run (VACUUM, OPTIMIZE) after the last run's are no run of their own."""
+    runs = iter(history)
+    last = next((run for c in runs if (run := _run_of(c)) is not None), None)
+    return next((c["version"] for c in runs if _run_of(c) != last), None)
 
 
 def _newest_first(rows: DataFrame, *keys: str) -> list:
@@ -85,6 +88,20 @@ def of_generation(refined: DataFrame, chosen: tuple[str, str] | None) -> DataFra
     if chosen is None:
         return refined
     return refined.where((F.col("model_id") == chosen[0]) & (F.col("fingerprint") == chosen[1]))
+
+
+def _previous_snapshot(lake, version: int | None, generation: tuple[str, str] | None) -> tuple[Snapshot | None, str | None]:
+    """refined_docs before the last run, or None and why: a VACUUM after a delete (`refine --retry-errors`)
+    may have removed files that version reads, and the rest of the report does not need it."""
+    if version is None:
+        return None, None
+    try:
+        return snapshot(of_generation(lake.read("refined_docs", version=version), generation), version), None
+    except Exception as e:  # noqa: BLE001 - only a missing file is let through, below
+        missing = isinstance(e, AnalysisException) and e.getCondition() == "PATH_NOT_FOUND"
+        if not (missing or "FileNotFound" in str(e)):
+            raise
+        return None, f"refined_docs version {version} is no longer readable (vacuumed?): {str(e)[:300]}"
 
 
 @dataclass(frozen=True)
@@ -132,8 +149,7 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
         # The history as of the pinned version: a refine committing since must not become the baseline.
         before = _before_last_run([c for c in lake.history("refined_docs")
                                    if refined_version is not None and c["version"] <= refined_version])
-        previous = (snapshot(of_generation(lake.read("refined_docs", version=before), chosen.refine), before)
-                    if before is not None else None)
+        previous, unreadable = _previous_snapshot(lake, before, chosen.refine)
         ops = spark.table("op_stats").toPandas()
         sources = spark.sql("SELECT coalesce(source, '(unknown)') AS source, status, count(*) AS docs "
                             "FROM audit GROUP BY 1, 2").toPandas()
@@ -151,13 +167,13 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
             "model_id": refine[0], "fingerprint": refine[1],
             "generations_in_table": chosen.generations, "distill_fingerprint": chosen.distill_fingerprint,
             "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run_id": ctx.run_id,
-            **{f"version.{t}": v for t, v in versions.items()}}
+            **{f"version.{t}": v for t, v in versions.items()}, "previous_version_unreadable": unreadable}
     inp = ReportInput(meta=meta, current=current, previous=previous, ops=ops, sources=sources, distill=reasons,
                       runs=runs, examples=examples, program=ctx.config.program)
     with stats.timer("render"):
         html_path, json_path = write_report(inp, output_dir)
     stats.counts["docs"] = int(current.statuses["docs"].sum()) if not current.statuses.empty else 0
     stats.counts["examples"] = len(examples)
-    stats.info.update(html=str(html_path), json=str(json_path), versions=versions,
+    stats.info.update(html=str(html_path), json=str(json_path), versions=versions, previous_version_unreadable=unreadable,
                       model_id=refine[0], fingerprint=refine[1], distill_fingerprint=chosen.distill_fingerprint)
     return stats.as_dict()
