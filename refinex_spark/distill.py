@@ -168,6 +168,47 @@ def _align_chars(edits: _Edits, region: _Region, a0: int, a1: int, b0: int, b1: 
             edits.replace(b0 + j1, b0 + j2, region)
 
 
+def _align_deletion(edits: _Edits, region: _Region, a0: int, a1: int, b0: int, b1: int) -> bool:
+    """Align a run by its non-space characters when the expert's are the raw's less some (a pure
+    deletion, whitespace aside), and say whether it was one. There a substitution can tie with the
+    deletion: a line break the expert typed for a deleted space, paired with a raw space, pays for
+    replacing a kept letter ("bc de" -> "\nbe" kept "de"). A run of deleted characters goes with the
+    whitespace between them, and with the whitespace around them where the expert has none between
+    the kept characters on either side."""
+    raw, expert = edits.raw, edits.expert
+    ra = [i for i in range(a0, a1) if not raw[i].isspace()]
+    eb = [j for j in range(b0, b1) if not expert[j].isspace()]
+    if len(eb) > len(ra):
+        return False
+    ops = Indel.opcodes("".join(raw[i] for i in ra), "".join(expert[j] for j in eb))
+    if any(op.tag in ("insert", "replace") for op in ops):
+        return False
+    kept = [(a0 - 1, b0 - 1)]  # (raw, expert) offsets of the kept characters, between the run's edges
+    deleted = []  # (position among the kept ones, first and end non-space index) of each deleted run
+    for op in ops:
+        if op.tag == "equal":
+            kept += zip(ra[op.src_start:op.src_end], eb[op.dest_start:op.dest_end])
+        else:
+            deleted.append((len(kept) - 1, op.src_start, op.src_end))
+    kept.append((a1, b1))
+    for k, first, end in deleted:
+        (left, e_left), (right, e_right) = kept[k], kept[k + 1]
+        start, stop = ra[first], ra[end - 1] + 1  # the deleted characters, and the whitespace among them
+        if e_right - e_left == 1:  # the expert has no whitespace between the kept ones: nor will the raw
+            region.delete(left + 1, right)
+        elif start > left + 1 or stop < right:  # whitespace on a side stays
+            region.delete(start, stop)
+        elif spaces := [m.span() for m in _SPACES.finditer(raw, start, stop)]:
+            # Only among them: one run stays, the one leaving the longer shorter piece (remove_str
+            # cannot take one or two characters, or text repeated in the line).
+            gap = max(spaces, key=lambda g: min(g[0] - start, stop - g[1]))
+            region.delete(start, gap[0])
+            region.delete(gap[1], stop)
+        else:  # the raw text has none there: the expert's is an inserted space, which is no edit
+            region.delete(start, stop)
+    return True
+
+
 Run = Callable[[int, int, int, int], None]
 Opcodes = Callable[[list[int], list[int]], Iterable[tuple[str, int, int, int, int]]]
 
@@ -254,10 +295,10 @@ def _align_words(edits: _Edits, region: _Region, opcodes: Opcodes = _lcs_opcodes
     assert region.expert is not None
 
     def word_run(a0: int, a1: int, b0: int, b1: int) -> None:
-        if (a1 - a0) * (b1 - b0) <= _MAX_CELLS:
-            _align_chars(edits, region, a0, a1, b0, b1)
-        else:
+        if (a1 - a0) * (b1 - b0) > _MAX_CELLS:
             edits.replace(b0, b1, region)
+        elif not _align_deletion(edits, region, a0, a1, b0, b1):
+            _align_chars(edits, region, a0, a1, b0, b1)
 
     keys_a, bounds_a = _words(edits.raw, region.start, region.end)
     keys_b, bounds_b = _words(edits.expert, *region.expert)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refinex_spark.chunking import split_lines
@@ -495,6 +495,8 @@ def deletion_targets(draw: st.DrawFn, retype_spaces: bool = False) -> tuple[str,
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(deletion_targets())
+@example(("abcd efghijkl", "a hijkl"))  # the deleted run holds the only space the expert keeps there
+@example(("a bc d e fgh", "a b gh"))  # two deletions around the space kept: neither too short
 def test_property_deletion_only_targets_are_reproduced(case: tuple[str, str]) -> None:
     raw, target = case
     result = distill(raw, target)
@@ -504,6 +506,7 @@ def test_property_deletion_only_targets_are_reproduced(case: tuple[str, str]) ->
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(deletion_targets(retype_spaces=True))
+@example(("a \nbc de", "a\n\nbe"))  # a line break for a deleted space tied with replacing a kept letter
 def test_property_deletions_are_reproduced_when_the_expert_also_retypes_whitespace(case: tuple[str, str]) -> None:
     raw, target = case
     result = distill(raw, target)

@@ -170,8 +170,10 @@ def test_train_fine_tunes_the_pinned_commit_of_a_hub_base_and_records_it(spark, 
     model card records and what a resume must match."""
     _publish(hub, "acme/base", V1, Path(demo_lake.model.path), "main")
     out = tmp_path / "model"
-    config = demo_lake.model_copy(update={"train": demo_lake.train.model_copy(
-        update={"base": "acme/base", "output_dir": str(out), "epochs": 0.25})})
+    shutil.copytree(demo_lake.lake.path, tmp_path / "lake")  # this test distils into it: the demo's stays as it is
+    config = demo_lake.model_copy(update={
+        "train": demo_lake.train.model_copy(update={"base": "acme/base", "output_dir": str(out), "epochs": 0.25}),
+        "lake": demo_lake.lake.model_copy(update={"path": str(tmp_path / "lake")})})
     ctx = RunContext(config, spark, Lake(spark, config.lake), StageStats("train", new_run_id("train")))
     summary = train.run(ctx)
     assert summary["base_revision"] == V1
