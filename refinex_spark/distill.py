@@ -170,11 +170,12 @@ def _align_chars(edits: _Edits, region: _Region, a0: int, a1: int, b0: int, b1: 
 
 def _align_deletion(edits: _Edits, region: _Region, a0: int, a1: int, b0: int, b1: int) -> bool:
     """Align a run by its non-space characters when the expert's are the raw's less some (a pure
-    deletion, whitespace aside), and say whether it was one. There a substitution can tie with the
-    deletion: a line break the expert typed for a deleted space, paired with a raw space, pays for
-    replacing a kept letter ("bc de" -> "\nbe" kept "de"). A run of deleted characters goes with the
-    whitespace between them, and with the whitespace around them where the expert has none between
-    the kept characters on either side."""
+    deletion, whitespace aside) and deleting them leaves the expert's text, whitespace collapsed; say
+    whether it did. There a substitution can tie with the deletion: a line break the expert typed for
+    a deleted space, paired with a raw space, pays for replacing a kept letter ("bc de" -> "\nbe" kept
+    "de"). A run of deleted characters goes with the whitespace among them, and with the whitespace
+    around them where the expert has none between the kept characters on either side. Otherwise (an
+    embedding that glues words the expert keeps apart, say) the run is left to `_align_chars`."""
     raw, expert = edits.raw, edits.expert
     ra = [i for i in range(a0, a1) if not raw[i].isspace()]
     eb = [j for j in range(b0, b1) if not expert[j].isspace()]
@@ -191,21 +192,26 @@ def _align_deletion(edits: _Edits, region: _Region, a0: int, a1: int, b0: int, b
         else:
             deleted.append((len(kept) - 1, op.src_start, op.src_end))
     kept.append((a1, b1))
+    spans: list[tuple[int, int]] = []
     for k, first, end in deleted:
         (left, e_left), (right, e_right) = kept[k], kept[k + 1]
         start, stop = ra[first], ra[end - 1] + 1  # the deleted characters, and the whitespace among them
         if e_right - e_left == 1:  # the expert has no whitespace between the kept ones: nor will the raw
-            region.delete(left + 1, right)
+            spans.append((left + 1, right))
         elif start > left + 1 or stop < right:  # whitespace on a side stays
-            region.delete(start, stop)
-        elif spaces := [m.span() for m in _SPACES.finditer(raw, start, stop)]:
+            spans.append((start, stop))
+        elif gaps := [m.span() for m in _SPACES.finditer(raw, start, stop)]:
             # Only among them: one run stays, the one leaving the longer shorter piece (remove_str
             # cannot take one or two characters, or text repeated in the line).
-            gap = max(spaces, key=lambda g: min(g[0] - start, stop - g[1]))
-            region.delete(start, gap[0])
-            region.delete(gap[1], stop)
+            gap = max(gaps, key=lambda g: min(g[0] - start, stop - g[1]))
+            spans += [(start, gap[0]), (gap[1], stop)]
         else:  # the raw text has none there: the expert's is an inserted space, which is no edit
-            region.delete(start, stop)
+            spans.append((start, stop))
+    left_over = "".join(raw[i:j] for i, j in zip([a0, *(e for _, e in spans)], [*(s for s, _ in spans), a1]))
+    if left_over.split() != expert[b0:b1].split():
+        return False
+    for span in spans:
+        region.delete(*span)
     return True
 
 

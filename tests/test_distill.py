@@ -602,6 +602,15 @@ def test_bench_dispatcher_rejects_unknown_suite() -> None:
     assert proc.returncode != 0 and "core" in proc.stderr
 
 
+def test_a_pure_deletion_embedding_that_glues_kept_words_is_not_taken() -> None:
+    """On non-space characters alone the expert's "R a" also embeds as "Ra" (the 'a' of "Raby"): that
+    alignment would delete the space the expert kept, so the run goes to the character aligner."""
+    raw = "The storm Raby atix hit the coast today and stayed for hours."
+    expert = "The storm R a hit the coast today and stayed for hours."
+    result = distill(raw, expert)
+    assert apply_program(raw, result.program) == expert and result.stats.fidelity == 1.0
+
+
 def test_remove_str_texts_respect_the_runs_program_limits():
     raw = "Keep this sentence. SPONSORED: buy the deluxe blender today only! Keep this too."
     expert = "Keep this sentence.  Keep this too."
