@@ -82,9 +82,12 @@ def test_run_over_run_compares_with_the_lake_before_the_last_run() -> None:
     commit = lambda version, run: {"version": version, "user_metadata": {"run_id": run} if run else "by hand"}  # noqa: E731
     # refine commits a slice at a time: versions 7, 6 and 5 are one run's, 4 the one before it
     assert _before_last_run([commit(7, "r2"), commit(6, "r2"), commit(5, "r2"), commit(4, "r1")]) == 4
-    # A commit of no run (VACUUM, OPTIMIZE) is no run of its own: the last run is still r1.
+    # A commit of no run (VACUUM, OPTIMIZE) is no run of its own: the last run is still r1, even with
+    # auto-compaction between its slices.
     assert _before_last_run([commit(4, None), commit(3, None), commit(2, "r1"), commit(1, "r0")]) == 1
-    assert _before_last_run([commit(3, None), commit(2, "r1")]) is None
+    assert _before_last_run([commit(6, None), commit(5, "r1"), commit(4, None), commit(3, "r1"), commit(2, None),
+                             commit(1, "r0")]) == 2
+    assert _before_last_run([commit(2, None), commit(1, "r1"), commit(0, "r1")]) is None
     assert _before_last_run([commit(3, "r1"), commit(2, None), commit(1, "r0")]) == 2  # the same data as r0 left
     assert _before_last_run([commit(1, "r1"), commit(0, "r1")]) is None and _before_last_run([]) is None
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pyspark.errors import AnalysisException
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -46,11 +46,11 @@ def _run_of(commit: dict) -> str | None:
 
 
 def _before_last_run(history: list[dict]) -> int | None:
-    """The newest version that the last run's commits are not in (refine commits once per slice).
-    Commits of no run (VACUUM, OPTIMIZE) after the last run's are no run of their own."""
-    runs = iter(history)
-    last = next((run for c in runs if (run := _run_of(c)) is not None), None)
-    return next((c["version"] for c in runs if _run_of(c) != last), None)
+    """The version before the last run's first commit (refine commits once per slice). Commits of no
+    run (VACUUM, OPTIMIZE, auto-compaction) are no run of their own, wherever they fall."""
+    last = next((run for c in history if (run := _run_of(c)) is not None), None)
+    first = min((c["version"] for c in history if last is not None and _run_of(c) == last), default=0)
+    return first - 1 if first > 0 else None
 
 
 def _newest_first(rows: DataFrame, *keys: str) -> list:
@@ -90,6 +90,9 @@ def of_generation(refined: DataFrame, chosen: tuple[str, str] | None) -> DataFra
     return refined.where((F.col("model_id") == chosen[0]) & (F.col("fingerprint") == chosen[1]))
 
 
+_MISSING_FILE = ("PATH_NOT_FOUND", "FAILED_READ_FILE", "DELTA_FILE_NOT_FOUND")  # Spark error conditions
+
+
 def _previous_snapshot(lake, version: int | None, generation: tuple[str, str] | None) -> tuple[Snapshot | None, str | None]:
     """refined_docs before the last run, or None and why: a VACUUM after a delete (`refine --retry-errors`)
     may have removed files that version reads, and the rest of the report does not need it."""
@@ -98,8 +101,9 @@ def _previous_snapshot(lake, version: int | None, generation: tuple[str, str] | 
     try:
         return snapshot(of_generation(lake.read("refined_docs", version=version), generation), version), None
     except Exception as e:  # noqa: BLE001 - only a missing file is let through, below
-        missing = isinstance(e, AnalysisException) and e.getCondition() == "PATH_NOT_FOUND"
-        if not (missing or "FileNotFound" in str(e)):
+        # delta-rs' file list: Spark's PATH_NOT_FOUND when reading; delta-spark: the read fails in the job.
+        condition = (e.getCondition() if isinstance(e, PySparkException) else None) or ""
+        if not (condition.startswith(_MISSING_FILE) or "FileNotFound" in str(e)):
             raise
         return None, f"refined_docs version {version} is no longer readable (vacuumed?): {str(e)[:300]}"
 
