@@ -252,9 +252,10 @@ def test_resume_refuses_another_runs_checkpoints(unfinished: Path, base_model: P
     last.mkdir()
     (last / "trainer_state.json").write_text(json.dumps({"global_step": 10, "max_steps": 10}))
     assert prior_run(unfinished, {**identity, "data_version": 8}) == "fresh"
-    (last / "trainer_state.json").write_text(json.dumps({"global_step": 9, "max_steps": 10}))
-    with pytest.raises(ValueError, match="did not finish"):
-        prior_run(unfinished, {**identity, "data_version": 8})
+    for state in ('{"global_step": 9, "max_steps": 10}', '{"global_st'):  # short of its end; a save cut short
+        (last / "trainer_state.json").write_text(state)
+        with pytest.raises(ValueError, match="did not finish"):
+            prior_run(unfinished, {**identity, "data_version": 8})
 
 
 def test_mean_logged_loss_weighs_each_log_by_the_steps_it_covers() -> None:

@@ -248,8 +248,11 @@ def _reached_its_end(ckpt_dir: Path) -> bool:
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     if last is None:
         return False
-    state = json.loads((Path(last) / TRAINER_STATE_NAME).read_text())
-    return state["global_step"] >= state["max_steps"]
+    try:  # the Trainer writes it last: a save cut short has none
+        state = json.loads((Path(last) / TRAINER_STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("global_step", 0) >= state.get("max_steps", float("inf"))
 
 
 def _prepare_checkpoints(ckpt_dir: Path, identity: dict[str, Any], state: str, *, owner: bool) -> None:
