@@ -262,16 +262,19 @@ def _conform(df: DataFrame, spec: TableSpec) -> DataFrame:
                        for f in declared.fields])
 
 
-def _columns_to_add(have: DeltaSchema, declared: DeltaSchema) -> list[Any] | None:
-    """The declared columns a table lacks, when it has the others as declared, in order, and lacks only
-    nullable ones at the end (columns added to the declaration since it was created); else None."""
-    def shape(schema: DeltaSchema) -> list[tuple[Any, ...]]:
-        return [(f["name"], json.dumps(f["type"]), f["nullable"]) for f in json.loads(schema.to_json())["fields"]]
+def _columns_added(spec: TableSpec, have: list[tuple[Any, ...]], declared: list[tuple[Any, ...]]) -> int:
+    """How many columns the declaration added since the table was written: the table must have the
+    others as declared (`have` and `declared` describe columns alike, in order), and lack only nullable
+    ones at the end (where Delta adds a column). Any other difference is refused."""
+    if declared[:len(have)] != have or not all(c.nullable for c in spec.fields[len(have):]):
+        raise LakeError(f"{spec.name} has a schema other than the declared one (columns "
+                        f"{', '.join(str(c[0]) for c in have)}; declared {', '.join(spec.column_names)}); "
+                        "nothing was committed")
+    return len(declared) - len(have)
 
-    ours, theirs = shape(declared), shape(have)
-    if ours[:len(theirs)] != theirs or not all(nullable for *_, nullable in ours[len(theirs):]):
-        return None
-    return declared.fields[len(theirs):]
+
+def _delta_columns(schema: DeltaSchema) -> list[tuple[Any, ...]]:
+    return [(f["name"], json.dumps(f["type"]), f["nullable"]) for f in json.loads(schema.to_json())["fields"]]
 
 
 def _already(app_id: str, txn_version: int) -> str:
@@ -497,26 +500,21 @@ class _DeltaRsEngine:
             raise LakeError(f"{spec.name}: commit {commit_id} succeeded but is not in the table history")
         return version
 
-
     @staticmethod
     def _add_columns(spec: TableSpec, table: DeltaTable, schema: DeltaSchema, properties: CommitProperties) -> None:
-        """Bring the table's schema up to the declared one, in a commit of its own, where the declaration
-        only added nullable columns at the end; refuse any other difference."""
-        missing = _columns_to_add(table.schema(), schema)
-        if missing:
-            tag = CommitProperties(custom_metadata={"userMetadata": properties.custom_metadata["userMetadata"]})
-            try:
-                table.alter.add_columns(missing, commit_properties=tag)
-            except Exception:  # noqa: BLE001 - a concurrent writer may have added them first
-                table.update_incremental()
-                missing = _columns_to_add(table.schema(), schema)
-                if missing:
-                    raise
+        """Add the columns the declaration added since the table was written (`_columns_added`), in a
+        commit of its own."""
+        added = _columns_added(spec, _delta_columns(table.schema()), _delta_columns(schema))
+        if not added:
+            return
+        tag = CommitProperties(custom_metadata={"userMetadata": properties.custom_metadata["userMetadata"]})
+        try:
+            table.alter.add_columns(schema.fields[-added:], commit_properties=tag)
+        except Exception:  # noqa: BLE001 - a concurrent writer may have added them first
             table.update_incremental()
-        if missing is None:
-            raise LakeError(f"{spec.name} at {table.table_uri} has a schema other than the declared one (columns "
-                            f"{', '.join(f.name for f in table.schema().fields)}; declared "
-                            f"{', '.join(spec.column_names)}); nothing was committed")
+            if _columns_added(spec, _delta_columns(table.schema()), _delta_columns(schema)):
+                raise
+        table.update_incremental()
 
 
 class _SparkEngine:
@@ -605,17 +603,6 @@ class _SparkEngine:
             builder = builder.property(key, value)
         builder.execute()
 
-    def _columns_to_add(self, spec: TableSpec) -> bool:
-        """Whether the table lacks declared columns at its end (added since it was created), which the
-        append then adds; any other difference from the declared columns is refused, as on delta-rs."""
-        have = [(f.name, f.dataType.simpleString()) for f in self._delta_table(spec).toDF().schema.fields]
-        declared = [(f.name, f.dataType.simpleString()) for f in spec.spark_schema().fields]
-        if declared[:len(have)] != have or not all(c.nullable for c in spec.fields[len(have):]):
-            raise LakeError(f"{spec.name} at {self.location(spec)} has a schema other than the declared one "
-                            f"(columns {', '.join(n for n, _ in have)}; declared {', '.join(spec.column_names)}); "
-                            "nothing was committed")
-        return len(have) < len(declared)
-
     def append(self, spec: TableSpec, df: DataFrame, *, run_id: str, user_metadata: str, txn_app_id: str,
                txn_version: int) -> tuple[int | None, int, str]:
         # No df.isEmpty() first: it would compute df twice (a second read and shuffle, a wasted GPU batch).
@@ -625,9 +612,10 @@ class _SparkEngine:
         writer = (df.write.format("delta").mode("append")
                   .option("txnAppId", txn_app_id).option("txnVersion", str(txn_version))
                   .option("userMetadata", user_metadata))
-        if self._columns_to_add(spec):
-            # Delta adds them at the end of the table, where the declaration has them (`schemas._table`).
-            writer = writer.option("mergeSchema", "true")
+        # Names and types: delta-spark reads every column back nullable.
+        columns = lambda schema: [(f.name, f.dataType.simpleString()) for f in schema.fields]  # noqa: E731
+        if _columns_added(spec, columns(self._delta_table(spec).toDF().schema), columns(spec.spark_schema())):
+            writer = writer.option("mergeSchema", "true")  # Delta adds them at the end, as declared
         from delta.exceptions import ConcurrentTransactionException  # importing it maps the JVM's to it
 
         try:

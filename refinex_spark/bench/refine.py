@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--docs", type=int, default=None,
                     help=f"documents per device (default cpu {DEFAULT_DOCS['cpu']}, cuda {DEFAULT_DOCS['cuda']})")
     ap.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                    help=f"fixed generation length per chunk (default {DEFAULT_MAX_NEW_TOKENS}, about a real program's)")
+                    help=f"fixed generation length per chunk (default {DEFAULT_MAX_NEW_TOKENS}, "
+                         "about a real program's)")
     ap.add_argument("--batch-size", type=int, default=None,
                     help=f"model micro-batch (default cpu {DEFAULT_BATCH_SIZE['cpu']}, cuda {DEFAULT_BATCH_SIZE['cuda']})")
     ap.add_argument("--docs-per-call", type=int, default=None,

@@ -91,8 +91,8 @@ def _timed_ingest(ctx: RunContext, config, lake: str, split: bool, paths: list[s
         "lake": config.lake.model_copy(update={"path": lake}),
         "ingest": config.ingest.model_copy(update={"split_mb": config.ingest.split_mb if split else float(1 << 30)})})
     t = time.perf_counter()
-    ingest.run(RunContext(settings, ctx.spark, Lake(ctx.spark, settings.lake), StageStats("ingest", new_run_id("ingest"))),
-               paths)
+    lake = Lake(ctx.spark, settings.lake)
+    ingest.run(RunContext(settings, ctx.spark, lake, StageStats("ingest", new_run_id("ingest"))), paths)
     return time.perf_counter() - t
 
 

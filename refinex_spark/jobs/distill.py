@@ -27,7 +27,7 @@ _COMPUTED = ["doc_id", "chunk_index", "start_line", "end_line", "prompt", "progr
 
 def _sample_rows(doc: dict, config) -> list[dict]:
     """Every sample row of one document; a distiller failure is one row with the error as reason."""
-    common = {"doc_id": doc["doc_id"], "expert_model": doc["expert_model"], "expert_created_at": doc["expert_created_at"]}
+    common = {key: doc[key] for key in ("doc_id", "expert_model", "expert_created_at")}
     try:
         result = distill(doc["text"], doc["expert_text"], config.distill, config.chunking, program=config.program)
     except Exception as e:  # noqa: BLE001 - one bad document must not fail the stage
@@ -92,7 +92,8 @@ def pending(ctx: RunContext, fingerprint: str):
     parts = [int(setting)] if setting.isdigit() else []  # Databricks' "auto": adaptive execution decides
     key = ["doc_id", "text_hash"]
     done = F.broadcast(ctx.read("distill_samples").where(F.col("fingerprint") == fingerprint)
-                       .groupBy("doc_id").agg(F.max(F.coalesce("expert_created_at", "created_at")).alias("_distilled_at")))
+                       .groupBy("doc_id")
+                       .agg(F.max(F.coalesce("expert_created_at", "created_at")).alias("_distilled_at")))
     # Outputs newer than the document's samples: their newest is the document's newest.
     ok = (ctx.read("expert_outputs").where("status = 'ok'").withColumnRenamed("raw_text_hash", "text_hash")
           .join(done, "doc_id", "left")

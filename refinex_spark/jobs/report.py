@@ -93,7 +93,8 @@ def of_generation(refined: DataFrame, chosen: tuple[str, str] | None) -> DataFra
 _MISSING_FILE = ("PATH_NOT_FOUND", "FAILED_READ_FILE", "DELTA_FILE_NOT_FOUND")  # Spark error conditions
 
 
-def _previous_snapshot(lake, version: int | None, generation: tuple[str, str] | None) -> tuple[Snapshot | None, str | None]:
+def _previous_snapshot(lake, version: int | None,
+                       generation: tuple[str, str] | None) -> tuple[Snapshot | None, str | None]:
     """refined_docs before the last run, or None and why: a VACUUM after a delete (`refine --retry-errors`)
     may have removed files that version reads, and the rest of the report does not need it."""
     if version is None:
@@ -178,6 +179,7 @@ def run(ctx: RunContext, output_dir: str, examples_per_status: int = 3, max_exam
         html_path, json_path = write_report(inp, output_dir)
     stats.counts["docs"] = int(current.statuses["docs"].sum()) if not current.statuses.empty else 0
     stats.counts["examples"] = len(examples)
-    stats.info.update(html=str(html_path), json=str(json_path), versions=versions, previous_version_unreadable=unreadable,
+    stats.info.update(html=str(html_path), json=str(json_path), versions=versions,
+                      previous_version_unreadable=unreadable,
                       model_id=refine[0], fingerprint=refine[1], distill_fingerprint=chosen.distill_fingerprint)
     return stats.as_dict()

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
 
-
 from ..config import TrainConfig
 from ..lake import is_local
 from ..model.prompt import load_template
@@ -44,15 +43,15 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False, fre
         raise ValueError("--init-tiny builds its own base, which has no hub revision: unset train.base_revision")
     tiny_base = out.parent / f"{out.name}-tiny-base"
     table = ctx.read("distill_samples")  # pins the data version the run is identified by
-    run = dict(base=str(tiny_base) if init_tiny else config.train.base,
+    who = dict(base=str(tiny_base) if init_tiny else config.train.base,
                # A hub base is pinned to one commit for every training process (and the model card).
                base_revision=None if init_tiny else hub_pin(config.train.base, config.train.base_revision,
                                                             ("train.base", "train.base_revision")),
                data_version=samples_version(ctx, fingerprint), fingerprint=fingerprint,
                prompt_version=config.model.prompt_version)
-    stats.info.update(output_dir=str(out), base=run["base"], base_revision=run["base_revision"])
+    stats.info.update(output_dir=str(out), base=who["base"], base_revision=who["base_revision"])
     # Before the samples are collected: a finished run is not redone, an unfinished other one is refused.
-    identity = run_identity(config.train, template=template, world_size=n_processes, **run)
+    identity = run_identity(config.train, template=template, world_size=n_processes, **who)
     state = prior_run(out, identity, resume=not fresh)
     if state == "trained":
         finish_checkpoints(out, identity)  # what a crash after marking it done left
@@ -69,7 +68,7 @@ def run(ctx: RunContext, init_tiny: bool = False, distributed: bool = False, fre
         if init_tiny:
             with stats.timer("init_tiny"):
                 build_tiny_model(tiny_base, chain([template], chain.from_iterable(samples)), seed=config.train.seed)
-        kwargs = dict(run, state=state, max_new_tokens=config.model.max_new_tokens)
+        kwargs = dict(who, state=state, max_new_tokens=config.model.max_new_tokens)
         with stats.timer("train"):
             if distributed:
                 from pyspark.ml.torch.distributor import TorchDistributor

@@ -232,15 +232,15 @@ def prior_run(output_dir: Path | str, identity: dict[str, Any], resume: bool = T
     if not marker.exists():
         return "fresh"
     previous = json.loads(marker.read_text())
-    if previous != identity and _reached_its_end(ckpt_dir):
+    if previous == identity:
+        return "resume"
+    if _reached_its_end(ckpt_dir):
         return "fresh"  # finished before done.json was written (an earlier release): replaced
-    if previous != identity:
-        raise ValueError(
-            f"checkpoints in {ckpt_dir} belong to another run that did not finish ({previous} != {identity}): "
-            "rerun with that run's settings to finish it, or start this one afresh (`train --fresh`, or "
-            f"delete {ckpt_dir})"
-        )
-    return "resume"
+    raise ValueError(
+        f"checkpoints in {ckpt_dir} belong to another run that did not finish ({previous} != {identity}): "
+        "rerun with that run's settings to finish it, or start this one afresh (`train --fresh`, or "
+        f"delete {ckpt_dir})"
+    )
 
 
 def _reached_its_end(ckpt_dir: Path) -> bool:
@@ -361,8 +361,9 @@ def train_model(
     Checkpoints go to `output_dir/checkpoints` every `config.save_steps` optimizer steps; with
     `resume` the newest one of the same run (`run_identity`: base, data, fingerprint, prompt,
     hyperparameters) is resumed, and a finished one is not trained again (`prior_run`; `state`, when
-    the caller has decided it: every process of a distributed run then acts on the same decision). The final
-    model, tokenizer and model card go to `output_dir`; the checkpoints are removed once it is there. `callbacks` are extra
+    the caller has decided it: every process of a distributed run then acts on the same decision).
+    The final model, tokenizer and model card go to `output_dir`; the checkpoints are removed once it
+    is there. `callbacks` are extra
     `TrainerCallback`s (progress reporting; tests use one to simulate preemption).
     """
     started = time.perf_counter()
